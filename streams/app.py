@@ -1,0 +1,153 @@
+"""The Faust application: topics, the session table and the ``sessionize`` agent.
+
+``sessionize`` reads raw click bytes, validates them (bad input goes to the dead-letter topic
+with the original bytes and a reason), applies good events to the changelogged session table
+and emits one training example per event plus a record for every session that closes.
+Delivery is at-least-once (Tansu refuses idempotent producers), so every consumer downstream
+treats a repeated example as harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+from faust.types import EventT, StreamT
+
+from monitoring import metrics
+from streams.events import Event, Rejection, ValidationLimits, session_key, validate_event
+from streams.sessions import SessionBook, SessionWindow
+from streams.settings import Settings
+from streams.topics import bootstrap_servers
+
+__all__ = ["OnevecApp", "create_app"]
+
+log = logging.getLogger(__name__)
+
+REASON_HEADER = "onevec-reason"
+DETAIL_HEADER = "onevec-detail"
+
+
+class OnevecApp:
+    """Holds the Faust app and everything its agents share, built from one Settings."""
+
+    def __init__(self, settings: Settings, broker_url: str | None = None) -> None:
+        self.settings = settings
+        servers = ";".join(f"kafka://{s}" for s in bootstrap_servers(settings, broker_url))
+        self.faust = faust.App(
+            settings.app_id,
+            broker=servers,
+            store="memory://",
+            autodiscover=False,
+            datadir=str(settings.data_dir / "faust"),
+            web_bind=settings.bind_host,
+            web_host=settings.bind_host,
+            web_port=settings.web_port,
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            consumer_auto_offset_reset="earliest",
+            table_cleanup_interval=3600.0,
+            **settings.faust_broker_options,
+        )
+        self.limits = ValidationLimits(
+            max_event_bytes=settings.max_event_bytes,
+            min_event_time=settings.min_event_time,
+            max_clock_skew_seconds=settings.max_clock_skew_seconds,
+        )
+        raw = {
+            "key_type": bytes,
+            "value_type": bytes,
+            "key_serializer": "raw",
+            "value_serializer": "raw",
+        }
+        self.clicks = self.faust.topic(settings.clicks_topic, **raw)
+        self.dlq = self.faust.topic(settings.dlq_topic, **raw)
+        self.examples = self.faust.topic(settings.examples_topic, value_serializer="json")
+        self.sessions_closed = self.faust.topic(settings.sessions_topic, value_serializer="json")
+        self.session_table = self.faust.Table(
+            "sessions",
+            default=None,
+            partitions=settings.partitions,
+            # JSON keys: str keys come back as str after changelog recovery (raw gives bytes).
+            schema=faust.Schema(key_serializer="json", value_serializer="json"),
+        )
+        self.book = SessionBook(
+            self.session_table,
+            SessionWindow(
+                gap=settings.session_gap_seconds,
+                max_items=settings.max_session_items,
+                max_open=settings.max_open_sessions,
+            ),
+        )
+        self.partitions: set[int] = set()
+        self.faust.agent(self.clicks, name="sessionize")(self._sessionize)
+        self.faust.on_partitions_assigned.connect(self._on_assigned)
+        self.faust.on_partitions_revoked.connect(self._on_revoked)
+
+    async def send_dead_letter(
+        self, key: bytes | None, value: bytes, rejection: Rejection, stage: str
+    ) -> None:
+        metrics.EVENTS_REJECTED.labels(stage=stage, reason=rejection.reason).inc()
+        await self.dlq.send(
+            key=key,
+            value=value,
+            headers=[
+                (REASON_HEADER, rejection.reason.encode()),
+                (DETAIL_HEADER, rejection.detail.encode()),
+                ("onevec-stage", stage.encode()),
+            ],
+        )
+
+    async def send_click(self, event: Event) -> None:
+        """Used by HTTP ingestion: a validated event onto the clicks topic, keyed by session."""
+        await self.clicks.send(key=session_key(event).encode(), value=event.to_json())
+
+    async def _sessionize(self, stream: StreamT[bytes]) -> None:
+        # Per event, not in stream.take() batches: Faust refuses table updates outside the
+        # per-event iteration.
+        async for event in stream.events():
+            started = time.perf_counter()
+            await self._handle(event)
+            metrics.PROCESSING_SECONDS.labels(stage="sessionize").observe(time.perf_counter() - started)
+
+    async def _handle(self, event: EventT[bytes]) -> None:
+        raw = event.value if isinstance(event.value, bytes) else b""
+        try:
+            result = validate_event(raw, self.limits)
+        except Exception as error:  # noqa: BLE001 - a bug must not stop the stream
+            log.exception("validator crashed")
+            result = Rejection("internal_error", f"validator failed: {error!r}")
+        if isinstance(result, Rejection):
+            await self.send_dead_letter(event.key, raw, result, stage="stream")
+            return
+        metrics.EVENTS_ACCEPTED.labels(event_type=result.event_type.value).inc()
+        example, closed = self.book.process(result, event.message.partition, event.message.offset)
+        if example.duplicate:
+            metrics.EVENTS_DUPLICATE.inc()
+        await self.examples.send(key=example.session_id.encode(), value=example.to_dict())
+        metrics.EXAMPLES_EMITTED.inc()
+        for session in closed:
+            metrics.SESSIONS_CLOSED.labels(reason=session.reason).inc()
+            await self.sessions_closed.send(key=session.session_id.encode(), value=session.to_dict())
+        metrics.SESSIONS_OPEN.set(self.book.open_sessions())
+
+    async def _on_assigned(self, sender: Any, assigned: set[Any], **_: Any) -> None:
+        self.partitions |= {tp.partition for tp in assigned if tp.topic == self.settings.clicks_topic}
+        metrics.WORKER_PARTITIONS.set(len(self.partitions))
+
+    async def _on_revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
+        for tp in revoked:
+            if tp.topic == self.settings.clicks_topic:
+                self.partitions.discard(tp.partition)
+                self.book.forget_partition(tp.partition)
+        metrics.WORKER_PARTITIONS.set(len(self.partitions))
+
+
+def create_app(settings: Settings, broker_url: str | None = None) -> OnevecApp:
+    onevec = OnevecApp(settings, broker_url)
+    from streams.http_api import register_routes
+
+    register_routes(onevec)
+    return onevec

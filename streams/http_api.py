@@ -1,0 +1,93 @@
+"""HTTP endpoints of a worker: ``POST /events`` ingestion, ``GET /metrics``, ``GET /healthz``.
+
+``POST /events`` takes a JSON array of events or JSON lines (one event per line), validates
+each, sends the good ones to the clicks topic (keyed by session) and the bad ones to the
+dead-letter topic with their reason, and answers with the counts. The body is parsed as a
+whole only when it is a JSON array, so one broken line of JSON lines rejects that line alone.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from faust.web import Request, Response, View
+from prometheus_client import generate_latest
+
+from monitoring import metrics
+from streams.events import Rejection, validate_event
+
+if TYPE_CHECKING:
+    from streams.app import OnevecApp
+
+__all__ = ["register_routes", "split_body"]
+
+MAX_REPORTED_ERRORS = 100
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
+
+
+def split_body(body: bytes) -> list[bytes] | Rejection:
+    """The raw events of a request body: the items of a JSON array, or its non-blank lines."""
+    stripped = body.strip()
+    if not stripped:
+        return Rejection("empty_body", "the request body is empty")
+    if stripped.startswith(b"["):
+        try:
+            items = json.loads(stripped)
+        except ValueError as error:
+            return Rejection("bad_json", f"the body starts like a JSON array but is not one: {error}")
+        return [json.dumps(item, allow_nan=True).encode() for item in items]
+    return [line for line in stripped.splitlines() if line.strip()]
+
+
+def register_routes(onevec: OnevecApp) -> None:
+    app = onevec.faust
+    limits = onevec.limits
+    max_body = onevec.settings.max_http_body_bytes
+
+    def answer(view: View, status: int, payload: dict[str, Any]) -> Response:
+        metrics.HTTP_INGEST_REQUESTS.labels(status=str(status)).inc()
+        return view.json(payload, status=status)
+
+    @app.page("/events")
+    class EventsView(View):
+        async def post(self, request: Request) -> Response:
+            if (request.content_length or 0) > max_body:
+                return answer(self, 413, {"error": f"body larger than {max_body} bytes"})
+            body = await request.read()
+            if len(body) > max_body:
+                return answer(self, 413, {"error": f"body larger than {max_body} bytes"})
+            raws = split_body(body)
+            if isinstance(raws, Rejection):
+                return answer(self, 400, {"error": raws.detail, "reason": raws.reason})
+            accepted, errors = 0, []
+            for index, raw in enumerate(raws):
+                result = validate_event(raw, limits)
+                if isinstance(result, Rejection):
+                    await onevec.send_dead_letter(None, raw, result, stage="http")
+                    if len(errors) < MAX_REPORTED_ERRORS:
+                        errors.append({"index": index, "reason": result.reason, "detail": result.detail})
+                    continue
+                await onevec.send_click(result)
+                accepted += 1
+            rejected = len(raws) - accepted
+            return answer(self, 200, {"accepted": accepted, "rejected": rejected, "errors": errors})
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            # aiohttp refuses a charset inside content_type; the exposition format is UTF-8.
+            return self.bytes(generate_latest(), content_type=METRICS_CONTENT_TYPE)
+
+    @app.page("/sessions/{key}")
+    class SessionView(View):
+        async def get(self, request: Request, key: str) -> Response:
+            state = onevec.session_table.get(key)
+            if state is None or state.get("tombstone"):
+                return self.json({"error": f"no open session {key!r} on this worker"}, status=404)
+            return self.json({k: v for k, v in state.items() if k not in ("seen", "previous")})
+
+    @app.page("/healthz")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok", "partitions": sorted(onevec.partitions)})

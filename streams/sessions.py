@@ -1,0 +1,360 @@
+"""Session windows over click events, driven by event time.
+
+Pure logic with no Kafka in it: the Faust agent hands each accepted event to a
+:class:`SessionBook` whose ``store`` is the changelogged Faust table, and sends what it returns.
+The tests drive the same class with a plain dict.
+
+Rules (all in event time, so a fast replay closes sessions exactly as live traffic would):
+
+* A session is keyed by the event's ``session_id``, or by its user when the id is absent.
+* An event more than ``gap`` seconds after the session's last event closes the session
+  (reason ``gap``) and opens a new one.
+* Each partition keeps a watermark (the latest event time seen on it). After every event, the
+  sessions of that partition idle for more than ``gap`` before the watermark are closed
+  (reason ``idle``).
+* Out-of-order events join the open session in arrival order; they never move its last time
+  backwards. An event already in the session (same item, type and time) is a duplicate: the
+  session is unchanged and its example is sent again, flagged, so at-least-once redelivery
+  after a crash loses nothing and the learner can skip it.
+* State is bounded: a session keeps its last ``max_items`` items and event fingerprints, and
+  a partition keeps at most ``max_open`` sessions (the longest idle is closed, ``evicted``).
+
+Redelivery. The table's changelog can run ahead of the committed input offsets: after a
+kill -9, events are delivered again to a table that already holds their effects, including
+the closing of their session. So a key remembers its last closed session (items and event
+fingerprints): when an idle or evicted session closes, the key keeps a tombstone holding it
+until ``redelivery_window`` more events of the partition have gone by (more than Faust ever
+leaves uncommitted), and a session opened after a gap keeps its predecessor. A redelivered
+event is then recognised and its example re-sent, flagged, with its original prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections import deque
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from streams.events import Event, session_key
+
+__all__ = ["ClosedSession", "Example", "SessionBook", "SessionWindow", "session_id_for"]
+
+CloseReason = Literal["gap", "idle", "evicted"]
+
+
+def session_id_for(key: str, explicit: bool, start: float) -> str:
+    # An explicit id names the session itself; a session derived from a user's idle gaps is
+    # named by the user and its start time so that each derived session gets its own id.
+    return key if explicit else f"{key}@{int(start)}"
+
+
+def fingerprint(event: Event) -> str:
+    raw = f"{event.item_id}\x1f{event.event_type.value}\x1f{event.timestamp!r}"
+    return hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """A training example: the session prefix (oldest first) and the item that came next."""
+
+    event_id: str
+    session_id: str
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: float
+    prefix: list[str]
+    duplicate: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "session_id": self.session_id,
+            "user_id": self.user_id,
+            "item_id": self.item_id,
+            "event_type": self.event_type,
+            "timestamp": self.timestamp,
+            "prefix": self.prefix,
+            "duplicate": self.duplicate,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedSession:
+    session_id: str
+    user_id: str
+    start: float
+    end: float
+    n_events: int
+    items: list[str]
+    counts: dict[str, int]
+    reason: CloseReason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "user_id": self.user_id,
+            "start": self.start,
+            "end": self.end,
+            "n_events": self.n_events,
+            "items": self.items,
+            "counts": self.counts,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionWindow:
+    """The window parameters."""
+
+    gap: float = 1800.0
+    max_items: int = 50
+    max_open: int = 200_000
+    redelivery_window: int = 50_000
+
+
+def _new_state(event: Event, partition: int, previous: dict[str, Any] | None) -> dict[str, Any]:
+    key = session_key(event)
+    explicit = event.session_id is not None
+    return {
+        "session_id": session_id_for(key, explicit, event.timestamp),
+        "user_id": event.user_id,
+        "partition": partition,
+        "start": event.timestamp,
+        "last": event.timestamp,
+        "n_events": 0,
+        "items": [],
+        "counts": {},
+        "seen": [],  # [fingerprint, position] of the last max_items events
+        "offset": -1,  # input offset of the last event applied
+        "previous": previous,  # the key's last closed session, to recognise its redeliveries
+    }
+
+
+def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
+    fields = ("session_id", "user_id", "n_events", "items", "seen", "offset")
+    return {name: state[name] for name in fields}
+
+
+def _closed(state: dict[str, Any], reason: CloseReason) -> ClosedSession:
+    return ClosedSession(
+        session_id=state["session_id"],
+        user_id=state["user_id"],
+        start=state["start"],
+        end=state["last"],
+        n_events=state["n_events"],
+        items=list(state["items"]),
+        counts=dict(state["counts"]),
+        reason=reason,
+    )
+
+
+def _prefix_at(session: dict[str, Any], position: int) -> list[str]:
+    """The items before absolute event position ``position`` that are still kept."""
+    items: list[str] = session["items"]
+    first_kept = session["n_events"] - len(items)
+    return items[: max(0, position - first_kept)]
+
+
+def _already_applied(
+    session: dict[str, Any] | None, mark: str, offset: int | None
+) -> tuple[bool, int | None]:
+    """Whether the event is already in ``session``, and its position if still kept.
+
+    Two tests: the fingerprint (a producer that sent the same event twice), and the input
+    offset (a redelivery after a crash, which can reach further back than the kept
+    fingerprints: all events of a key share one partition, whose offsets only grow).
+    """
+    if session is None:
+        return False, None
+    position = next((pos for fp, pos in session["seen"] if fp == mark), None)
+    by_offset = offset is not None and offset <= session.get("offset", -1)
+    return position is not None or by_offset, position
+
+
+def _is_open(state: dict[str, Any] | None) -> bool:
+    return state is not None and not state.get("tombstone", False)
+
+
+class SessionBook:
+    """Applies events to session states kept in ``store`` (a dict or a Faust table).
+
+    Holds in-memory indexes per partition (a heap of last-event times for expiry, a queue of
+    tombstones for purging) so nothing scans the table per event; they are rebuilt from the
+    store the first time a partition is seen, which is what happens after a restart restores
+    the table from its changelog.
+    """
+
+    def __init__(self, store: MutableMapping[str, dict[str, Any]], window: SessionWindow) -> None:
+        self.store = store
+        self.window = window
+        self._watermarks: dict[int, float] = {}
+        self._heaps: dict[int, list[tuple[float, str]]] = {}
+        self._tombstones: dict[int, deque[tuple[int, str]]] = {}
+        self._open: dict[int, int] = {}
+        self.duplicates = 0
+
+    def open_sessions(self) -> int:
+        return sum(self._open.values())
+
+    def forget_partition(self, partition: int) -> None:
+        """Drop the in-memory indexes of a partition this worker no longer owns."""
+        for index in (self._heaps, self._tombstones, self._open, self._watermarks):
+            index.pop(partition, None)
+
+    def process(
+        self, event: Event, partition: int = 0, offset: int | None = None
+    ) -> tuple[Example, list[ClosedSession]]:
+        """Apply one accepted event (read at input ``offset``, when known); return its example
+        and the sessions it closed."""
+        self._load_partition(partition)
+        closed: list[ClosedSession] = []
+        key = session_key(event)
+        mark = fingerprint(event)
+        state = self.store.get(key)
+        current = state if _is_open(state) else None
+        previous = state.get("previous") if state is not None else None
+
+        in_current, _ = _already_applied(current, mark, offset)
+        in_previous, position = _already_applied(previous, mark, offset)
+        if in_previous and not in_current:
+            return self._example(previous, event, mark, position, duplicate=True), closed  # type: ignore[arg-type]
+        if current is not None and event.timestamp - current["last"] > self.window.gap:
+            closed.append(self._close(partition, key, "gap", offset or 0))
+            previous, current = _snapshot(current), None
+        if current is None:
+            closed.extend(self._evict_if_full(partition, offset or 0))
+            current = _new_state(event, partition, previous)
+            self._open[partition] += 1
+
+        example = self._apply(current, event, mark, offset)
+        self.store[key] = current  # reassign: a Faust table only changelogs on __setitem__
+        heapq.heappush(self._heaps[partition], (current["last"], key))
+
+        watermark = max(self._watermarks.get(partition, event.timestamp), event.timestamp)
+        self._watermarks[partition] = watermark
+        position_in_input = offset if offset is not None else 0
+        closed.extend(self._expire(partition, watermark - self.window.gap, position_in_input))
+        self._purge_tombstones(partition, position_in_input)
+        self._compact(partition)
+        return example, closed
+
+    def _apply(self, state: dict[str, Any], event: Event, mark: str, offset: int | None) -> Example:
+        applied, position = _already_applied(state, mark, offset)
+        if applied:
+            return self._example(state, event, mark, position, duplicate=True)
+        example = self._example(state, event, mark, state["n_events"], duplicate=False)
+        keep = self.window.max_items
+        state["seen"] = (state["seen"] + [[mark, state["n_events"]]])[-keep:]
+        state["items"] = (state["items"] + [event.item_id])[-keep:]
+        state["n_events"] += 1
+        counts = state["counts"]
+        counts[event.event_type.value] = counts.get(event.event_type.value, 0) + 1
+        state["last"] = max(state["last"], event.timestamp)
+        if offset is not None:
+            state["offset"] = offset
+        return example
+
+    def _example(
+        self,
+        session: dict[str, Any],
+        event: Event,
+        mark: str,
+        position: int | None,
+        duplicate: bool,
+    ) -> Example:
+        """The example of an event at ``position`` in ``session``; a redelivered event whose
+        position is no longer kept gets an empty prefix."""
+        if duplicate:
+            self.duplicates += 1
+        return Example(
+            event_id=mark,
+            session_id=session["session_id"],
+            user_id=event.user_id,
+            item_id=event.item_id,
+            event_type=event.event_type.value,
+            timestamp=event.timestamp,
+            prefix=_prefix_at(session, position) if position is not None else [],
+            duplicate=duplicate,
+        )
+
+    def _load_partition(self, partition: int) -> None:
+        if partition in self._heaps:
+            return
+        heap, tombstones = [], []
+        for key, state in self.store.items():
+            if state.get("partition") != partition:
+                continue
+            if state.get("tombstone"):
+                tombstones.append((state["closed_offset"], key))
+            else:
+                heap.append((state["last"], key))
+        heapq.heapify(heap)
+        self._heaps[partition] = heap
+        self._tombstones[partition] = deque(sorted(tombstones))
+        self._open[partition] = len(heap)
+
+    def _close(self, partition: int, key: str, reason: CloseReason, offset: int) -> ClosedSession:
+        """Close the open session of ``key``; idle and evicted ones leave a tombstone."""
+        state = self.store[key]
+        self._open[partition] -= 1
+        if reason == "gap":
+            del self.store[key]  # the caller opens the successor, which keeps the snapshot
+        else:
+            self.store[key] = {
+                "tombstone": True,
+                "partition": partition,
+                "closed_offset": offset,
+                "previous": _snapshot(state),
+            }
+            self._tombstones[partition].append((offset, key))
+        return _closed(state, reason)
+
+    def _oldest(self, heap: list[tuple[float, str]]) -> tuple[float, str] | None:
+        """The heap's oldest open entry; entries older than the stored state are dropped."""
+        while heap:
+            last, key = heap[0]
+            state = self.store.get(key)
+            if _is_open(state) and state["last"] == last:  # type: ignore[index]
+                return last, key
+            heapq.heappop(heap)
+        return None
+
+    def _expire(self, partition: int, cutoff: float, offset: int) -> list[ClosedSession]:
+        heap = self._heaps[partition]
+        closed = []
+        while (entry := self._oldest(heap)) is not None and entry[0] < cutoff:
+            heapq.heappop(heap)
+            closed.append(self._close(partition, entry[1], "idle", offset))
+        return closed
+
+    def _evict_if_full(self, partition: int, offset: int) -> list[ClosedSession]:
+        heap = self._heaps[partition]
+        closed = []
+        while self._open[partition] >= self.window.max_open:
+            entry = self._oldest(heap)
+            if entry is None:
+                break
+            heapq.heappop(heap)
+            closed.append(self._close(partition, entry[1], "evicted", offset))
+        return closed
+
+    def _purge_tombstones(self, partition: int, offset: int) -> None:
+        queue = self._tombstones[partition]
+        while queue and queue[0][0] < offset - self.window.redelivery_window:
+            closed_offset, key = queue.popleft()
+            state = self.store.get(key)
+            if state is not None and state.get("tombstone") and state["closed_offset"] == closed_offset:
+                del self.store[key]
+
+    def _compact(self, partition: int) -> None:
+        # Every event pushes a fresh heap entry; drop the stale ones once they dominate.
+        heap = self._heaps[partition]
+        if len(heap) > 4 * self._open[partition] + 1024:
+            live = {
+                (s["last"], k) for k, s in self.store.items() if _is_open(s) and s["partition"] == partition
+            }
+            heap[:] = [entry for entry in set(heap) if entry in live]
+            heapq.heapify(heap)

@@ -1,0 +1,139 @@
+"""Run a onevec worker in this process, or manage one as a child process.
+
+The child-process form is what ``onevec demo`` and the tests use: a real worker, stopped by
+its own PID (SIGTERM for a graceful stop, SIGKILL to simulate a crash).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import faust
+from prometheus_client.parser import text_string_to_metric_families
+
+from deploy.embedded_broker import EmbeddedBroker, free_port
+from streams.app import create_app
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+__all__ = ["WorkerProcess", "run_worker", "scrape_metrics"]
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the Faust worker until SIGTERM/SIGINT. Starts an embedded broker if none is set."""
+    broker: EmbeddedBroker | None = None
+    if settings.embedded:
+        broker = EmbeddedBroker(host=settings.bind_host).start()
+        settings = settings.model_copy(update={"broker_url": broker.url, "tansu": True})
+        print(f"embedded broker on {broker.url}", flush=True)
+    if settings.web_port == 0:
+        settings = settings.model_copy(update={"web_port": free_port(settings.bind_host)})
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_topics(settings)
+        onevec = create_app(settings)
+        print(f"worker web on http://{settings.bind_host}:{settings.web_port}", flush=True)
+        worker = faust.Worker(onevec.faust, loglevel=settings.log_level.upper(), quiet=True)
+        worker.execute_from_commandline()
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def scrape_metrics(url: str, timeout: float = 5.0) -> dict[str, float]:
+    """A /metrics page as {sample name{labels}: value}, summed over nothing (raw samples)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URL
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def metric_total(samples: dict[str, float], name: str) -> float:
+    """Sum of a metric's samples over all label values."""
+    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
+
+
+class WorkerProcess:
+    """A worker in a child process, with its own web port on loopback."""
+
+    def __init__(self, settings: Settings, broker_url: str, extra_env: dict[str, str] | None = None):
+        self.settings = settings
+        self.broker_url = broker_url
+        self.port = free_port(settings.bind_host)
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(tempfile.gettempdir()) / f"onevec-worker-{self.port}.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.bind_host}:{self.port}"
+
+    def start(self, ready_timeout: float = 60.0) -> WorkerProcess:
+        env = dict(os.environ)
+        env.update(self.settings.to_env())
+        env.update({"ONEVEC_BROKER_URL": self.broker_url, "ONEVEC_WEB_PORT": str(self.port)})
+        env.update(self.extra_env)
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            self.wait_ready(ready_timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        """Ready = the web server answers and the worker owns at least one input partition."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early; log: {self.log_path}")
+            try:
+                if metric_total(self.metrics(), "onevec_worker_partitions") > 0:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"worker not ready after {timeout:.0f}s; log: {self.log_path}")
+
+    def metrics(self) -> dict[str, float]:
+        return scrape_metrics(f"{self.base_url}/metrics")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """Graceful stop (SIGTERM), escalating to SIGKILL after ``timeout``."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        return proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """Simulate a crash: SIGKILL, no chance to flush or commit."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

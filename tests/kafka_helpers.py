@@ -1,0 +1,63 @@
+"""Reading topics and waiting on workers, for tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from streams.settings import Settings
+from streams.topics import bootstrap_servers
+from streams.worker import WorkerProcess, metric_total
+
+
+def read_topic(
+    settings: Settings,
+    topic: str,
+    expect: int,
+    timeout: float = 120.0,
+    settle: float = 1.0,
+    until: Callable[[list[ConsumerRecord]], bool] | None = None,
+) -> list[ConsumerRecord]:
+    """Every record of ``topic`` once at least ``expect`` arrived and ``until`` holds (plus
+    ``settle`` seconds for late extras such as duplicates)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers(settings),
+        enable_auto_commit=False,
+        consumer_timeout_ms=500,
+    )
+    partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    records: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout
+    settled_at: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=300)
+            for recs in batch.values():
+                records.extend(recs)
+            if len(records) >= expect and (until is None or until(records)):
+                settled_at = settled_at or time.monotonic()
+                if time.monotonic() - settled_at >= settle:
+                    break
+    finally:
+        consumer.close()
+    return records
+
+
+def wait_processed(worker: WorkerProcess, total: int, timeout: float = 180.0) -> dict[str, float]:
+    """Wait until the worker has accepted or rejected ``total`` inputs; return its metrics."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = worker.metrics()
+        done = metric_total(samples, "onevec_events_accepted_total") + metric_total(
+            samples, "onevec_events_rejected_total"
+        )
+        if done >= total:
+            return samples
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker processed {done:.0f} of {total}")
+        time.sleep(0.25)

@@ -1,0 +1,523 @@
+"""Tests of streams.qdrant_store against real qdrant-client local mode (no server needed).
+
+Faults (failing, blocking, racing calls) are injected into real local-mode clients by
+subclassing them; every other call goes through qdrant-client unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+from qdrant_client import AsyncQdrantClient, QdrantClient, models
+
+from streams.qdrant_store import (
+    ITEM_VECTORS,
+    VECTOR_DISTANCES,
+    AsyncQdrantStore,
+    CollectionSchemaError,
+    ItemNotFound,
+    ItemRecord,
+    ItemUpsertBuffer,
+    QdrantStore,
+    SessionRecord,
+    backoff_delay,
+    point_id,
+)
+
+DIM = 8
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def basis(i: int) -> np.ndarray:
+    v = np.zeros(DIM)
+    v[i] = 1.0
+    return v
+
+
+def item(item_id: str, unified: np.ndarray, **attributes: Any) -> ItemRecord:
+    return ItemRecord(
+        item_id=item_id,
+        vectors={"unified": unit(unified)},
+        attributes=attributes,
+        model_version=1,
+        updated_at=1_700_000_000.0,
+        event_count=3,
+    )
+
+
+def random_items(n: int, seed: int = 0, prefix: str = "i") -> list[ItemRecord]:
+    rng = np.random.default_rng(seed)
+    return [item(f"{prefix}{k}", rng.standard_normal(DIM)) for k in range(n)]
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+class FaultyClient(QdrantClient):
+    """Fault injection into a real local-mode client.
+
+    fail_first: the first N upserts raise ConnectionError (a transient server/network fault).
+    gate: upserts block until the event is set (a slow server).
+    lose_create_race: create_collection creates the collection, then raises as if another
+    worker had created it first.
+    """
+
+    def __init__(
+        self,
+        *,
+        fail_first: int = 0,
+        gate: threading.Event | None = None,
+        lose_create_race: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.fail_left = fail_first
+        self.gate = gate
+        self.lose_create_race = lose_create_race
+        self.upsert_calls = 0
+        self.upsert_sizes: list[int] = []
+
+    def upsert(self, collection_name: str, points: Any, **kwargs: Any) -> Any:
+        self.upsert_calls += 1
+        if self.gate is not None:
+            assert self.gate.wait(10), "test never opened the gate"
+        if self.fail_left > 0:
+            self.fail_left -= 1
+            raise ConnectionError("injected fault")
+        self.upsert_sizes.append(len(points))
+        return super().upsert(collection_name, points, **kwargs)
+
+    def create_collection(self, collection_name: str, **kwargs: Any) -> bool:
+        created = super().create_collection(collection_name, **kwargs)
+        if self.lose_create_race:
+            raise RuntimeError(f"Collection {collection_name} already exists")
+        return created
+
+
+class FaultyAsyncClient(AsyncQdrantClient):
+    """Fault injection into a real AsyncQdrantClient: the first N upserts raise."""
+
+    def __init__(self, *, fail_first: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fail_left = fail_first
+        self.upsert_calls = 0
+
+    async def upsert(self, collection_name: str, points: Any, **kwargs: Any) -> Any:
+        self.upsert_calls += 1
+        if self.fail_left > 0:
+            self.fail_left -= 1
+            raise ConnectionError("injected fault")
+        return await super().upsert(collection_name, points, **kwargs)
+
+
+def local_client(tmp_path: Path, **faults: Any) -> FaultyClient:
+    # The async store calls it from its worker thread.
+    return FaultyClient(path=str(tmp_path / "qdrant"), force_disable_check_same_thread=True, **faults)
+
+
+# --- ids and collections ----------------------------------------------------------------
+
+
+def test_point_id_is_a_deterministic_uuid5_per_kind() -> None:
+    a = point_id("item", "sku-1")
+    assert a == point_id("item", "sku-1")
+    assert uuid.UUID(a).version == 5
+    assert a != point_id("session", "sku-1")
+    assert a != point_id("item", "sku-2")
+
+
+def test_ensure_collections_creates_named_vectors_and_is_idempotent(tmp_path: Path) -> None:
+    with QdrantStore(path=tmp_path / "q", dim=DIM, collection_prefix="t_") as store:
+        store.ensure_collections()
+        store.ensure_collections()  # second call: collections exist and match
+        items = store.client.get_collection("t_items").config.params.vectors
+        sessions = store.client.get_collection("t_sessions").config.params.vectors
+    assert isinstance(items, dict) and set(items) == set(ITEM_VECTORS)
+    for name, params in items.items():
+        assert (params.size, params.distance) == (DIM, VECTOR_DISTANCES[name])
+    assert items["unified"].distance == models.Distance.DOT
+    assert isinstance(sessions, dict) and list(sessions) == ["session"]
+    assert sessions["session"].size == DIM
+
+
+def test_ensure_collections_rejects_dimension_mismatch(tmp_path: Path) -> None:
+    with QdrantStore(path=tmp_path / "q", dim=DIM) as store:
+        store.ensure_collections()
+    with QdrantStore(path=tmp_path / "q", dim=DIM * 2) as store:
+        with pytest.raises(CollectionSchemaError, match=r"'items'.*'unified' has size 8.*16"):
+            store.ensure_collections()
+
+
+def test_ensure_collections_survives_losing_the_create_race(tmp_path: Path) -> None:
+    client = local_client(tmp_path, lose_create_race=True)
+    with QdrantStore.from_client(client, dim=DIM) as store:
+        store.ensure_collections()
+        assert store.count("items") == 0
+
+
+# --- writes -----------------------------------------------------------------------------
+
+
+def test_upserting_the_same_ids_twice_keeps_the_count(tmp_path: Path) -> None:
+    records = random_items(25)
+    sessions = [SessionRecord(f"s{k}", np.ones(DIM), "u1", 1.0, ["i1", "i2"]) for k in range(5)]
+    with QdrantStore(path=tmp_path / "q", dim=DIM) as store:
+        store.ensure_collections()
+        for _ in range(2):  # a redelivered batch
+            assert store.upsert_items(records) == 25
+            assert store.upsert_sessions(sessions) == 5
+        assert store.count("items") == 25
+        assert store.count("sessions") == 5
+
+
+def test_items_store_only_the_sources_they_have(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    text, image = rng.standard_normal(DIM), rng.standard_normal(DIM)
+    new_item = ItemRecord("cold-1", {"text": text, "image": image}, {"brand": "Acme"}, 2, 123.5, 0)
+    with QdrantStore(dim=DIM) as store:
+        store.ensure_collections()
+        store.upsert_items([new_item])
+        stored = store.get_item("cold-1")
+        assert stored is not None
+        assert set(stored.vectors) == {"text", "image"}
+        # Cosine-distance vectors come back normalised, pointing the same way.
+        assert np.allclose(stored.vectors["text"], unit(text), atol=1e-5)
+        assert stored.payload == {
+            "item_id": "cold-1",
+            "attributes": {"brand": "Acme"},
+            "model_version": 2,
+            "updated_at": 123.5,
+            "event_count": 0,
+        }
+        # A record is the whole point: once the writer drops a source, the point loses it.
+        store.upsert_items([ItemRecord("cold-1", {"text": text})])
+        stored = store.get_item("cold-1")
+        assert stored is not None and set(stored.vectors) == {"text"}
+        assert store.get_item("never-seen") is None
+
+
+@pytest.mark.parametrize(
+    ("vectors", "attributes", "message"),
+    [
+        ({"unified": np.ones(DIM + 1) / np.sqrt(DIM + 1)}, {}, "shape"),
+        ({"behaviour": np.full(DIM, np.nan)}, {}, "NaN"),
+        ({"colour": np.ones(DIM)}, {}, "unknown vector"),
+        ({"unified": np.ones(DIM)}, {}, "L2-normalised"),
+        ({}, {}, "no vector"),
+        ({"text": np.ones(DIM)}, {"year": np.int64(1995)}, "not plain JSON"),
+    ],
+)
+def test_bad_item_records_are_rejected_before_any_write(
+    vectors: dict[str, np.ndarray], attributes: dict[str, Any], message: str
+) -> None:
+    with QdrantStore(dim=DIM) as store:
+        store.ensure_collections()
+        with pytest.raises(ValueError, match=message):
+            store.upsert_items([ItemRecord("bad", vectors, attributes)])
+        assert store.count("items") == 0
+
+
+# --- lookups ----------------------------------------------------------------------------
+
+
+def neighbourhood() -> list[ItemRecord]:
+    """Anchor a; c is its nearest neighbour (Drama), b the nearest Comedy; the rest far off."""
+    far = [item(f"far{k}", -basis(0) + 0.3 * basis(k % DIM), genre=["Comedy"]) for k in range(8)]
+    return [
+        item("a", basis(0), genre=["Comedy"], year=1995),
+        item("b", basis(0) + 0.2 * basis(1), genre=["Romance", "Comedy"], year=1995),
+        item("c", basis(0) + 0.1 * basis(2), genre=["Drama"], year=2001),
+        *far,
+    ]
+
+
+def test_similar_finds_the_nearest_neighbour_excludes_self_and_filters(tmp_path: Path) -> None:
+    with QdrantStore(path=tmp_path / "q", dim=DIM) as store:
+        store.ensure_collections()
+        store.upsert_items(neighbourhood())
+
+        hits = store.similar("a", k=3)
+        assert [h.item_id for h in hits][:2] == ["c", "b"]
+        assert "a" not in {h.item_id for h in store.similar("a", k=20)}
+        assert hits[0].score == pytest.approx(float(unit(basis(0) + 0.1 * basis(2))[0]), abs=1e-5)
+
+        comedy = store.similar("a", k=3, filter={"genre": "Comedy"})
+        assert comedy[0].item_id == "b"  # matched inside the genre list
+        assert all("Comedy" in h.payload["attributes"]["genre"] for h in comedy)
+        # Query-string values match integer attributes too.
+        assert [h.item_id for h in store.similar("a", filter={"year": "1995"})] == ["b"]
+        assert store.similar("a", filter={"genre": "Western"}) == []
+
+
+def test_similar_without_the_vector_or_item(tmp_path: Path) -> None:
+    with QdrantStore(dim=DIM) as store:
+        store.ensure_collections()
+        store.upsert_items(neighbourhood())
+        assert store.similar("a", using="image") == []  # "a" has no image vector
+        with pytest.raises(ItemNotFound):
+            store.similar("missing")
+        with pytest.raises(ValueError, match="using"):
+            store.similar("a", using="colour")
+
+
+def test_recommend_scores_by_inner_product_with_exclusions_and_filter() -> None:
+    with QdrantStore(dim=DIM) as store:
+        store.ensure_collections()
+        store.upsert_items(neighbourhood())
+        session = 2.0 * basis(0)  # not normalised: Dot scores scale with it
+        hits = store.recommend(session, k=3)
+        assert [h.item_id for h in hits] == ["a", "c", "b"]
+        assert hits[0].score == pytest.approx(2.0, abs=1e-5)
+        assert store.recommend(session, k=1, exclude_ids=["a", "c"])[0].item_id == "b"
+        assert [h.item_id for h in store.recommend(session, k=2, filter={"genre": "Drama"})] == ["c"]
+
+
+# --- async store ------------------------------------------------------------------------
+
+AsyncStoreFactory = Callable[[Path], AsyncQdrantStore]
+
+ASYNC_BACKENDS: dict[str, AsyncStoreFactory] = {
+    # What the embedded default runs: local mode on disk, on the store's worker thread.
+    "local-path-thread": lambda tmp: AsyncQdrantStore(path=tmp / "q", dim=DIM),
+    # The AsyncQdrantClient code path (server mode); its in-memory local mode stands in here.
+    "async-client": lambda tmp: AsyncQdrantStore.from_client(AsyncQdrantClient(location=":memory:"), dim=DIM),
+}
+
+
+@pytest.mark.parametrize("backend", ASYNC_BACKENDS)
+def test_async_store_round_trip(tmp_path: Path, backend: str) -> None:
+    async def scenario() -> None:
+        async with ASYNC_BACKENDS[backend](tmp_path) as store:
+            await store.ensure_collections()
+            await store.ensure_collections()
+            assert await store.upsert_items(neighbourhood()) == 11
+            assert await store.upsert_items(neighbourhood()) == 11
+            assert await store.count("items") == 11
+            await store.upsert_sessions([SessionRecord("s1", basis(0), "u1", 5.0, ["a"])])
+            assert await store.count("sessions") == 1
+            hits = await store.similar("a", k=2, filter={"genre": "Comedy"})
+            assert hits[0].item_id == "b" and "a" not in {h.item_id for h in hits}
+            stored = await store.get_item("c")
+            assert stored is not None and stored.payload["attributes"]["genre"] == ["Drama"]
+
+    run(scenario())
+
+
+# --- buffer -----------------------------------------------------------------------------
+
+
+def buffered(
+    tmp_path: Path,
+    body: Callable[[ItemUpsertBuffer, FaultyClient], Awaitable[None]],
+    faults: dict[str, Any] | None = None,
+    **options: Any,
+) -> FaultyClient:
+    """Run body with a buffer over a fault-injectable local store; the store is closed after."""
+    client = local_client(tmp_path, **(faults or {}))
+    options = {"backoff_base_s": 0.001, "backoff_cap_s": 0.01, "rng": random.Random(0)} | options
+
+    async def scenario() -> None:
+        async with AsyncQdrantStore.from_client(client, dim=DIM) as store:
+            await store.ensure_collections()
+            buffer = ItemUpsertBuffer(store, **options)
+            try:
+                await body(buffer, client)
+            finally:
+                if client.gate is not None:
+                    client.gate.set()  # never leave the worker thread blocked
+                await buffer.close(timeout=5)
+
+    run(scenario())
+    return client
+
+
+def test_buffer_coalesces_duplicate_ids_latest_wins(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    versions = [unit(rng.standard_normal(DIM)) for _ in range(5)]
+
+    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+        for v in versions:
+            await buffer.add(item("dup", v))
+        await buffer.add(item("other", versions[0]))
+        assert buffer.pending == 2
+        await buffer.flush()
+        assert buffer.pending == 0
+        assert buffer.coalesced == 4
+        assert buffer.upserted_points == 2
+        assert client.upsert_sizes == [2]
+        stored = await buffer.store.get_item("dup")
+        assert stored is not None
+        assert np.allclose(stored.vectors["unified"], versions[-1], atol=1e-6)
+        assert await buffer.store.count() == 2
+
+    buffered(tmp_path, body, max_delay_ms=60_000)
+
+
+def test_buffer_flushes_on_size(tmp_path: Path) -> None:
+    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+        for record in random_items(4):
+            await buffer.add(record)
+        await wait_until(lambda: buffer.upserted_points == 4)  # no flush() call
+        for record in random_items(2, prefix="late"):
+            await buffer.add(record)
+        await asyncio.sleep(0.2)  # below max_batch and far from max_delay: they wait
+        assert buffer.upserted_points == 4 and buffer.pending == 2
+        assert client.upsert_sizes == [4]
+
+    client = buffered(tmp_path, body, max_batch=4, max_delay_ms=60_000)
+    assert client.upsert_sizes == [4, 2]  # close() drained the rest
+
+
+def test_buffer_flushes_on_time(tmp_path: Path) -> None:
+    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+        started = time.monotonic()
+        for record in random_items(3):
+            await buffer.add(record)
+        await wait_until(lambda: buffer.upserted_points == 3)
+        assert time.monotonic() - started >= 0.1
+        assert client.upsert_sizes == [3]
+
+    buffered(tmp_path, body, max_batch=1000, max_delay_ms=100)
+
+
+def test_buffer_retries_transient_failures_until_success(tmp_path: Path) -> None:
+    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+        for record in random_items(10):
+            await buffer.add(record)
+        await buffer.flush()
+        assert await buffer.store.count() == 10
+        assert (buffer.retries, buffer.failures, buffer.upserted_points) == (3, 0, 10)
+        assert client.upsert_calls == 4
+        assert isinstance(buffer.last_error, ConnectionError)
+
+    buffered(tmp_path, body, faults={"fail_first": 3}, max_attempts=5)
+
+
+def test_buffer_requeues_after_exhausting_attempts_and_drops_nothing(tmp_path: Path) -> None:
+    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+        for record in random_items(6):
+            await buffer.add(record)
+        await buffer.flush()
+        # 5 injected faults with 2 attempts per round: two exhausted rounds, then success.
+        assert (buffer.failures, buffer.retries) == (2, 3)
+        assert buffer.upserted_points == 6 and await buffer.store.count() == 6
+
+    buffered(tmp_path, body, faults={"fail_first": 5}, max_attempts=2, max_delay_ms=60_000)
+
+
+def test_requeued_batch_keeps_items_added_meanwhile_and_their_newer_versions(
+    tmp_path: Path,
+) -> None:
+    gate = threading.Event()
+    rng = np.random.default_rng(3)
+    old, new = unit(rng.standard_normal(DIM)), unit(rng.standard_normal(DIM))
+
+    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+        await buffer.add(item("x", old))
+        await buffer.add(item("y", old))  # full batch: in flight, held at the gate
+        await wait_until(lambda: client.upsert_calls == 1)
+        await buffer.add(item("x", new))  # a newer version while the old one is in flight
+        await buffer.add(item("z", old))
+        gate.set()  # the held call now fails; max_attempts=1 re-queues the batch at once
+        await buffer.flush()
+        assert buffer.failures == 1 and buffer.upserted_points == 3
+        assert await buffer.store.count() == 3
+        stored = await buffer.store.get_item("x")
+        assert stored is not None and np.allclose(stored.vectors["unified"], new, atol=1e-6)
+
+    client = buffered(tmp_path, body, faults={"gate": gate, "fail_first": 1}, max_batch=2, max_attempts=1)
+    assert client.upsert_sizes == [2, 1]  # x (new) and y re-queued first, then z
+
+
+def test_buffer_retries_with_the_async_client(tmp_path: Path) -> None:
+    client = FaultyAsyncClient(fail_first=2, location=":memory:")
+
+    async def scenario() -> None:
+        async with AsyncQdrantStore.from_client(client, dim=DIM) as store:
+            await store.ensure_collections()
+            async with ItemUpsertBuffer(store, backoff_base_s=0.001, backoff_cap_s=0.01) as buf:
+                for record in random_items(5):
+                    await buf.add(record)
+            # Leaving the block closed (drained) the buffer.
+            assert (buf.retries, buf.upserted_points, client.upsert_calls) == (2, 5, 3)
+            assert await store.count() == 5
+
+    run(scenario())
+
+
+def test_buffer_full_makes_add_wait_instead_of_dropping(tmp_path: Path) -> None:
+    gate = threading.Event()
+
+    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+        records = random_items(5)
+        for record in records[:2]:  # a full batch: taken by the flusher, stuck at the gate
+            await buffer.add(record)
+        await wait_until(lambda: client.upsert_calls == 1)
+        for record in records[2:4]:  # fills the buffer (max_pending=2)
+            await buffer.add(record)
+        blocked = asyncio.create_task(buffer.add(records[4]))
+        await asyncio.sleep(0.2)
+        assert not blocked.done()  # back-pressure: the producer waits
+        assert buffer.pending == 4
+        gate.set()
+        await asyncio.wait_for(blocked, 3)
+        await buffer.flush()
+        assert buffer.upserted_points == 5 and await buffer.store.count() == 5
+
+    buffered(tmp_path, body, faults={"gate": gate}, max_batch=2, max_pending=2)
+
+
+def test_buffer_close_drains_and_then_refuses(tmp_path: Path) -> None:
+    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+        for record in random_items(7):
+            await buffer.add(record)
+        assert buffer.upserted_points == 0  # nothing due yet
+        await buffer.close()
+        assert buffer.upserted_points == 7 and buffer.pending == 0
+        assert await buffer.store.count() == 7
+        with pytest.raises(RuntimeError, match="closed"):
+            await buffer.add(random_items(1, seed=9)[0])
+
+    buffered(tmp_path, body, max_batch=1000, max_delay_ms=60_000)
+
+
+def test_buffer_close_times_out_when_qdrant_stays_down(tmp_path: Path) -> None:
+    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+        for record in random_items(3):
+            await buffer.add(record)
+        with pytest.raises(TimeoutError, match="3 items not written"):
+            await buffer.close(timeout=0.3)
+        assert buffer.failures >= 1 and buffer.upserted_points == 0
+
+    buffered(tmp_path, body, faults={"fail_first": 10**9}, max_attempts=2)
+
+
+def test_backoff_grows_exponentially_up_to_the_cap_with_jitter() -> None:
+    rng = random.Random(7)
+    for attempt, bound in [(1, 0.1), (2, 0.2), (3, 0.4), (6, 2.0), (20, 2.0)]:
+        delays = [backoff_delay(attempt, 0.1, 2.0, rng) for _ in range(200)]
+        assert all(0.0 <= d <= bound for d in delays)
+        assert max(delays) > 0.8 * bound  # the full range is used
+        assert len(set(delays)) > 150  # jittered, not a fixed delay

@@ -1,0 +1,212 @@
+"""Session windows as scenario tables: events in; examples, closures and state out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from streams.events import Event
+from streams.sessions import SessionBook, SessionWindow
+
+GAP = 100.0
+
+
+def ev(user: str, item: str, ts: float, session: str | None = None, kind: str = "click") -> Event:
+    return Event(user_id=user, item_id=item, event_type=kind, timestamp=ts, session_id=session)
+
+
+@dataclass
+class Step:
+    event: Event
+    prefix: list[str]  # expected example prefix
+    closed: list[tuple[str, str]] = field(default_factory=list)  # (session_id, reason)
+    duplicate: bool = False
+    partition: int = 0
+
+
+SCENARIOS: dict[str, tuple[list[Step], dict[str, list[str]]]] = {
+    "one session grows": (
+        [
+            Step(ev("u1", "a", 1000), []),
+            Step(ev("u1", "b", 1010), ["a"]),
+            Step(ev("u1", "c", 1020), ["a", "b"]),
+        ],
+        {"user:u1": ["a", "b", "c"]},
+    ),
+    "gap on the same key closes and reopens": (
+        [
+            Step(ev("u1", "a", 1000), []),
+            Step(ev("u1", "b", 1050), ["a"]),
+            Step(ev("u1", "c", 1151), [], closed=[("user:u1@1000", "gap")]),
+        ],
+        {"user:u1": ["c"]},
+    ),
+    "exactly the gap stays in the session": (
+        [Step(ev("u1", "a", 1000), []), Step(ev("u1", "b", 1100), ["a"])],
+        {"user:u1": ["a", "b"]},
+    ),
+    "watermark closes idle sessions of the partition": (
+        [
+            Step(ev("u1", "a", 1000), []),
+            Step(ev("u2", "x", 1050), []),
+            Step(ev("u2", "y", 1101), ["x"], closed=[("user:u1@1000", "idle")]),
+        ],
+        {"user:u2": ["x", "y"]},
+    ),
+    "other partitions have their own watermark": (
+        [
+            Step(ev("u1", "a", 1000), [], partition=0),
+            Step(ev("u2", "x", 5000), [], partition=1),
+        ],
+        {"user:u1": ["a"], "user:u2": ["x"]},
+    ),
+    "out-of-order event joins in arrival order": (
+        [
+            Step(ev("u1", "a", 1000), []),
+            Step(ev("u1", "b", 1030), ["a"]),
+            Step(ev("u1", "c", 1010), ["a", "b"]),
+            Step(ev("u1", "d", 1125), ["a", "b", "c"]),  # within gap of last=1030, not of 1010
+        ],
+        {"user:u1": ["a", "b", "c", "d"]},
+    ),
+    "duplicate is flagged, re-sent with its original prefix, state unchanged": (
+        [
+            Step(ev("u1", "a", 1000), []),
+            Step(ev("u1", "b", 1010), ["a"]),
+            Step(ev("u1", "c", 1020), ["a", "b"]),
+            Step(ev("u1", "b", 1010), ["a"], duplicate=True),
+        ],
+        {"user:u1": ["a", "b", "c"]},
+    ),
+    "same item at another time is not a duplicate": (
+        [Step(ev("u1", "a", 1000), []), Step(ev("u1", "a", 1001), ["a"])],
+        {"user:u1": ["a", "a"]},
+    ),
+    "explicit session id names the session": (
+        [
+            Step(ev("u1", "a", 1000, session="s-1"), []),
+            Step(ev("u2", "b", 1001, session="s-1"), ["a"]),
+            Step(ev("u1", "c", 1002), []),
+        ],
+        {"s-1": ["a", "b"], "user:u1": ["c"]},
+    ),
+    "late event after its session closed opens a short new one that closes at once": (
+        [
+            Step(ev("u1", "a", 1000), []),
+            Step(ev("u2", "x", 1200), [], closed=[("user:u1@1000", "idle")]),
+            Step(ev("u1", "b", 1005), [], closed=[("user:u1@1005", "idle")]),
+        ],
+        {"user:u2": ["x"]},
+    ),
+    "redelivery after an idle close is recognised, with its original prefix": (
+        [
+            Step(ev("u1", "a", 1000), []),
+            Step(ev("u1", "b", 1010), ["a"]),
+            Step(ev("u2", "x", 1200), [], closed=[("user:u1@1000", "idle")]),
+            Step(ev("u1", "b", 1010), ["a"], duplicate=True),  # redelivered after a crash
+            Step(ev("u1", "c", 1300), []),  # a genuinely new event opens a new session
+        ],
+        {"user:u2": ["x"], "user:u1": ["c"]},
+    ),
+    "redelivery after a gap close is recognised too": (
+        [
+            Step(ev("u1", "a", 1000), []),
+            Step(ev("u1", "b", 1010), ["a"]),
+            Step(ev("u1", "c", 1500), [], closed=[("user:u1@1000", "gap")]),
+            Step(ev("u1", "b", 1010), ["a"], duplicate=True),
+        ],
+        {"user:u1": ["c"]},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_session_scenario(name: str) -> None:
+    steps, final_items = SCENARIOS[name]
+    store: dict[str, dict] = {}
+    book = SessionBook(store, SessionWindow(gap=GAP, max_items=10, max_open=100))
+    for number, step in enumerate(steps):
+        example, closed = book.process(step.event, step.partition, offset=number)
+        assert example.item_id == step.event.item_id, f"step {number}"
+        assert example.prefix == step.prefix, f"step {number}"
+        assert example.duplicate == step.duplicate, f"step {number}"
+        assert [(c.session_id, c.reason) for c in closed] == step.closed, f"step {number}"
+    open_states = {key: state for key, state in store.items() if not state.get("tombstone")}
+    assert {key: state["items"] for key, state in open_states.items()} == final_items
+    assert book.open_sessions() == len(final_items)
+
+
+def test_closed_record_summarises_the_session() -> None:
+    book = SessionBook({}, SessionWindow(gap=GAP))
+    book.process(ev("u1", "a", 1000, kind="view"))
+    book.process(ev("u1", "b", 1010, kind="add_to_cart"))
+    book.process(ev("u1", "b", 1020, kind="purchase"))
+    _, closed = book.process(ev("u1", "z", 2000))
+    (record,) = closed
+    assert record.to_dict() == {
+        "session_id": "user:u1@1000",
+        "user_id": "u1",
+        "start": 1000,
+        "end": 1020,
+        "n_events": 3,
+        "items": ["a", "b", "b"],
+        "counts": {"view": 1, "add_to_cart": 1, "purchase": 1},
+        "reason": "gap",
+    }
+
+
+def test_state_is_bounded_per_session_and_per_partition() -> None:
+    store: dict[str, dict] = {}
+    book = SessionBook(store, SessionWindow(gap=GAP, max_items=3, max_open=2))
+    for i in range(10):
+        example, _ = book.process(ev("u1", f"i{i}", 1000 + i))
+    assert example.prefix == ["i6", "i7", "i8"]
+    assert store["user:u1"]["items"] == ["i7", "i8", "i9"]
+    assert len(store["user:u1"]["seen"]) == 3
+    assert store["user:u1"]["n_events"] == 10
+    book.process(ev("u2", "x", 1011))
+    _, closed = book.process(ev("u3", "y", 1012))
+    assert [(c.session_id, c.reason) for c in closed] == [("user:u1@1000", "evicted")]
+    assert {k for k, state in store.items() if not state.get("tombstone")} == {"user:u2", "user:u3"}
+
+
+def test_index_is_rebuilt_from_a_restored_store() -> None:
+    """After a restart the table comes back from the changelog but the heap does not."""
+    store: dict[str, dict] = {}
+    first = SessionBook(store, SessionWindow(gap=GAP))
+    first.process(ev("u1", "a", 1000), partition=2)
+    first.process(ev("u2", "b", 1050), partition=2)
+    restarted = SessionBook(dict(store), SessionWindow(gap=GAP))
+    example, closed = restarted.process(ev("u2", "c", 1120), partition=2)
+    assert example.prefix == ["b"]
+    assert [(c.session_id, c.reason) for c in closed] == [("user:u1@1000", "idle")]
+    assert restarted.open_sessions() == 1
+
+
+def test_tombstones_are_purged_after_the_redelivery_window() -> None:
+    store: dict[str, dict] = {}
+    book = SessionBook(store, SessionWindow(gap=GAP, redelivery_window=10))
+    book.process(ev("u1", "a", 1000), offset=0)
+    book.process(ev("u2", "x", 1200), offset=1)  # closes u1, leaving a tombstone
+    assert store["user:u1"]["tombstone"]
+    book.process(ev("u2", "y", 1201), offset=11)
+    assert "user:u1" in store
+    book.process(ev("u2", "z", 1202), offset=12)
+    assert "user:u1" not in store
+    example, _ = book.process(ev("u1", "a", 1000), offset=13)
+    assert not example.duplicate  # past the window an old event counts as new
+
+
+def test_redelivery_older_than_the_kept_fingerprints_is_recognised_by_offset() -> None:
+    store: dict[str, dict] = {}
+    book = SessionBook(store, SessionWindow(gap=GAP, max_items=2))
+    for offset, item in enumerate("abcd"):
+        book.process(ev("u1", item, 1000 + offset), offset=offset)
+    redelivered, _ = book.process(ev("u1", "a", 1000), offset=0)
+    assert redelivered.duplicate and redelivered.prefix == []
+    assert store["user:u1"]["n_events"] == 4
+    again, _ = book.process(ev("u1", "d", 1003), offset=3)
+    assert again.duplicate and again.prefix == ["c"]
+    fresh, _ = book.process(ev("u1", "e", 1004), offset=4)
+    assert not fresh.duplicate and fresh.prefix == ["c", "d"]
