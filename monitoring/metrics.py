@@ -9,6 +9,17 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "CHECKPOINTS_WRITTEN",
+    "CHECKPOINT_RESTORES",
+    "EXAMPLES_LEARNED",
+    "ITEMS_UPSERTED",
+    "LEARNER_ERRORS",
+    "LEARNER_QUEUE",
+    "PREQUENTIAL_HITS",
+    "PREQUENTIAL_RR",
+    "PREQUENTIAL_SCORED",
+    "TRAIN_LOSS",
+    "TRAIN_STEP_SECONDS",
     "EVENTS_ACCEPTED",
     "EVENTS_DUPLICATE",
     "EVENTS_REJECTED",
@@ -46,3 +57,20 @@ HTTP_INGEST_REQUESTS = Counter(
     "onevec_http_ingest_requests", "POST /events requests, by HTTP status.", ["status"]
 )
 WORKER_PARTITIONS = Gauge("onevec_worker_partitions", "Input partitions assigned to this worker.")
+
+# Learner and sink.
+EXAMPLES_LEARNED = Counter("onevec_examples_learned", "Training examples the learner has stepped on.")
+TRAIN_LOSS = Gauge("onevec_train_loss", "Loss of the last training micro-batch.")
+TRAIN_STEP_SECONDS = Histogram(
+    "onevec_train_step_seconds",
+    "Wall time of one learner micro-batch (score, train, encode).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+LEARNER_QUEUE = Gauge("onevec_learner_queue_batches", "Micro-batches waiting for the learner thread.")
+LEARNER_ERRORS = Counter("onevec_learner_errors", "Learner micro-batches that failed and were skipped.")
+PREQUENTIAL_SCORED = Gauge("onevec_prequential_scored", "Examples scored before training (since start).")
+PREQUENTIAL_HITS = Gauge("onevec_prequential_hits", "Scored examples whose next item was in the top 20.")
+PREQUENTIAL_RR = Gauge("onevec_prequential_reciprocal_rank", "Sum of reciprocal ranks within the top 20.")
+ITEMS_UPSERTED = Gauge("onevec_items_upserted", "Item points written to Qdrant (since start).")
+CHECKPOINTS_WRITTEN = Counter("onevec_checkpoints_written", "Learner checkpoints written.")
+CHECKPOINT_RESTORES = Counter("onevec_checkpoint_restores", "Learner checkpoints restored at start.")

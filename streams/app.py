@@ -18,6 +18,8 @@ from faust.types import EventT, StreamT
 
 from monitoring import metrics
 from streams.events import Event, Rejection, ValidationLimits, session_key, validate_event
+from streams.learner import Learner, load_attributes
+from streams.qdrant_store import AsyncQdrantStore
 from streams.sessions import SessionBook, SessionWindow
 from streams.settings import Settings
 from streams.topics import bootstrap_servers
@@ -82,7 +84,19 @@ class OnevecApp:
             ),
         )
         self.partitions: set[int] = set()
+        self.store = AsyncQdrantStore(
+            dim=settings.model_dim,
+            url=settings.qdrant_url or None,
+            api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+            path=None if settings.qdrant_url or not settings.qdrant_path else settings.qdrant_path,
+        )
+        attributes = load_attributes(settings.catalog) if settings.catalog else {}
+        self.learner = Learner(settings, self.store, attributes)
+        self._rewind_to = self.learner.restore()
         self.faust.agent(self.clicks, name="sessionize")(self._sessionize)
+        self.faust.agent(self.examples, name="learn")(self._learn)
+        self.faust.task(self._run_learner)
+        self.faust.on_before_shutdown.connect(self._on_shutdown)
         self.faust.on_partitions_assigned.connect(self._on_assigned)
         self.faust.on_partitions_revoked.connect(self._on_revoked)
 
@@ -133,7 +147,27 @@ class OnevecApp:
             await self.sessions_closed.send(key=session.session_id.encode(), value=session.to_dict())
         metrics.SESSIONS_OPEN.set(self.book.open_sessions())
 
+    async def _learn(self, stream: StreamT[dict[str, Any]]) -> None:
+        size, within = self.settings.learner_batch_size, self.settings.learner_batch_within_seconds
+        async for events in stream.take_events(size, within):
+            await self.learner.submit(
+                [(f"{e.message.topic}:{e.message.partition}", e.message.offset, e.value) for e in events]
+            )
+
+    async def _run_learner(self) -> None:
+        await self.store.ensure_collections()
+        await self.learner.run()
+
+    async def _on_shutdown(self, sender: Any, **_: Any) -> None:
+        await self.learner.close()
+
     async def _on_assigned(self, sender: Any, assigned: set[Any], **_: Any) -> None:
+        # First assignment after a restart: rewind the examples to just after the restored
+        # checkpoint, so what was learned after it (and lost with the process) is learned again.
+        for tp in assigned:
+            key = f"{tp.topic}:{tp.partition}"
+            if tp.topic == self.settings.examples_topic and key in self._rewind_to:
+                self.faust.consumer.seek(tp, self._rewind_to.pop(key) + 1)
         self.partitions |= {tp.partition for tp in assigned if tp.topic == self.settings.clicks_topic}
         metrics.WORKER_PARTITIONS.set(len(self.partitions))
 

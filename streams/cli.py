@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-from rich.table import Table
 
 from streams.settings import Settings, load_settings
-from streams.worker import WorkerProcess, metric_total
 
 __all__ = ["app"]
 
@@ -22,7 +20,7 @@ app = typer.Typer(help="onevec: live unified product embeddings.", no_args_is_he
 console = Console()
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
     return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -77,22 +75,30 @@ def replay(
 
 
 def _replay(settings: Settings, source: str, speedup: float | None, limit: int) -> tuple[int, float]:
+    events = read_events(settings, source, limit)
+    return len(events), replay_events(settings, events, source, speedup)
+
+
+def read_events(settings: Settings, source: str, limit: int = 0) -> pd.DataFrame:
     from streams.datasets import load_events
+
+    events = load_events(Path(source) if Path(source).exists() else source, settings.session_gap_seconds)
+    return events.head(limit) if limit else events
+
+
+def replay_events(settings: Settings, events: pd.DataFrame, label: str, speedup: float | None) -> float:
+    """Replay with a progress bar; returns the elapsed seconds."""
     from streams.producer import EventProducer
     from streams.replay import replay as run_replay
     from streams.topics import bootstrap_servers, ensure_topics
 
-    events = load_events(source if not Path(source).exists() else Path(source), settings.session_gap_seconds)
-    if limit:
-        events = events.head(limit)
     ensure_topics(settings)
     with (
         EventProducer(bootstrap_servers(settings), settings.clicks_topic) as producer,
-        _progress() as bar,
+        progress_bar() as bar,
     ):
-        task = bar.add_task(f"replay {source}", total=len(events))
-        elapsed = run_replay(events, producer, speedup, lambda n: bar.advance(task, n))
-    return len(events), elapsed
+        task = bar.add_task(f"replay {label}", total=len(events))
+        return run_replay(events, producer, speedup, lambda n: bar.advance(task, n))
 
 
 @app.command()
@@ -106,63 +112,10 @@ def demo(
     ] = 900.0,
 ) -> None:
     """Embedded broker + one worker + a replay of a real dataset, then a summary."""
-    from deploy.embedded_broker import EmbeddedBroker
+    from streams.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
-    settings = load_settings()
-    with EmbeddedBroker(host=settings.bind_host) if settings.embedded else nullcontext() as embedded:
-        broker_url = embedded.url if embedded else settings.broker_url
-        settings = settings.model_copy(
-            update={"broker_url": broker_url, "tansu": settings.tansu or embedded is not None}
-        )
-        console.print(f"broker: {broker_url} ({'embedded Tansu' if embedded else 'external'})")
-        worker_proc = WorkerProcess(settings, broker_url)
-        started = time.monotonic()
-        try:
-            worker_proc.start()
-            console.print(f"worker: {worker_proc.base_url} ready in {time.monotonic() - started:.1f}s")
-            replay_started = time.monotonic()
-            produced, replay_seconds = _replay(settings, dataset, None, limit)
-            processed_at, samples = _wait_processed(worker_proc, produced, timeout)
-        finally:
-            worker_proc.stop()
-    elapsed = processed_at - replay_started
-    table = Table(title=f"onevec demo: {dataset}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    rows = {
-        "events replayed": f"{produced:,}",
-        "events accepted": f"{metric_total(samples, 'onevec_events_accepted_total'):,.0f}",
-        "events rejected (DLQ)": f"{metric_total(samples, 'onevec_events_rejected_total'):,.0f}",
-        "duplicates": f"{metric_total(samples, 'onevec_events_duplicate_total'):,.0f}",
-        "examples emitted": f"{metric_total(samples, 'onevec_examples_emitted_total'):,.0f}",
-        "sessions closed": f"{metric_total(samples, 'onevec_sessions_closed_total'):,.0f}",
-        "sessions open": f"{metric_total(samples, 'onevec_sessions_open'):,.0f}",
-        "replay (producer) ev/s": f"{produced / max(replay_seconds, 1e-9):,.0f}",
-        "end-to-end ev/s (first send to last event processed)": f"{produced / max(elapsed, 1e-9):,.0f}",
-    }
-    for name, value in rows.items():
-        table.add_row(name, value)
-    console.print(table)
-
-
-def _wait_processed(
-    worker_proc: WorkerProcess, produced: int, timeout: float
-) -> tuple[float, dict[str, float]]:
-    deadline = time.monotonic() + timeout
-    with _progress() as bar:
-        task = bar.add_task("worker processed", total=produced)
-        while True:
-            samples = worker_proc.metrics()
-            done = metric_total(samples, "onevec_events_accepted_total") + metric_total(
-                samples, "onevec_events_rejected_total"
-            )
-            bar.update(task, completed=done)
-            if done >= produced:
-                return time.monotonic(), samples
-            if time.monotonic() > deadline:
-                raise typer.Exit(f"worker processed {done:.0f} of {produced} events before the timeout")
-            time.sleep(0.5)
+    run_demo(load_settings(), dataset, limit, timeout, console)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,15 @@ def split_body(body: bytes) -> list[bytes] | Rejection:
     return [line for line in stripped.splitlines() if line.strip()]
 
 
+def parse_filters(values: list[str]) -> dict[str, str]:
+    """``key=value`` query values as a payload filter."""
+    return dict(value.split("=", 1) for value in values if "=" in value)
+
+
+def hit_json(hit: Any) -> dict[str, Any]:
+    return {"item_id": hit.item_id, "score": hit.score, "attributes": hit.payload.get("attributes", {})}
+
+
 def register_routes(onevec: OnevecApp) -> None:
     app = onevec.faust
     limits = onevec.limits
@@ -86,6 +95,57 @@ def register_routes(onevec: OnevecApp) -> None:
             if state is None or state.get("tombstone"):
                 return self.json({"error": f"no open session {key!r} on this worker"}, status=404)
             return self.json({k: v for k, v in state.items() if k not in ("seen", "previous")})
+
+    @app.page("/similar/{item_id}")
+    class SimilarView(View):
+        async def get(self, request: Request, item_id: str) -> Response:
+            k = int(request.query.get("k", "10"))
+            filters = parse_filters(request.query.getall("filter", []))
+            try:
+                hits = await onevec.store.similar(item_id, k=k, filter=filters or None)
+            except KeyError:
+                return self.json({"error": f"unknown item {item_id!r}"}, status=404)
+            return self.json({"item_id": item_id, "similar": [hit_json(h) for h in hits]})
+
+    @app.page("/recommend")
+    class RecommendView(View):
+        async def get(self, request: Request) -> Response:
+            k = int(request.query.get("k", "20"))
+            if "session" in request.query:
+                state = onevec.session_table.get(request.query["session"])
+                if state is None or state.get("tombstone"):
+                    return self.json({"error": "no open session with that id on this worker"}, status=404)
+                items = list(state["items"])
+            else:
+                items = [i for i in request.query.get("items", "").split(",") if i]
+            if not items:
+                return self.json({"error": "give ?session=ID or ?items=a,b,c"}, status=400)
+            ranked = await onevec.learner.recommend_for_items(items, k)
+            attributes = onevec.learner.attributes
+            return self.json(
+                {
+                    "items": items,
+                    "recommended": [
+                        {"item_id": i, "score": s, "attributes": attributes.get(i, {})} for i, s in ranked
+                    ],
+                }
+            )
+
+    @app.page("/stats")
+    class StatsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(
+                {
+                    "items": await onevec.store.count("items"),
+                    "sessions": await onevec.store.count("sessions"),
+                    "model_steps": onevec.learner.trainer.steps,
+                    "prequential": {
+                        "scored": onevec.learner.score.scored,
+                        "hr@20": onevec.learner.score.hr,
+                        "mrr@20": onevec.learner.score.mrr,
+                    },
+                }
+            )
 
     @app.page("/healthz")
     class HealthView(View):

@@ -7,6 +7,7 @@ defaults and a real deployment: switching to real services is only a change of U
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cached_property
 from pathlib import Path
@@ -36,15 +37,32 @@ class Settings(BaseSettings):
     examples_topic: str = "onevec-examples"
     sessions_topic: str = "onevec-sessions-closed"
 
-    # Qdrant: a URL for a server, otherwise local mode at qdrant_path.
+    # Qdrant: a URL for a server; otherwise qdrant-client local mode, on disk at qdrant_path
+    # or, by default, in memory. Local mode on disk writes every point through SQLite and
+    # pickles (the learner then spends most of its time there); in memory it is ~10x faster,
+    # and nothing is lost: vectors are derived state, re-published from the restored
+    # checkpoint when a worker starts.
     qdrant_url: str = ""
     qdrant_api_key: SecretStr | None = None
-    qdrant_path: Path = Path(".onevec/qdrant")
+    qdrant_path: Path | None = None
 
     # Session windows (event time).
     session_gap_seconds: float = Field(default=1800.0, gt=0)
     max_session_items: int = Field(default=50, ge=1)
     max_open_sessions: int = Field(default=200_000, ge=1)
+
+    # Learner and Qdrant sink.
+    catalog: str = ""  # dataset name or catalogue file whose attributes feed the item encoder
+    model_dim: int = Field(default=64, ge=2)
+    model_seed: int = 0
+    learner_batch_size: int = Field(default=256, ge=1)
+    learner_batch_within_seconds: float = Field(default=0.5, gt=0)
+    learner_queue_batches: int = Field(default=8, ge=1)
+    upsert_batch_points: int = Field(default=256, ge=1)
+    upsert_interval_ms: float = Field(default=500.0, gt=0)
+    upsert_min_change: float = Field(default=0.01, ge=0)  # cosine distance that re-publishes an item
+    checkpoint_interval_seconds: float = Field(default=30.0, gt=0)
+    fusion_weights: dict[str, float] = {"behaviour": 1.0, "text": 1.0, "image": 1.0}
 
     # Validation limits.
     max_event_bytes: int = Field(default=64 * 1024, ge=64)
@@ -91,7 +109,9 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            env[f"ONEVEC_{name.upper()}"] = str(value)
+            # Complex values are JSON in the environment, as pydantic-settings reads them.
+            text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+            env[f"ONEVEC_{name.upper()}"] = text
         return env
 
 

@@ -1,0 +1,107 @@
+"""Online trainer: both encoders, one optimiser, checkpoints that record input offsets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.base import parse_examples
+from models.config import ModelConfig
+from models.item_encoder import ItemEncoder
+from models.session_encoder import SessionEncoder
+
+__all__ = ["OnlineTrainer"]
+
+_CHECKPOINT_FORMAT = 1
+
+
+class OnlineTrainer:
+    """Trains the item and session encoders together, one micro-batch at a time.
+
+    The loss of a step is the session encoder's next-item loss plus ``item_loss_weight``
+    times the item objective (sgns or bpr); one backward pass and one step of the single
+    optimiser (``item_encoder.optimizer``, which grows with the tables) per micro-batch, so a
+    row touched by both losses gets one Adam update from the summed gradient.
+    """
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        self.config = config or ModelConfig()
+        self.item_encoder = ItemEncoder(self.config)
+        self.session_encoder = SessionEncoder(self.item_encoder)
+        self.steps = 0
+
+    def set_attributes(self, item_id: str, tokens: Sequence[str]) -> None:
+        self.item_encoder.set_attributes(item_id, tokens)
+
+    def learn(self, batch: list[dict[str, Any]]) -> float:
+        """One step on a micro-batch of example records (duplicates skipped); returns the loss."""
+        examples = parse_examples(batch)
+        if not examples:
+            return 0.0
+        prepared = self.item_encoder.prepare(examples)
+        loss = self.session_encoder.loss(prepared)
+        if self.config.item_loss_weight:
+            loss = loss + self.config.item_loss_weight * self.item_encoder.loss(prepared)
+        loss.backward()
+        self.item_encoder.step(self.session_encoder.named_parameters())
+        self.steps += 1
+        return loss.item()
+
+    def encode_items(self, item_ids: Sequence[str]) -> np.ndarray:
+        return self.item_encoder.encode_items(item_ids)
+
+    def encode_session(self, prefix: Sequence[str]) -> np.ndarray:
+        return self.session_encoder.encode_session(prefix)
+
+    def encode_sessions(self, prefixes: Sequence[Sequence[str]]) -> np.ndarray:
+        return self.session_encoder.encode_sessions(prefixes)
+
+    def recommend(
+        self, prefix: Sequence[str], k: int = 20, exclude: Collection[str] = ()
+    ) -> list[tuple[str, float]]:
+        return self.session_encoder.recommend(prefix, k, exclude)
+
+    def changed_items(self) -> set[str]:
+        return self.item_encoder.changed_items()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.model_dump(),  # for inspection; the loader's config governs
+            "steps": self.steps,
+            "session": self.session_encoder.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.session_encoder.load_state_dict(state["session"])
+        self.steps = int(state["steps"])
+
+    def save_checkpoint(self, path: str | os.PathLike[str], offsets: Mapping[str, int]) -> None:
+        """Write weights, optimiser state, vocabularies, counts, step count and the input
+        offsets they cover, atomically: a crash leaves the previous checkpoint intact."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": _CHECKPOINT_FORMAT,
+            "offsets": {str(k): int(v) for k, v in offsets.items()},
+            "state": self.state_dict(),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> dict[str, int]:
+        """Restore a checkpoint; returns the input offsets it covers (resume from there)."""
+        # weights_only: a checkpoint is data, never code to unpickle.
+        payload = torch.load(path, weights_only=True)
+        if payload["format"] != _CHECKPOINT_FORMAT:
+            raise ValueError(f"unknown checkpoint format {payload['format']}")
+        self.load_state_dict(payload["state"])
+        return dict(payload["offsets"])

@@ -1,0 +1,53 @@
+"""A growing string -> row map: no fixed vocabulary, no hashing, so no collisions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Vocabulary"]
+
+
+class Vocabulary:
+    """Assigns rows 0, 1, 2, ... to keys in order of first appearance.
+
+    Rows are never reused or reordered, so a row index stays valid for the life of a model
+    and a checkpoint restores exactly the same map.
+    """
+
+    def __init__(self) -> None:
+        self._keys: list[str] = []
+        self._rows: dict[str, int] = {}
+
+    def index(self, key: str) -> int:
+        """The row of ``key``, adding it if new."""
+        row = self._rows.get(key)
+        if row is None:
+            row = len(self._keys)
+            self._rows[key] = row
+            self._keys.append(key)
+        return row
+
+    def get(self, key: str) -> int | None:
+        """The row of ``key``, or None if it was never added."""
+        return self._rows.get(key)
+
+    def key(self, row: int) -> str:
+        return self._keys[row]
+
+    def keys(self) -> list[str]:
+        """All keys, in row order (a copy)."""
+        return list(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def state_dict(self) -> dict[str, Any]:
+        # The row order is the whole state; a plain list is JSON-friendly.
+        return {"keys": list(self._keys)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        keys = list(state["keys"])
+        if len(set(keys)) != len(keys):
+            raise ValueError("vocabulary state has duplicate keys")
+        self._keys = keys
+        self._rows = {key: row for row, key in enumerate(keys)}

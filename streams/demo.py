@@ -1,0 +1,141 @@
+"""``onevec demo``: an embedded broker, one worker, a real dataset replayed, then a summary of
+the pipeline, of Qdrant and of the live model against a popularity baseline."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+from contextlib import nullcontext
+from typing import Any
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deploy.embedded_broker import EmbeddedBroker
+from models.prequential import prequential_popularity
+from streams.cli import progress_bar, read_events, replay_events
+from streams.datasets import BUILTIN_DATASETS
+from streams.learner import load_attributes
+from streams.settings import Settings
+from streams.worker import WorkerProcess, metric_total
+
+__all__ = ["run_demo", "session_examples"]
+
+
+def run_demo(settings: Settings, dataset: str, limit: int, timeout: float, console: Console) -> None:
+    if not settings.catalog and dataset in BUILTIN_DATASETS:
+        settings = settings.model_copy(update={"catalog": dataset})
+    events = read_events(settings, dataset, limit)
+    with EmbeddedBroker(host=settings.bind_host) if settings.embedded else nullcontext() as embedded:
+        broker_url = embedded.url if embedded else settings.broker_url
+        settings = settings.model_copy(
+            update={"broker_url": broker_url, "tansu": settings.tansu or embedded is not None}
+        )
+        console.print(f"broker: {broker_url} ({'embedded Tansu' if embedded else 'external'})")
+        worker = WorkerProcess(settings, broker_url)
+        started = time.monotonic()
+        try:
+            worker.start()
+            console.print(f"worker: {worker.base_url} ready in {time.monotonic() - started:.1f}s")
+            replay_started = time.monotonic()
+            replay_seconds = replay_events(settings, events, dataset, None)
+            wait_for(
+                worker,
+                ["onevec_events_accepted_total", "onevec_events_rejected_total"],
+                len(events),
+                "sessionized",
+                timeout,
+            )
+            processed = time.monotonic()
+            wait_for(worker, ["onevec_examples_learned_total"], len(events), "learned", timeout)
+            learned = time.monotonic()
+            time.sleep(2 * settings.upsert_interval_ms / 1000 + 0.5)  # let the sink flush
+            samples = worker.metrics()
+            stats = get_json(f"{worker.base_url}/stats")
+            popular = events["item_id"].value_counts().index[0]
+            similar = get_json(f"{worker.base_url}/similar/{urllib.parse.quote(popular)}?k=10")
+        finally:
+            worker.stop()
+
+    pipeline = Table(title=f"onevec demo: {dataset} ({len(events):,} events)")
+    pipeline.add_column("measure")
+    pipeline.add_column("value", justify="right")
+    for name, value in {
+        "events accepted": metric_total(samples, "onevec_events_accepted_total"),
+        "events rejected (DLQ)": metric_total(samples, "onevec_events_rejected_total"),
+        "duplicates": metric_total(samples, "onevec_events_duplicate_total"),
+        "examples emitted": metric_total(samples, "onevec_examples_emitted_total"),
+        "examples learned": metric_total(samples, "onevec_examples_learned_total"),
+        "sessions closed": metric_total(samples, "onevec_sessions_closed_total"),
+        "sessions open": metric_total(samples, "onevec_sessions_open"),
+        "items in Qdrant": stats["items"],
+        "live sessions in Qdrant": stats["sessions"],
+    }.items():
+        pipeline.add_row(name, f"{value:,.0f}")
+    pipeline.add_row("replay (producer) ev/s", f"{len(events) / max(replay_seconds, 1e-9):,.0f}")
+    pipeline.add_row("sessionized ev/s", f"{len(events) / max(processed - replay_started, 1e-9):,.0f}")
+    pipeline.add_row("learned ev/s (end to end)", f"{len(events) / max(learned - replay_started, 1e-9):,.0f}")
+    console.print(pipeline)
+
+    baseline = prequential_popularity(session_examples(events, settings.max_session_items))
+    quality = Table(title="prequential next-item (test-then-train), same stream and protocol")
+    for column in ("model", "scored", "HR@20", "MRR@20"):
+        quality.add_column(column, justify="right" if column != "model" else "left")
+    live = stats["prequential"]
+    quality.add_row(
+        "onevec live model", f"{live['scored']:,}", f"{live['hr@20']:.3f}", f"{live['mrr@20']:.3f}"
+    )
+    quality.add_row("popularity so far", f"{baseline.scored:,}", f"{baseline.hr:.3f}", f"{baseline.mrr:.3f}")
+    console.print(quality)
+
+    mine = load_attributes(settings.catalog).get(popular, {}) if settings.catalog else {}
+    neighbours = Table(
+        title=f"similar to the most-clicked item {popular}: {mine.get('title', '')} "
+        f"[{', '.join(mine.get('genre', []))}] (Qdrant, unified vector)"
+    )
+    for column in ("item", "score", "title", "genres"):
+        neighbours.add_column(column)
+    for hit in similar["similar"]:
+        attrs = hit["attributes"]
+        neighbours.add_row(
+            hit["item_id"],
+            f"{hit['score']:.3f}",
+            str(attrs.get("title", "")),
+            ", ".join(attrs.get("genre", [])),
+        )
+    console.print(neighbours)
+
+
+def session_examples(events: pd.DataFrame, max_items: int) -> list[tuple[list[str], str]]:
+    """(prefix, next item) pairs in stream order, as the sessionizer emits them."""
+    history: dict[str, list[str]] = {}
+    pairs = []
+    for session, item in zip(events["session_id"], events["item_id"], strict=True):
+        items = history.setdefault(session, [])
+        pairs.append((items[-max_items:], item))
+        items.append(item)
+    return pairs
+
+
+def get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - loopback worker
+        return json.loads(response.read())
+
+
+def wait_for(worker: WorkerProcess, names: list[str], target: int, label: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with progress_bar() as bar:
+        task = bar.add_task(f"worker {label}", total=target)
+        while True:
+            samples = worker.metrics()
+            done = sum(metric_total(samples, name) for name in names)
+            bar.update(task, completed=done)
+            if done >= target:
+                return
+            if time.monotonic() > deadline:
+                raise typer.Exit(f"worker {label} {done:.0f} of {target} before the timeout")
+            time.sleep(0.5)

@@ -1,0 +1,261 @@
+"""The online learner of a worker: micro-batches of training examples in, vectors in Qdrant out.
+
+Torch steps run on one dedicated thread, never on the event loop, so Kafka heartbeats and HTTP
+stay responsive; a bounded queue between the ``learn`` agent and that thread back-pressures
+the agent when training falls behind instead of buffering without limit.
+
+Each micro-batch is first *scored* (prequential, test-then-train: the live model ranks the
+next item of every example before it learns from it), then trained on; the items whose
+vectors changed are fused with their static sources and upserted, batched, to Qdrant, and
+the sessions of the batch get fresh live session vectors. Checkpoints (weights, optimiser
+state, id maps) record the example offsets they cover; on start the learner restores the
+last one and the agent rewinds the examples topic to just after those offsets, so a crash
+loses no learned state: examples after the checkpoint are learned again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.config import ModelConfig
+from models.fusion import fuse
+from models.prequential import PrequentialScore, target_ranks
+from models.trainer import OnlineTrainer
+from monitoring import metrics
+from streams.qdrant_store import AsyncQdrantStore, ItemRecord, ItemUpsertBuffer, SessionRecord
+from streams.settings import Settings
+
+__all__ = ["Learner", "attribute_tokens", "load_attributes"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    items: dict[str, np.ndarray]  # changed item -> behaviour vector
+    sessions: dict[str, tuple[list[str], np.ndarray]]  # session -> (items, live vector)
+
+
+class Learner:
+    def __init__(
+        self,
+        settings: Settings,
+        store: AsyncQdrantStore,
+        attributes: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.trainer = OnlineTrainer(ModelConfig(dim=settings.model_dim, seed=settings.model_seed))
+        self.attributes = attributes or {}
+        for item_id, attrs in self.attributes.items():
+            self.trainer.set_attributes(item_id, attribute_tokens(attrs))
+        self.buffer = ItemUpsertBuffer(
+            store, max_batch=settings.upsert_batch_points, max_delay_ms=settings.upsert_interval_ms
+        )
+        self.queue: asyncio.Queue[list[tuple[str, int, dict[str, Any]]]] = asyncio.Queue(
+            maxsize=settings.learner_queue_batches
+        )
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onevec-learner")
+        self.score = PrequentialScore()
+        self.event_counts: Counter[str] = Counter()
+        self.offsets: dict[str, int] = {}
+        self.checkpoint_path = settings.data_dir / "checkpoints" / "learner.pt"
+        self._last_checkpoint = time.monotonic()
+        self._runner: asyncio.Task[None] | None = None
+        self.published: dict[str, np.ndarray] = {}  # unit vector last sent to Qdrant, per item
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def restore(self) -> dict[str, int]:
+        """Load the last checkpoint, if any; return the example offsets it covers."""
+        if not self.checkpoint_path.exists():
+            return {}
+        self.offsets = self.trainer.load_checkpoint(self.checkpoint_path)
+        log.warning("restored checkpoint %s (%d steps)", self.checkpoint_path, self.trainer.steps)
+        metrics.CHECKPOINT_RESTORES.inc()
+        return dict(self.offsets)
+
+    async def checkpoint(self) -> None:
+        await self._in_thread(self._save_checkpoint)
+
+    def _save_checkpoint(self) -> None:
+        self.trainer.save_checkpoint(self.checkpoint_path, self.offsets)
+        self._last_checkpoint = time.monotonic()
+        metrics.CHECKPOINTS_WRITTEN.inc()
+
+    async def close(self) -> None:
+        """Stop learning, drain the sink, write a last checkpoint. Batches still queued are
+        not lost: the checkpoint's offsets do not cover them, so a restart learns them."""
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+        await self.buffer.close(timeout=30)
+        await self.checkpoint()
+        self.thread.shutdown(wait=True)
+
+    # -- the work ----------------------------------------------------------------------
+
+    async def submit(self, batch: list[tuple[str, int, dict[str, Any]]]) -> None:
+        """Queue a micro-batch of (topic-partition, offset, example); waits when full."""
+        await self.queue.put(batch)
+        metrics.LEARNER_QUEUE.set(self.queue.qsize())
+
+    async def run(self) -> None:
+        self._runner = asyncio.current_task()
+        while True:
+            batch = await self.queue.get()
+            metrics.LEARNER_QUEUE.set(self.queue.qsize())
+            try:
+                await self._process(batch)
+            except Exception:  # noqa: BLE001 - a bad batch must not stop learning
+                log.exception("learner step failed; batch skipped")
+                metrics.LEARNER_ERRORS.inc()
+
+    async def _process(self, batch: list[tuple[str, int, dict[str, Any]]]) -> None:
+        examples = [example for _, _, example in batch]
+        started = time.perf_counter()
+        step = await self._in_thread(self._step, examples)
+        metrics.TRAIN_STEP_SECONDS.observe(time.perf_counter() - started)
+        metrics.TRAIN_LOSS.set(step.loss)
+        metrics.EXAMPLES_LEARNED.inc(len(examples))
+        for tp, offset, _ in batch:
+            self.offsets[tp] = max(offset, self.offsets.get(tp, -1))
+        await self._upsert(step, examples)
+        if time.monotonic() - self._last_checkpoint > self.settings.checkpoint_interval_seconds:
+            await self.checkpoint()
+
+    def _step(self, examples: list[dict[str, Any]]) -> StepResult:
+        """Score (test), then learn (train); runs on the learner thread."""
+        scored = [e for e in examples if e.get("prefix") and not e.get("duplicate")]
+        for rank in target_ranks(self.trainer, [e["prefix"] for e in scored], [e["item_id"] for e in scored]):
+            self.score.add(rank)
+        metrics.PREQUENTIAL_SCORED.set(self.score.scored)
+        metrics.PREQUENTIAL_HITS.set(self.score.hits)
+        metrics.PREQUENTIAL_RR.set(self.score.reciprocal_rank)
+        loss = self.trainer.learn(examples)
+        for example in examples:
+            if not example.get("duplicate"):
+                self.event_counts[example["item_id"]] += 1
+        clicked = {e["item_id"] for e in examples}
+        sessions = {e["session_id"]: [*e["prefix"], e["item_id"]] for e in examples}
+        session_ids = list(sessions)
+        session_vectors = self.trainer.encode_sessions([sessions[sid] for sid in session_ids])
+        return StepResult(
+            loss=loss,
+            items=self._material_changes(sorted(self.trainer.changed_items()), clicked),
+            sessions={sid: (sessions[sid], v) for sid, v in zip(session_ids, session_vectors, strict=True)},
+        )
+
+    def _material_changes(self, changed: list[str], clicked: set[str]) -> dict[str, np.ndarray]:
+        """The changed items worth re-publishing: new ones, clicked ones, and any whose direction
+        moved by more than ``upsert_min_change`` (cosine distance) since it was last published.
+        A shared attribute token moves every item carrying it a little on every step; writing
+        them all each time would make the sink the bottleneck for no visible change."""
+        if not changed:
+            return {}
+        vectors = self.trainer.encode_items(changed)
+        units = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        publish = {}
+        for item_id, vector, unit in zip(changed, vectors, units, strict=True):
+            last = self.published.get(item_id)
+            if (
+                last is None
+                or item_id in clicked
+                or 1.0 - float(unit @ last) > self.settings.upsert_min_change
+            ):
+                publish[item_id] = vector
+                self.published[item_id] = unit
+        return publish
+
+    async def _upsert(self, step: StepResult, examples: list[dict[str, Any]]) -> None:
+        now = time.time()
+        users = {e["session_id"]: e["user_id"] for e in examples}
+        for item_id, vector in step.items.items():
+            unified = fuse({"behaviour": vector}, self.settings.fusion_weights)
+            await self.buffer.add(
+                ItemRecord(
+                    item_id=item_id,
+                    vectors={"unified": unified, "behaviour": vector},
+                    attributes=self.attributes.get(item_id, {}),
+                    model_version=self.trainer.steps,
+                    updated_at=now,
+                    event_count=self.event_counts[item_id],
+                )
+            )
+        sessions = [
+            SessionRecord(
+                session_id=sid,
+                vector=vector,
+                user_id=users.get(sid),
+                updated_at=now,
+                items=items[-self.settings.max_session_items :],
+            )
+            for sid, (items, vector) in step.sessions.items()
+        ]
+        if sessions:
+            await self.store.upsert_sessions(sessions)
+        metrics.ITEMS_UPSERTED.set(self.buffer.upserted_points)
+
+    # -- lookups (serialised with training on the learner thread) ----------------------
+
+    async def recommend_for_items(self, items: list[str], k: int) -> list[tuple[str, float]]:
+        return await self._in_thread(self.trainer.recommend, items, k, set(items))
+
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+
+
+def attribute_tokens(attributes: dict[str, Any]) -> list[str]:
+    """Side-information tokens ("genre=Comedy") from an item's attributes; the title is text
+    for the static encoders, not a token (it would only re-encode the id)."""
+    tokens = []
+    for key, value in attributes.items():
+        if key == "title":
+            continue
+        values = value if isinstance(value, list) else [value]
+        tokens.extend(f"{key}={v}" for v in values if v not in (None, ""))
+    return tokens
+
+
+def load_attributes(source: str | Path) -> dict[str, dict[str, Any]]:
+    """Catalogue attributes per item: MovieLens genres and release-year band, or any columns."""
+    from streams.datasets import load_catalog
+
+    catalog = load_catalog(source)
+    flag_columns = [
+        c for c in catalog.columns if c != "item_id" and set(catalog[c].dropna().unique()) <= {0, 1}
+    ]
+    attributes: dict[str, dict[str, Any]] = {}
+    for row in catalog.to_dict("records"):
+        attrs: dict[str, Any] = {}
+        flags = [c for c in flag_columns if row.get(c) == 1]
+        if flags:
+            attrs["genre"] = flags
+        for column, value in row.items():
+            if column == "item_id" or column in flag_columns or value is None:
+                continue
+            if isinstance(value, str) and 0 < len(value) <= 64 and column.lower() in CATEGORY_COLUMNS:
+                attrs[column] = value
+        if (
+            "release_date" in row
+            and isinstance(row["release_date"], str)
+            and row["release_date"][-4:].isdigit()
+        ):
+            attrs["decade"] = f"{row['release_date'][-4:-1]}0s"
+        if "movie_title" in row:
+            attrs["title"] = row["movie_title"]
+        attributes[str(row["item_id"])] = attrs
+    return attributes
+
+
+CATEGORY_COLUMNS = {"category", "brand", "colour", "color", "department", "division", "class", "price_band"}
