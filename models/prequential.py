@@ -42,14 +42,17 @@ class PrequentialScore:
         return self.reciprocal_rank / self.scored if self.scored else 0.0
 
 
-def prequential_popularity(examples: Iterable[tuple[list[str], str]], k: int = TOP_K) -> PrequentialScore:
+def prequential_popularity(
+    examples: Iterable[tuple[list[str], str]], k: int = TOP_K, score_from: int = 0
+) -> PrequentialScore:
     """The most-clicked items so far (excluding the session's own items) as the baseline,
     scored on the same examples and protocol as the live model: (prefix, next item) pairs in
-    stream order, first events of a session (empty prefix) not scored."""
+    stream order, first events of a session (empty prefix) not scored, nor the examples
+    before ``score_from`` (they only count clicks: a held-out tail)."""
     counts: Counter[str] = Counter()
     score = PrequentialScore()
-    for prefix, target in examples:
-        if prefix:
+    for position, (prefix, target) in enumerate(examples):
+        if prefix and position >= score_from:
             seen = set(prefix)
             top = [item for item, _ in counts.most_common(k + len(seen)) if item not in seen][:k]
             score.add(top.index(target) + 1 if target in top else None)

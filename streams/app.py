@@ -167,7 +167,7 @@ class OnevecApp:
         for tp in assigned:
             key = f"{tp.topic}:{tp.partition}"
             if tp.topic == self.settings.examples_topic and key in self._rewind_to:
-                self.faust.consumer.seek(tp, self._rewind_to.pop(key) + 1)
+                await self.faust.consumer.seek(tp, self._rewind_to.pop(key) + 1)
         self.partitions |= {tp.partition for tp in assigned if tp.topic == self.settings.clicks_topic}
         metrics.WORKER_PARTITIONS.set(len(self.partitions))
 

@@ -10,20 +10,20 @@ import urllib.request
 from contextlib import nullcontext
 from typing import Any
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from deploy.embedded_broker import EmbeddedBroker
 from models.prequential import prequential_popularity
+from models.pretrain import session_examples
 from streams.cli import progress_bar, read_events, replay_events
 from streams.datasets import BUILTIN_DATASETS
 from streams.learner import load_attributes
 from streams.settings import Settings
 from streams.worker import WorkerProcess, metric_total
 
-__all__ = ["run_demo", "session_examples"]
+__all__ = ["run_demo"]
 
 
 def run_demo(settings: Settings, dataset: str, limit: int, timeout: float, console: Console) -> None:
@@ -81,7 +81,8 @@ def run_demo(settings: Settings, dataset: str, limit: int, timeout: float, conso
     pipeline.add_row("learned ev/s (end to end)", f"{len(events) / max(learned - replay_started, 1e-9):,.0f}")
     console.print(pipeline)
 
-    baseline = prequential_popularity(session_examples(events, settings.max_session_items))
+    pairs = [(e["prefix"], e["item_id"]) for e in session_examples(events, settings.max_session_items)]
+    baseline = prequential_popularity(pairs)
     quality = Table(title="prequential next-item (test-then-train), same stream and protocol")
     for column in ("model", "scored", "HR@20", "MRR@20"):
         quality.add_column(column, justify="right" if column != "model" else "left")
@@ -108,17 +109,6 @@ def run_demo(settings: Settings, dataset: str, limit: int, timeout: float, conso
             ", ".join(attrs.get("genre", [])),
         )
     console.print(neighbours)
-
-
-def session_examples(events: pd.DataFrame, max_items: int) -> list[tuple[list[str], str]]:
-    """(prefix, next item) pairs in stream order, as the sessionizer emits them."""
-    history: dict[str, list[str]] = {}
-    pairs = []
-    for session, item in zip(events["session_id"], events["item_id"], strict=True):
-        items = history.setdefault(session, [])
-        pairs.append((items[-max_items:], item))
-        items.append(item)
-    return pairs
 
 
 def get_json(url: str) -> dict[str, Any]:

@@ -107,6 +107,16 @@ def register_routes(onevec: OnevecApp) -> None:
                 return self.json({"error": f"unknown item {item_id!r}"}, status=404)
             return self.json({"item_id": item_id, "similar": [hit_json(h) for h in hits]})
 
+    @app.page("/items/{item_id}")
+    class ItemView(View):
+        async def get(self, request: Request, item_id: str) -> Response:
+            stored = await onevec.store.get_item(item_id)
+            if stored is None:
+                return self.json({"error": f"unknown item {item_id!r}"}, status=404)
+            return self.json(
+                {"item_id": stored.item_id, "vectors": stored.vectors, "payload": stored.payload}
+            )
+
     @app.page("/recommend")
     class RecommendView(View):
         async def get(self, request: Request) -> Response:

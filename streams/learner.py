@@ -71,6 +71,7 @@ class Learner:
         self.offsets: dict[str, int] = {}
         self.checkpoint_path = settings.data_dir / "checkpoints" / "learner.pt"
         self._last_checkpoint = time.monotonic()
+        self._dirty = False
         self._runner: asyncio.Task[None] | None = None
         self.published: dict[str, np.ndarray] = {}  # unit vector last sent to Qdrant, per item
 
@@ -91,6 +92,7 @@ class Learner:
     def _save_checkpoint(self) -> None:
         self.trainer.save_checkpoint(self.checkpoint_path, self.offsets)
         self._last_checkpoint = time.monotonic()
+        self._dirty = False
         metrics.CHECKPOINTS_WRITTEN.inc()
 
     async def close(self) -> None:
@@ -112,8 +114,15 @@ class Learner:
 
     async def run(self) -> None:
         self._runner = asyncio.current_task()
+        interval = self.settings.checkpoint_interval_seconds
         while True:
-            batch = await self.queue.get()
+            try:
+                batch = await asyncio.wait_for(self.queue.get(), timeout=interval)
+            except TimeoutError:
+                # Idle: make sure what was learned since the last checkpoint is on disk.
+                if self._dirty:
+                    await self.checkpoint()
+                continue
             metrics.LEARNER_QUEUE.set(self.queue.qsize())
             try:
                 await self._process(batch)
@@ -131,6 +140,7 @@ class Learner:
         for tp, offset, _ in batch:
             self.offsets[tp] = max(offset, self.offsets.get(tp, -1))
         await self._upsert(step, examples)
+        self._dirty = True
         if time.monotonic() - self._last_checkpoint > self.settings.checkpoint_interval_seconds:
             await self.checkpoint()
 
