@@ -69,6 +69,8 @@ def target_ranks(
     if not prefixes:
         return []
     ids = trainer.item_encoder.item_ids()
+    if not ids:  # a model that has seen nothing ranks nothing
+        return [None] * len(targets)
     index = {item: row for row, item in enumerate(ids)}
     scores = trainer.encode_sessions(prefixes) @ trainer.item_encoder.item_matrix().numpy().T
     ranks: list[int | None] = []

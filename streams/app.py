@@ -156,6 +156,8 @@ class OnevecApp:
 
     async def _run_learner(self) -> None:
         await self.store.ensure_collections()
+        await self.learner.align_to_serving()
+        await self.learner.publish_all()
         await self.learner.run()
 
     async def _on_shutdown(self, sender: Any, **_: Any) -> None:

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from models.alignment import linear_cka, procrustes
 from models.config import ModelConfig
-from models.fusion import fuse
+from models.fusion import click_scaled_weights, fuse
 from models.prequential import PrequentialScore, target_ranks
 from models.trainer import OnlineTrainer
 from monitoring import metrics
@@ -74,6 +75,7 @@ class Learner:
         self._dirty = False
         self._runner: asyncio.Task[None] | None = None
         self.published: dict[str, np.ndarray] = {}  # unit vector last sent to Qdrant, per item
+        self.rotation: np.ndarray | None = None  # onto the serving version, see align_to_serving
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -85,6 +87,37 @@ class Learner:
         log.warning("restored checkpoint %s (%d steps)", self.checkpoint_path, self.trainer.steps)
         metrics.CHECKPOINT_RESTORES.inc()
         return dict(self.offsets)
+
+    async def align_to_serving(self, max_anchors: int = 5000) -> float | None:
+        """Rotate this model onto the vectors already served from Qdrant (a previous version).
+
+        Fits an orthogonal Procrustes rotation on the items present in both and applies it to
+        every item and session vector from now on. Inner products are unchanged, so ranking is
+        exactly the model's; consumers that keep raw coordinates see no random rotation.
+        Returns the linear CKA between the versions on the anchors (None without anchors).
+        """
+        ids = self.trainer.item_encoder.item_ids()[:max_anchors]
+        stored = [await self.store.get_item(item_id) for item_id in ids]
+        anchors = [
+            (i, s.vectors["behaviour"])
+            for i, s in zip(ids, stored, strict=True)
+            if s and "behaviour" in s.vectors
+        ]
+        if len(anchors) < self.settings.model_dim:
+            return None  # too few shared items to fit a rotation: serve the model as it is
+        new = await self._in_thread(self.trainer.encode_items, [i for i, _ in anchors])
+        old = np.asarray([v for _, v in anchors], dtype=np.float32)
+        self.rotation = procrustes(new, old).astype(np.float32)
+        cka = linear_cka(new, old)
+        log.warning("aligned to the serving version on %d anchors (CKA %.3f)", len(anchors), cka)
+        return cka
+
+    async def publish_all(self) -> None:
+        """Send every known item to Qdrant: after a restart the serving store may be empty
+        (in-memory local mode) or hold an older version."""
+        ids = self.trainer.item_encoder.item_ids()
+        items = await self._in_thread(self._material_changes, ids, set(ids))
+        await self._upsert(StepResult(loss=0.0, items=items, sessions={}), [])
 
     async def checkpoint(self) -> None:
         await self._in_thread(self._save_checkpoint)
@@ -159,12 +192,15 @@ class Learner:
         clicked = {e["item_id"] for e in examples}
         sessions = {e["session_id"]: [*e["prefix"], e["item_id"]] for e in examples}
         session_ids = list(sessions)
-        session_vectors = self.trainer.encode_sessions([sessions[sid] for sid in session_ids])
+        session_vectors = self._served(self.trainer.encode_sessions([sessions[sid] for sid in session_ids]))
         return StepResult(
             loss=loss,
             items=self._material_changes(sorted(self.trainer.changed_items()), clicked),
             sessions={sid: (sessions[sid], v) for sid, v in zip(session_ids, session_vectors, strict=True)},
         )
+
+    def _served(self, vectors: np.ndarray) -> np.ndarray:
+        return vectors if self.rotation is None else vectors @ self.rotation
 
     def _material_changes(self, changed: list[str], clicked: set[str]) -> dict[str, np.ndarray]:
         """The changed items worth re-publishing: new ones, clicked ones, and any whose direction
@@ -173,7 +209,7 @@ class Learner:
         them all each time would make the sink the bottleneck for no visible change."""
         if not changed:
             return {}
-        vectors = self.trainer.encode_items(changed)
+        vectors = self._served(self.trainer.encode_items(changed))
         units = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         publish = {}
         for item_id, vector, unit in zip(changed, vectors, units, strict=True):
@@ -191,7 +227,7 @@ class Learner:
         now = time.time()
         users = {e["session_id"]: e["user_id"] for e in examples}
         for item_id, vector in step.items.items():
-            unified = fuse({"behaviour": vector}, self.settings.fusion_weights)
+            unified = self.unified({"behaviour": vector}, self.event_counts[item_id])
             await self.buffer.add(
                 ItemRecord(
                     item_id=item_id,
@@ -216,9 +252,18 @@ class Learner:
             await self.store.upsert_sessions(sessions)
         metrics.ITEMS_UPSERTED.set(self.buffer.upserted_points)
 
+    def unified(self, sources: dict[str, np.ndarray], clicks: int) -> np.ndarray:
+        """Fuse the sources an item really has; with static sources present, a rarely
+        clicked item leans on them (behaviour weight grows with its clicks)."""
+        weights: dict[str, Any] = dict(self.settings.fusion_weights)
+        if len(sources) > 1:
+            weights = click_scaled_weights(weights, clicks, self.settings.clicks_for_full_weight)
+        return fuse(sources, weights)
+
     # -- lookups (serialised with training on the learner thread) ----------------------
 
     async def recommend_for_items(self, items: list[str], k: int) -> list[tuple[str, float]]:
+        # Scores are inner products, which the serving rotation does not change.
         return await self._in_thread(self.trainer.recommend, items, k, set(items))
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     upsert_min_change: float = Field(default=0.01, ge=0)  # cosine distance that re-publishes an item
     checkpoint_interval_seconds: float = Field(default=30.0, gt=0)
     fusion_weights: dict[str, float] = {"behaviour": 1.0, "text": 1.0, "image": 1.0}
+    clicks_for_full_weight: float = Field(default=20.0, gt=0)  # behaviour's full share in fusion
 
     # Validation limits.
     max_event_bytes: int = Field(default=64 * 1024, ge=64)
