@@ -69,7 +69,8 @@ def test_new_version_is_rotated_onto_the_served_one(tmp_path: Path, examples: li
 
     unaligned, aligned, cka, cka_after = asyncio.run(scenario())
     print(
-        f"\nmean cosine to the served version: unaligned {unaligned:.3f}, aligned {aligned:.3f}; CKA {cka:.3f}"
+        f"\nmean cosine to the served version: unaligned {unaligned:.3f}, "
+        f"aligned {aligned:.3f}; CKA {cka:.3f}"
     )
     # Two seeds on 12k events share little geometry (CKA is low), yet the rotation recovers what
     # they share; unaligned coordinates of independent versions are unrelated (cosine ~0).
