@@ -66,7 +66,7 @@ TRAIN_STEP_SECONDS = Histogram(
     "Wall time of one learner micro-batch (score, train, encode).",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
-LEARNER_QUEUE = Gauge("onevec_learner_queue_batches", "Micro-batches waiting for the learner thread.")
+LEARNER_QUEUE = Gauge("onevec_learner_queue_examples", "Examples waiting for the learner thread.")
 LEARNER_ERRORS = Counter("onevec_learner_errors", "Learner micro-batches that failed and were skipped.")
 PREQUENTIAL_SCORED = Gauge("onevec_prequential_scored", "Examples scored before training (since start).")
 PREQUENTIAL_HITS = Gauge("onevec_prequential_hits", "Scored examples whose next item was in the top 20.")

@@ -9,15 +9,19 @@ treats a repeated example as harmless.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from typing import Any
 
 import faust
 from faust.types import EventT, StreamT
+from kafka import KafkaConsumer, TopicPartition
 
 from monitoring import metrics
 from streams.events import Event, Rejection, ValidationLimits, session_key, validate_event
+from streams.faust_fixes import apply_faust_fixes
 from streams.learner import Learner, load_attributes
 from streams.qdrant_store import AsyncQdrantStore
 from streams.sessions import SessionBook, SessionWindow
@@ -92,7 +96,7 @@ class OnevecApp:
         )
         attributes = load_attributes(settings.catalog) if settings.catalog else {}
         self.learner = Learner(settings, self.store, attributes)
-        self._rewind_to = self.learner.restore()
+        self._rewind_to = self.learner.restore()  # example offsets the checkpoint covers
         self.faust.agent(self.clicks, name="sessionize")(self._sessionize)
         self.faust.agent(self.examples, name="learn")(self._learn)
         self.faust.task(self._run_learner)
@@ -148,29 +152,42 @@ class OnevecApp:
         metrics.SESSIONS_OPEN.set(self.book.open_sessions())
 
     async def _learn(self, stream: StreamT[dict[str, Any]]) -> None:
-        size, within = self.settings.learner_batch_size, self.settings.learner_batch_within_seconds
-        async for events in stream.take_events(size, within):
-            await self.learner.submit(
-                [(f"{e.message.topic}:{e.message.partition}", e.message.offset, e.value) for e in events]
-            )
+        async for event in stream.events():
+            message = event.message
+            await self.learner.submit((f"{message.topic}:{message.partition}", message.offset, event.value))
 
     async def _run_learner(self) -> None:
         await self.store.ensure_collections()
         await self.learner.align_to_serving()
         await self.learner.publish_all()
+        await self._learn_since_checkpoint()
         await self.learner.run()
+
+    async def _learn_since_checkpoint(self) -> None:
+        """Examples the agent had already taken (committed) but the lost process never put
+        into a checkpoint: read them directly, from the checkpoint's offsets to the group's
+        committed ones, and learn them before the live stream. No learned state is lost."""
+        if not self._rewind_to:
+            return
+        missed = await asyncio.to_thread(read_committed_gap, self.settings, self._rewind_to)
+        log.warning("learning %d examples taken after the last checkpoint", len(missed))
+        size = self.settings.learner_batch_size
+        for start in range(0, len(missed), size):
+            await self.learner._process(missed[start : start + size])
 
     async def _on_shutdown(self, sender: Any, **_: Any) -> None:
         await self.learner.close()
 
     async def _on_assigned(self, sender: Any, assigned: set[Any], **_: Any) -> None:
-        # First assignment after a restart: rewind the examples to just after the restored
-        # checkpoint, so what was learned after it (and lost with the process) is learned again.
-        for tp in assigned:
-            key = f"{tp.topic}:{tp.partition}"
-            if tp.topic == self.settings.examples_topic and key in self._rewind_to:
-                await self.faust.consumer.seek(tp, self._rewind_to.pop(key) + 1)
         self.partitions |= {tp.partition for tp in assigned if tp.topic == self.settings.clicks_topic}
+        # Readiness (what WorkerProcess.wait_ready waits for) is reported once Faust has
+        # restored the tables and sought the streams to their committed offsets.
+        recovery = self.faust.tables.recovery
+        recovery.completed.clear()
+        asyncio.ensure_future(self._report_partitions_when_ready(recovery))
+
+    async def _report_partitions_when_ready(self, recovery: Any) -> None:
+        await recovery.completed.wait()
         metrics.WORKER_PARTITIONS.set(len(self.partitions))
 
     async def _on_revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
@@ -181,7 +198,35 @@ class OnevecApp:
         metrics.WORKER_PARTITIONS.set(len(self.partitions))
 
 
+def read_committed_gap(settings: Settings, covered: dict[str, int]) -> list[tuple[str, int, Any]]:
+    """Examples after ``covered`` ("topic:partition" -> offset) up to the consumer group's
+    committed offsets, read with a plain consumer that joins no group."""
+    servers = bootstrap_servers(settings)
+    group = KafkaConsumer(bootstrap_servers=servers, group_id=settings.app_id, enable_auto_commit=False)
+    reader = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    gap: list[tuple[str, int, Any]] = []
+    try:
+        for key, offset in covered.items():
+            topic, partition = key.rsplit(":", 1)
+            tp = TopicPartition(topic, int(partition))
+            end = group.committed(tp) or 0
+            if end <= offset + 1:
+                continue
+            reader.assign([tp])
+            reader.seek(tp, offset + 1)
+            empty_polls = 0
+            while reader.position(tp) < end and empty_polls < 5:
+                records = reader.poll(timeout_ms=1000).get(tp, [])
+                empty_polls = 0 if records else empty_polls + 1
+                gap.extend((key, r.offset, json.loads(r.value)) for r in records if r.offset < end)
+    finally:
+        group.close()
+        reader.close()
+    return gap
+
+
 def create_app(settings: Settings, broker_url: str | None = None) -> OnevecApp:
+    apply_faust_fixes()
     onevec = OnevecApp(settings, broker_url)
     from streams.http_api import register_routes
 

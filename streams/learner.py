@@ -63,8 +63,9 @@ class Learner:
         self.buffer = ItemUpsertBuffer(
             store, max_batch=settings.upsert_batch_points, max_delay_ms=settings.upsert_interval_ms
         )
-        self.queue: asyncio.Queue[list[tuple[str, int, dict[str, Any]]]] = asyncio.Queue(
-            maxsize=settings.learner_queue_batches
+        # Bounded: a learner that falls behind back-pressures the agent instead of buffering.
+        self.queue: asyncio.Queue[tuple[str, int, dict[str, Any]]] = asyncio.Queue(
+            maxsize=settings.learner_queue_batches * settings.learner_batch_size
         )
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onevec-learner")
         self.score = PrequentialScore()
@@ -140,28 +141,51 @@ class Learner:
 
     # -- the work ----------------------------------------------------------------------
 
-    async def submit(self, batch: list[tuple[str, int, dict[str, Any]]]) -> None:
-        """Queue a micro-batch of (topic-partition, offset, example); waits when full."""
-        await self.queue.put(batch)
-        metrics.LEARNER_QUEUE.set(self.queue.qsize())
+    async def submit(self, example: tuple[str, int, dict[str, Any]]) -> None:
+        """Queue one (topic-partition, offset, example); waits when the queue is full."""
+        await self.queue.put(example)
 
     async def run(self) -> None:
         self._runner = asyncio.current_task()
         interval = self.settings.checkpoint_interval_seconds
         while True:
             try:
-                batch = await asyncio.wait_for(self.queue.get(), timeout=interval)
+                first = await asyncio.wait_for(self.queue.get(), timeout=interval)
             except TimeoutError:
                 # Idle: make sure what was learned since the last checkpoint is on disk.
                 if self._dirty:
                     await self.checkpoint()
                 continue
+            batch = await self._fill_batch(first)
             metrics.LEARNER_QUEUE.set(self.queue.qsize())
             try:
                 await self._process(batch)
             except Exception:  # noqa: BLE001 - a bad batch must not stop learning
                 log.exception("learner step failed; batch skipped")
                 metrics.LEARNER_ERRORS.inc()
+
+    async def _fill_batch(
+        self, first: tuple[str, int, dict[str, Any]]
+    ) -> list[tuple[str, int, dict[str, Any]]]:
+        """A micro-batch: what is queued, up to the batch size, waiting at most ``within``
+        seconds for more. (Batching here, not with Faust's take(), which holds a partial
+        batch until another event arrives.)"""
+        batch = [first]
+        deadline = time.monotonic() + self.settings.learner_batch_within_seconds
+        while len(batch) < self.settings.learner_batch_size:
+            try:
+                batch.append(self.queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), timeout=remaining))
+            except TimeoutError:
+                break
+        return batch
 
     async def _process(self, batch: list[tuple[str, int, dict[str, Any]]]) -> None:
         examples = [example for _, _, example in batch]
@@ -195,7 +219,7 @@ class Learner:
         session_vectors = self._served(self.trainer.encode_sessions([sessions[sid] for sid in session_ids]))
         return StepResult(
             loss=loss,
-            items=self._material_changes(sorted(self.trainer.changed_items()), clicked),
+            items=self._material_changes(sorted(self.trainer.changed_items() | clicked), clicked),
             sessions={sid: (sessions[sid], v) for sid, v in zip(session_ids, session_vectors, strict=True)},
         )
 
