@@ -163,6 +163,7 @@ def test_checkpoint_survives_kill_and_learning_continues(settings, start_worker,
     wait_metric(second, "onevec_examples_learned_total", 8_000)
     hr_after = live_hit_rate(second, pairs)
     print(
-        f"\nheld-out HR@20 after 8k events: {hr_before:.3f}; after a kill -9, restore and 8k more: {hr_after:.3f}"
+        f"\nheld-out HR@20 after 8k events: {hr_before:.3f}; "
+        f"after a kill -9, restore and 8k more: {hr_after:.3f}"
     )
     assert hr_after > hr_before
