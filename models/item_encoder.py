@@ -186,7 +186,8 @@ class ItemEncoder:
         # index_select, not [inverse]: advanced-indexing backward accumulates duplicate rows
         # in a thread-dependent order on CPU, which would make training non-deterministic.
         vectors = (ids + attributes).index_select(0, inverse.reshape(-1))
-        return vectors.reshape(*rows.shape, -1)
+        # The width explicitly, not -1: ``rows`` may be empty (a batch of first clicks).
+        return vectors.reshape(*rows.shape, vectors.shape[-1])
 
     def _bags(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """Token rows of ``rows`` as (flat, offsets) for ``embedding_bag``."""
