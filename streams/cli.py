@@ -115,7 +115,6 @@ def pretrain(
     output: Annotated[Path | None, typer.Option(help="Checkpoint path (default: the worker's).")] = None,
 ) -> None:
     """Train the encoders offline on history and write a checkpoint the worker starts from."""
-    from models.config import ModelConfig
     from models.prequential import prequential_popularity
     from models.pretrain import evaluate_next_item, session_examples
     from models.pretrain import pretrain as run_pretrain
@@ -128,7 +127,7 @@ def pretrain(
     )
     cut = int(len(examples) * (1 - holdout))
     train, test = examples[:cut], examples[cut:]
-    trainer = OnlineTrainer(ModelConfig(dim=settings.model_dim, seed=settings.model_seed))
+    trainer = OnlineTrainer(settings.model_config_for_training())
     for item_id, attrs in (load_attributes(catalog) if catalog else {}).items():
         trainer.set_attributes(item_id, attribute_tokens(attrs))
     with progress_bar() as bar:

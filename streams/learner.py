@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from models.alignment import linear_cka, procrustes
-from models.config import ModelConfig
 from models.fusion import click_scaled_weights, fuse
 from models.prequential import PrequentialScore, target_ranks
 from models.trainer import OnlineTrainer
@@ -56,7 +55,7 @@ class Learner:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.trainer = OnlineTrainer(ModelConfig(dim=settings.model_dim, seed=settings.model_seed))
+        self.trainer = OnlineTrainer(settings.model_config_for_training())
         self.attributes = attributes or {}
         for item_id, attrs in self.attributes.items():
             self.trainer.set_attributes(item_id, attribute_tokens(attrs))

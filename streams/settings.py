@@ -11,9 +11,12 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.config import ModelConfig
 
 __all__ = ["Settings", "load_settings"]
 
@@ -55,6 +58,7 @@ class Settings(BaseSettings):
     catalog: str = ""  # dataset name or catalogue file whose attributes feed the item encoder
     model_dim: int = Field(default=64, ge=2)
     model_seed: int = 0
+    model_objective: Literal["sgns", "bpr"] = "sgns"  # item objective: session skip-gram or user BPR
     learner_batch_size: int = Field(default=256, ge=1)
     learner_batch_within_seconds: float = Field(default=0.5, gt=0)
     learner_queue_batches: int = Field(default=8, ge=1)
@@ -76,6 +80,9 @@ class Settings(BaseSettings):
     web_port: int = Field(default=0, ge=0, le=65535)  # 0 = pick a free port
     data_dir: Path = Path(".onevec")
     log_level: str = "warning"
+
+    def model_config_for_training(self) -> ModelConfig:
+        return ModelConfig(dim=self.model_dim, seed=self.model_seed, objective=self.model_objective)
 
     @property
     def embedded(self) -> bool:
