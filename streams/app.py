@@ -96,7 +96,7 @@ class OnevecApp:
         )
         attributes = load_attributes(settings.catalog) if settings.catalog else {}
         self.learner = Learner(settings, self.store, attributes)
-        self._rewind_to = self.learner.restore()  # example offsets the checkpoint covers
+        self._covered_offsets = self.learner.restore()  # example offsets the checkpoint covers
         self.faust.agent(self.clicks, name="sessionize")(self._sessionize)
         self.faust.agent(self.examples, name="learn")(self._learn)
         self.faust.task(self._run_learner)
@@ -167,13 +167,11 @@ class OnevecApp:
         """Examples the agent had already taken (committed) but the lost process never put
         into a checkpoint: read them directly, from the checkpoint's offsets to the group's
         committed ones, and learn them before the live stream. No learned state is lost."""
-        if not self._rewind_to:
+        if not self._covered_offsets:
             return
-        missed = await asyncio.to_thread(read_committed_gap, self.settings, self._rewind_to)
+        missed = await asyncio.to_thread(read_committed_gap, self.settings, self._covered_offsets)
         log.warning("learning %d examples taken after the last checkpoint", len(missed))
-        size = self.settings.learner_batch_size
-        for start in range(0, len(missed), size):
-            await self.learner._process(missed[start : start + size])
+        await self.learner.learn_records(missed)
 
     async def _on_shutdown(self, sender: Any, **_: Any) -> None:
         await self.learner.close()

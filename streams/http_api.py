@@ -40,6 +40,19 @@ def split_body(body: bytes) -> list[bytes] | Rejection:
     return [line for line in stripped.splitlines() if line.strip()]
 
 
+MAX_K = 1000
+K_ERROR = f"k must be an integer from 1 to {MAX_K}"
+
+
+def parse_k(value: str) -> int | None:
+    """The ``k`` query parameter, or None when it is not a sane result count."""
+    try:
+        k = int(value)
+    except ValueError:
+        return None
+    return k if 1 <= k <= MAX_K else None
+
+
 def parse_filters(values: list[str]) -> dict[str, str]:
     """``key=value`` query values as a payload filter."""
     return dict(value.split("=", 1) for value in values if "=" in value)
@@ -99,7 +112,9 @@ def register_routes(onevec: OnevecApp) -> None:
     @app.page("/similar/{item_id}")
     class SimilarView(View):
         async def get(self, request: Request, item_id: str) -> Response:
-            k = int(request.query.get("k", "10"))
+            k = parse_k(request.query.get("k", "10"))
+            if k is None:
+                return self.json({"error": K_ERROR}, status=400)
             filters = parse_filters(request.query.getall("filter", []))
             try:
                 hits = await onevec.store.similar(item_id, k=k, filter=filters or None)
@@ -120,7 +135,9 @@ def register_routes(onevec: OnevecApp) -> None:
     @app.page("/recommend")
     class RecommendView(View):
         async def get(self, request: Request) -> Response:
-            k = int(request.query.get("k", "20"))
+            k = parse_k(request.query.get("k", "20"))
+            if k is None:
+                return self.json({"error": K_ERROR}, status=400)
             if "session" in request.query:
                 state = onevec.session_table.get(request.query["session"])
                 if state is None or state.get("tombstone"):

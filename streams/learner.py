@@ -9,8 +9,8 @@ next item of every example before it learns from it), then trained on; the items
 vectors changed are fused with their static sources and upserted, batched, to Qdrant, and
 the sessions of the batch get fresh live session vectors. Checkpoints (weights, optimiser
 state, id maps) record the example offsets they cover; on start the learner restores the
-last one and the agent rewinds the examples topic to just after those offsets, so a crash
-loses no learned state: examples after the checkpoint are learned again.
+last one and the worker first learns the examples taken after those offsets, so a crash
+loses no learned state.
 """
 
 from __future__ import annotations
@@ -185,6 +185,13 @@ class Learner:
             except TimeoutError:
                 break
         return batch
+
+    async def learn_records(self, records: list[tuple[str, int, dict[str, Any]]]) -> None:
+        """Learn (topic-partition, offset, example) records directly, in micro-batches: for
+        examples that do not come through the queue (those taken after the last checkpoint)."""
+        size = self.settings.learner_batch_size
+        for start in range(0, len(records), size):
+            await self._process(records[start : start + size])
 
     async def _process(self, batch: list[tuple[str, int, dict[str, Any]]]) -> None:
         examples = [example for _, _, example in batch]

@@ -9,6 +9,14 @@ import urllib.request
 from tests.kafka_helpers import read_topic, wait_processed
 
 
+def get_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def post(url: str, body: bytes) -> tuple[int, dict]:
     request = urllib.request.Request(f"{url}/events", data=body, method="POST")
     try:
@@ -52,3 +60,7 @@ def test_http_ingest_end_to_end(settings, start_worker) -> None:
     assert all(dict(r.headers)["onevec-stage"] == b"http" for r in dead)
     assert samples["onevec_http_ingest_requests_total{status=200}"] == 2
     assert samples["onevec_http_ingest_requests_total{status=413}"] == 1
+
+    # Lookups refuse a bad result count with a clear 400 instead of failing inside.
+    for path in ("/similar/a?k=abc", "/similar/a?k=0", "/recommend?items=a&k=100000"):
+        assert get_status(f"{worker.base_url}{path}") == 400, path

@@ -30,12 +30,11 @@ def make_learner(
 
 
 async def train(learner: Learner, examples: list[dict], publish: bool) -> None:
-    for start in range(0, len(examples), 256):
-        batch = [("examples:0", start + i, e) for i, e in enumerate(examples[start : start + 256])]
-        if publish:
-            await learner._process(batch)
-        else:
-            learner.trainer.learn([e for _, _, e in batch])
+    if publish:
+        await learner.learn_records([("examples:0", offset, e) for offset, e in enumerate(examples)])
+    else:
+        for start in range(0, len(examples), 256):
+            learner.trainer.learn(examples[start : start + 256])
     await learner.buffer.flush()
 
 
