@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean system
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/onevec demo
 
-test: $(STAMP)
+# Debian packages some tests use (Prometheus, docker-compose, Fashion-MNIST), when missing.
+system:
+	./deploy/system_packages.sh
+
+test: $(STAMP) system
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
