@@ -53,10 +53,13 @@ class EmbeddedBroker:
         port: int = 0,
         storage_url: str = "memory://tansu/",
         startup_timeout: float = 30.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.storage_url = storage_url
+        # Extra environment, e.g. AWS_ENDPOINT and keys for an s3:// storage engine.
+        self.env = env or {}
         self.startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file = Path(tempfile.gettempdir()) / f"onevec-tansu-{self.port}.log"
@@ -84,8 +87,11 @@ class EmbeddedBroker:
             self.storage_url,
         ]
         log.info("starting embedded broker: %s", " ".join(cmd))
-        with open(self._log_file, "wb") as out:
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        # Append: a broker restarted on the same port keeps the log of its previous run.
+        with open(self._log_file, "ab") as out:
+            self._proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+            )
         atexit.register(self.stop)
         try:
             wait_for_port(self.host, self.port, self.startup_timeout)

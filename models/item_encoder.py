@@ -21,6 +21,7 @@ match, so neither weights nor optimiser state are lost on growth.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,15 @@ class ItemEncoder:
         self.tables = nn.ParameterDict({name: nn.Parameter(torch.zeros(capacity, dim)) for name in _TABLES})
         self.counts = torch.zeros(capacity, dtype=torch.float64)  # clicks per item row
         self.item_tokens: list[list[int]] = []  # token rows of each item row
+        # The same bags as flat int64 arrays (CSR: bag of row r = flat[start[r]:start[r]+size[r]]),
+        # so the bags of any set of rows are gathered by tensor ops, not a Python loop per row:
+        # building every item's bag in Python was most of a learner step at 100k+ items.
+        # A replaced bag is appended; the old entries stay as garbage until _rebuild_bags().
+        self._bag_flat = array("q")
+        self._bag_start = array("q")
+        self._bag_size = array("q")
+        self._bag_live = 0  # entries of _bag_flat still in use
+        self._bag_tensors: tuple[Tensor, Tensor, Tensor] | None = None
         self._changed_rows: set[int] = set()
         self._changed_tokens: set[int] = set()
         # All item vectors, computed once per model change: serving calls recommend() per
@@ -80,7 +90,15 @@ class ItemEncoder:
     def set_attributes(self, item_id: str, tokens: Sequence[str]) -> None:
         """Register (or replace) an item's catalogue attribute tokens."""
         row = self._rows("item", [item_id], random_init=False)[0]
-        self.item_tokens[row] = list(dict.fromkeys(self._rows("token", tokens)))
+        bag = list(dict.fromkeys(self._rows("token", tokens)))
+        self.item_tokens[row] = bag
+        self._bag_live += len(bag) - self._bag_size[row]
+        self._bag_start[row] = len(self._bag_flat)
+        self._bag_size[row] = len(bag)
+        self._bag_flat.extend(bag)
+        if len(self._bag_flat) > 2 * self._bag_live + 1024:
+            self._rebuild_bags()  # mostly garbage from replaced bags
+        self._bag_tensors = None
         self._changed_rows.add(row)
         self._matrix = None
 
@@ -94,6 +112,9 @@ class ItemEncoder:
             self._reserve(table, len(vocab))
             if table == "item":
                 self.item_tokens.extend([] for _ in range(len(vocab) - before))
+                self._bag_start.frombytes(bytes(8 * (len(vocab) - before)))
+                self._bag_size.frombytes(bytes(8 * (len(vocab) - before)))
+                self._bag_tensors = None
                 self._changed_rows.update(range(before, len(vocab)))
             if random_init:
                 new = torch.randn(len(vocab) - before, self.config.dim, generator=self.generator)
@@ -191,11 +212,27 @@ class ItemEncoder:
 
     def _bags(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """Token rows of ``rows`` as (flat, offsets) for ``embedding_bag``."""
-        bags = [self.item_tokens[row] for row in rows.tolist()]
-        sizes = torch.tensor([len(b) for b in bags], dtype=torch.long)
+        flat, starts, sizes = self._bag_index()
+        sizes = sizes[rows]
         offsets = sizes.cumsum(0) - sizes
-        flat = torch.tensor([t for b in bags for t in b], dtype=torch.long)
-        return flat, offsets
+        # Position j of bag i is starts[rows[i]] + (j - offsets[i]) in the flat array.
+        positions = torch.repeat_interleave(starts[rows] - offsets, sizes) + torch.arange(int(sizes.sum()))
+        return flat[positions], offsets
+
+    def _bag_index(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(flat, start, size) as tensors, rebuilt only after the bags changed."""
+        if self._bag_tensors is None:
+            self._bag_tensors = (_long(self._bag_flat), _long(self._bag_start), _long(self._bag_size))
+        return self._bag_tensors
+
+    def _rebuild_bags(self) -> None:
+        """The CSR arrays from ``item_tokens``, without garbage."""
+        sizes = [len(bag) for bag in self.item_tokens]
+        self._bag_size = array("q", sizes)
+        self._bag_start = array("q", np.cumsum([0, *sizes[:-1]], dtype=np.int64).tolist() if sizes else [])
+        self._bag_flat = array("q", [token for bag in self.item_tokens for token in bag])
+        self._bag_live = len(self._bag_flat)
+        self._bag_tensors = None
 
     def loss(self, batch: Batch) -> Tensor:
         """The configured item objective on ``batch`` (a 0-d tensor)."""
@@ -258,6 +295,8 @@ class ItemEncoder:
             if self._matrix is None:
                 self._matrix = self.item_matrix(torch.arange(len(self.item_vocab)))
             return self._matrix
+        if self._matrix is not None:
+            return self._matrix[rows]  # the model has not changed since it was computed
         flat, offsets = self._bags(rows)
         ids = self.tables["item"][rows]
         return ids + F.embedding_bag(flat, self.tables["token"], offsets, mode="mean")
@@ -296,10 +335,16 @@ class ItemEncoder:
         """
         rows = self._changed_rows
         if self._changed_tokens:
-            tokens = self._changed_tokens
-            rows |= {row for row, bag in enumerate(self.item_tokens) if tokens.intersection(bag)}
+            # Which items carry a changed token, over all bags at once: mark the changed
+            # tokens in the flat array, then a row is hit when its span holds a mark.
+            flat = np.frombuffer(self._bag_flat, dtype=np.int64)
+            starts = np.frombuffer(self._bag_start, dtype=np.int64)
+            ends = starts + np.frombuffer(self._bag_size, dtype=np.int64)
+            marks = np.concatenate([[0], np.cumsum(np.isin(flat, list(self._changed_tokens)))])
+            rows |= set(np.flatnonzero(marks[ends] > marks[starts]).tolist())
         self._changed_rows, self._changed_tokens = set(), set()
-        return {self.item_vocab.key(row) for row in rows}
+        keys = self.item_vocab.keys()
+        return {keys[row] for row in rows}
 
     # ---- state --------------------------------------------------------------------------
 
@@ -322,9 +367,15 @@ class ItemEncoder:
             self.tables[name] = nn.Parameter(state["tables"][name].clone())
         self.counts = state["counts"].clone()
         self.item_tokens = [list(bag) for bag in state["item_tokens"]]
+        self._rebuild_bags()
         self.generator.set_state(state["generator"])
         self.optimizer.load_state_dict(state["optimizer"])
         self._matrix = None
         # Which upserts landed before the restart is unknown: treat every item as changed.
         self._changed_rows = set(range(len(self.item_vocab)))
         self._changed_tokens = set()
+
+
+def _long(values: array) -> Tensor:
+    """An int64 copy of an ``array("q")`` (a copy: the array may reallocate as it grows)."""
+    return torch.tensor(np.frombuffer(values, dtype=np.int64)) if values else torch.zeros(0, dtype=torch.long)

@@ -61,25 +61,60 @@ def prequential_popularity(
 
 
 def target_ranks(
-    trainer: OnlineTrainer, prefixes: Sequence[Sequence[str]], targets: Sequence[str], k: int = TOP_K
+    trainer: OnlineTrainer,
+    prefixes: Sequence[Sequence[str]],
+    targets: Sequence[str],
+    k: int = TOP_K,
+    chunk_items: int = 65_536,
 ) -> list[int | None]:
     """Rank (1-based, None beyond ``k``) of each target among all known items, scored by the
     inner product with its session vector, the prefix's own items excluded. One matrix
-    product for the whole batch instead of one ranking per example."""
+    product per ``chunk_items`` items for the whole batch instead of one ranking per example;
+    the chunks bound the score matrix (batch x 1M items would be a GB per step)."""
     if not prefixes:
         return []
-    ids = trainer.item_encoder.item_ids()
-    if not ids:  # a model that has seen nothing ranks nothing
+    vocab = trainer.item_encoder.item_vocab  # rows of the item matrix
+    if not len(vocab):  # a model that has seen nothing ranks nothing
         return [None] * len(targets)
-    index = {item: row for row, item in enumerate(ids)}
-    scores = trainer.encode_sessions(prefixes) @ trainer.item_encoder.item_matrix().numpy().T
-    ranks: list[int | None] = []
-    for row, (prefix, target) in enumerate(zip(prefixes, targets, strict=True)):
-        column = index.get(target)
-        if column is None:  # an item never seen before cannot be ranked: a miss
-            ranks.append(None)
-            continue
-        scores[row, [index[item] for item in prefix if item in index and item != target]] = -np.inf
-        rank = int((scores[row] > scores[row, column]).sum()) + 1
-        ranks.append(rank if rank <= k else None)
+    columns = [vocab.get(target) for target in targets]
+    scored = [i for i, column in enumerate(columns) if column is not None]  # unseen: a miss
+    ranks: list[int | None] = [None] * len(targets)
+    if not scored:
+        return ranks
+    matrix = trainer.item_encoder.item_matrix().numpy()
+    # All rows, like the unchunked product: the same shapes give the same rounding.
+    sessions = trainer.encode_sessions(prefixes)
+    rows = np.array(scored, dtype=np.int64)
+    own = np.array([columns[i] for i in scored], dtype=np.int64)
+    starts = range(0, len(matrix), chunk_items)
+    # The target's score must come from the very product its rivals' scores come from (same
+    # rounding), or an item tied with it (same attributes, no clicks) could count as above it.
+    target_scores = np.empty(len(scored), dtype=matrix.dtype)
+    kept: dict[int, np.ndarray] = {}  # with a single chunk, its product is reused below
+    for start in starts:
+        inside = (own >= start) & (own < start + chunk_items)
+        if inside.any():
+            block = sessions @ matrix[start : start + chunk_items].T
+            target_scores[inside] = block[rows[inside], own[inside] - start]
+            if len(starts) == 1:
+                kept[start] = block
+    # Never counted as ranking above the target: the target itself and the prefix's items.
+    skip_rows, skip_columns = [np.arange(len(scored))], [own]
+    for position, i in enumerate(scored):
+        skipped = {vocab.get(item) for item in prefixes[i]} - {None, columns[i]}
+        skip_rows.append(np.full(len(skipped), position))
+        skip_columns.append(np.fromiter(skipped, dtype=np.int64, count=len(skipped)))
+    skip_row, skip_column = np.concatenate(skip_rows), np.concatenate(skip_columns)
+    above = np.zeros(len(scored), dtype=np.int64)
+    for start in starts:
+        # Rows of the scored examples only. Items tied with the target (equal vectors) are
+        # not above it; with several chunks rounding may still split such a tie differently.
+        full = kept.pop(start, None)
+        block = (sessions @ matrix[start : start + chunk_items].T if full is None else full)[rows]
+        inside = (skip_column >= start) & (skip_column < start + block.shape[1])
+        block[skip_row[inside], skip_column[inside] - start] = -np.inf
+        above += (block > target_scores[:, None]).sum(1)
+    for position, i in enumerate(scored):
+        rank = int(above[position]) + 1
+        ranks[i] = rank if rank <= k else None
     return ranks

@@ -114,6 +114,9 @@ class SessionEncoder:
     @torch.no_grad()
     def encode_sessions(self, prefixes: Sequence[Sequence[str]]) -> np.ndarray:
         """(n, dim) float32 session vectors of many prefixes in one pass."""
+        if len(self.item_encoder.item_vocab) == 0:
+            # Nothing learned yet: the padding row 0 does not exist, and no session has a vector.
+            return np.zeros((len(prefixes), self.config.dim), dtype=np.float32)
         rows = [self.item_encoder.known_rows(p)[-self.config.max_prefix :] for p in prefixes]
         lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
         padded = torch.zeros(len(rows), max([1, *map(len, rows)]), dtype=torch.long)

@@ -9,6 +9,22 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "UPSERT_BUFFER_FAILED_BATCHES",
+    "UPSERT_BUFFER_PENDING",
+    "UPSERT_BUFFER_RETRIES",
+    "CONSUMER_LAG",
+    "DRIFT_EVENTS",
+    "DRIFT_REFERENCE_AGE",
+    "DRIFT_REFERENCE_ROTATIONS",
+    "DRIFT_SIGNAL",
+    "DRIFT_THRESHOLD",
+    "DRIFT_WINDOWS",
+    "FRESHNESS_SECONDS",
+    "ITEMS_KNOWN",
+    "MODEL_VERSION",
+    "PREDICTABILITY",
+    "UPSERT_ERRORS",
+    "UPSERT_SECONDS",
     "CHECKPOINTS_WRITTEN",
     "CHECKPOINT_RESTORES",
     "EXAMPLES_LEARNED",
@@ -74,3 +90,81 @@ PREQUENTIAL_RR = Gauge("onevec_prequential_reciprocal_rank", "Sum of reciprocal 
 ITEMS_UPSERTED = Gauge("onevec_items_upserted", "Item points written to Qdrant (since start).")
 CHECKPOINTS_WRITTEN = Counter("onevec_checkpoints_written", "Learner checkpoints written.")
 CHECKPOINT_RESTORES = Counter("onevec_checkpoint_restores", "Learner checkpoints restored at start.")
+
+# Pipeline health (issue 6): lag, sink latency and errors, freshness, model size and version.
+CONSUMER_LAG = Gauge(
+    "onevec_consumer_lag",
+    "Records in the stage's input topic not yet processed (end offset - processed), summed "
+    "over this worker's partitions.",
+    ["stage"],
+)
+UPSERT_SECONDS = Histogram(
+    "onevec_upsert_seconds",
+    "Wall time of one successful Qdrant upsert call, by collection.",
+    ["collection"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+UPSERT_ERRORS = Counter(
+    "onevec_upsert_errors", "Failed Qdrant upsert calls (each retry counts).", ["collection"]
+)
+FRESHNESS_SECONDS = Histogram(
+    "onevec_freshness_seconds",
+    "From a click to its item's vector being visible in Qdrant (the upsert returned). "
+    "since=ingest: from the click's Kafka timestamp; since=event: from its event time "
+    "(a replay of old data lands in +Inf).",
+    ["since"],
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0),
+)
+ITEMS_KNOWN = Gauge("onevec_items_known", "Items the live model has a vector for.")
+MODEL_VERSION = Gauge("onevec_model_version", "Training steps of the live model (the version in Qdrant).")
+
+# Drift and predictability (monitoring/drift.py). Labels: a signal, detector, stream or
+# configured label *name*, never an id.
+DRIFT_SIGNAL = Gauge(
+    "onevec_drift_signal",
+    "Embedding drift of the current vectors against the reference snapshot, last window.",
+    ["signal"],
+)
+DRIFT_THRESHOLD = Gauge(
+    "onevec_drift_threshold", "Configured alert threshold of each drift signal.", ["signal"]
+)
+DRIFT_EVENTS = Counter(
+    "onevec_drift_events",
+    "Adverse changes found by a streaming drift detector, by detector and monitored stream.",
+    ["detector", "stream"],
+)
+DRIFT_WINDOWS = Counter("onevec_drift_windows", "Drift windows evaluated against a reference.")
+DRIFT_REFERENCE_ROTATIONS = Counter(
+    "onevec_drift_reference_rotations", "Reference snapshots taken, by trigger.", ["trigger"]
+)
+DRIFT_REFERENCE_AGE = Gauge("onevec_drift_reference_age_seconds", "Age of the drift reference snapshot.")
+PREDICTABILITY = Gauge(
+    "onevec_predictability",
+    "Centred kernel-target alignment of the served item vectors with a catalogue label "
+    "(paper 3), updated on every upsert.",
+    ["label"],
+)
+
+# Qdrant sink under faults (issue 7): read from the learner's ItemUpsertBuffer at scrape time.
+UPSERT_BUFFER_PENDING = Gauge(
+    "onevec_upsert_buffer_pending_points",
+    "Item points accepted by the Qdrant sink and not yet written (at most upsert_max_pending_points "
+    "plus one batch in flight; when full, learning and consumption pause).",
+)
+UPSERT_BUFFER_RETRIES = Gauge(
+    "onevec_upsert_buffer_retries", "Failed item upsert calls retried with backoff (since start)."
+)
+UPSERT_BUFFER_FAILED_BATCHES = Gauge(
+    "onevec_upsert_buffer_failed_batches",
+    "Item batches that used up their attempts and were re-queued, never dropped (since start).",
+)
+
+# Export zeros from the start, so "no errors" is a 0 on the dashboard rather than no data.
+for _collection in ("items", "sessions"):
+    UPSERT_ERRORS.labels(collection=_collection)
+
+# Catalogue agent (issue 4): rejected records count in EVENTS_REJECTED with stage="catalog".
+CATALOG_ITEMS_ENCODED = Counter(
+    "onevec_catalog_items_encoded",
+    "Catalogue records encoded by the static encoders and upserted (new or changed items).",
+)

@@ -20,6 +20,7 @@ from faust.types import EventT, StreamT
 from kafka import KafkaConsumer, TopicPartition
 
 from monitoring import metrics
+from streams.catalog import validate_catalog_record
 from streams.events import Event, Rejection, ValidationLimits, session_key, validate_event
 from streams.faust_fixes import apply_faust_fixes
 from streams.learner import Learner, load_attributes
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 REASON_HEADER = "onevec-reason"
 DETAIL_HEADER = "onevec-detail"
+LAG_INTERVAL_SECONDS = 2.0  # how often consumer lag per stage is measured
 
 
 class OnevecApp:
@@ -55,6 +57,7 @@ class OnevecApp:
             topic_replication_factor=settings.replication_factor,
             consumer_auto_offset_reset="earliest",
             table_cleanup_interval=3600.0,
+            broker_credentials=broker_credentials(settings),
             **settings.faust_broker_options,
         )
         self.limits = ValidationLimits(
@@ -72,6 +75,7 @@ class OnevecApp:
         self.dlq = self.faust.topic(settings.dlq_topic, **raw)
         self.examples = self.faust.topic(settings.examples_topic, value_serializer="json")
         self.sessions_closed = self.faust.topic(settings.sessions_topic, value_serializer="json")
+        self.catalog = self.faust.topic(settings.catalog_topic, **raw)
         self.session_table = self.faust.Table(
             "sessions",
             default=None,
@@ -92,6 +96,7 @@ class OnevecApp:
             dim=settings.model_dim,
             url=settings.qdrant_url or None,
             api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+            https=settings.qdrant_https,
             path=None if settings.qdrant_url or not settings.qdrant_path else settings.qdrant_path,
         )
         attributes = load_attributes(settings.catalog) if settings.catalog else {}
@@ -99,7 +104,10 @@ class OnevecApp:
         self._covered_offsets = self.learner.restore()  # example offsets the checkpoint covers
         self.faust.agent(self.clicks, name="sessionize")(self._sessionize)
         self.faust.agent(self.examples, name="learn")(self._learn)
+        self.faust.agent(self.catalog, name="catalog")(self._catalog)
+        self._store_ready = asyncio.Event()  # the catalogue agent writes only after publish_all
         self.faust.task(self._run_learner)
+        self.faust.timer(interval=LAG_INTERVAL_SECONDS)(self._report_lag)
         self.faust.on_before_shutdown.connect(self._on_shutdown)
         self.faust.on_partitions_assigned.connect(self._on_assigned)
         self.faust.on_partitions_revoked.connect(self._on_revoked)
@@ -144,7 +152,9 @@ class OnevecApp:
         example, closed = self.book.process(result, event.message.partition, event.message.offset)
         if example.duplicate:
             metrics.EVENTS_DUPLICATE.inc()
-        await self.examples.send(key=example.session_id.encode(), value=example.to_dict())
+        # The click's Kafka timestamp rides along: the learner's freshness clock starts there.
+        record = {**example.to_dict(), "ingested_at": event.message.timestamp}
+        await self.examples.send(key=example.session_id.encode(), value=record)
         metrics.EXAMPLES_EMITTED.inc()
         for session in closed:
             metrics.SESSIONS_CLOSED.labels(reason=session.reason).inc()
@@ -156,10 +166,31 @@ class OnevecApp:
             message = event.message
             await self.learner.submit((f"{message.topic}:{message.partition}", message.offset, event.value))
 
+    async def _catalog(self, stream: StreamT[bytes]) -> None:
+        """New or changed catalogue records (compacted topic, key item_id): encoded with the
+        static encoders and upserted at once; bad records go to the dead-letter topic."""
+        async for event in stream.events():
+            if event.value is None:
+                # A tombstone: the item left the catalogue, its static vectors go (docs/static.md).
+                if event.key:
+                    await self._store_ready.wait()
+                    await self.learner.remove_catalog(bytes(event.key).decode("utf-8", "replace"))
+                continue
+            raw = event.value if isinstance(event.value, bytes) else b""
+            # Decoding an inline image (base64, pillow) is CPU work: off the event loop.
+            result = await asyncio.to_thread(validate_catalog_record, raw, self.settings.max_http_body_bytes)
+            if isinstance(result, Rejection):
+                await self.send_dead_letter(event.key, raw, result, stage="catalog")
+                continue
+            await self._store_ready.wait()
+            if await self.learner.upsert_catalog(result):
+                metrics.CATALOG_ITEMS_ENCODED.inc()
+
     async def _run_learner(self) -> None:
         await self.store.ensure_collections()
         await self.learner.align_to_serving()
         await self.learner.publish_all()
+        self._store_ready.set()
         await self._learn_since_checkpoint()
         await self.learner.run()
 
@@ -167,11 +198,38 @@ class OnevecApp:
         """Examples the agent had already taken (committed) but the lost process never put
         into a checkpoint: read them directly, from the checkpoint's offsets to the group's
         committed ones, and learn them before the live stream. No learned state is lost."""
-        if not self._covered_offsets:
+        covered = self._covered_offsets or {
+            # No checkpoint (e.g. a crash before the first one): everything the group committed
+            # was never learned, so read each partition from its start.
+            f"{self.settings.examples_topic}:{p}": -1
+            for p in range(self.settings.partitions)
+        }
+        missed = await asyncio.to_thread(read_committed_gap, self.settings, covered)
+        if not missed:
             return
-        missed = await asyncio.to_thread(read_committed_gap, self.settings, self._covered_offsets)
         log.warning("learning %d examples taken after the last checkpoint", len(missed))
         await self.learner.learn_records(missed)
+
+    async def _report_lag(self) -> None:
+        """Consumer lag per stage, from the partitions' end offsets: sessionize against the
+        group's committed offsets, learn against what the learner has really learned (the
+        queue in between counts as lag)."""
+        consumer = self.faust.consumer
+        committed = self.faust.monitor.tp_committed_offsets
+        lag = {"sessionize": 0, "learn": 0}
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            if tp.topic == self.settings.clicks_topic:
+                done, stage = committed.get(tp) or 0, "sessionize"
+            elif tp.topic == self.settings.examples_topic:
+                done, stage = self.learner.offsets.get(f"{tp.topic}:{tp.partition}", -1) + 1, "learn"
+            else:
+                continue
+            lag[stage] += max(0, end - done)
+        for stage, value in lag.items():
+            metrics.CONSUMER_LAG.labels(stage=stage).set(value)
 
     async def _on_shutdown(self, sender: Any, **_: Any) -> None:
         await self.learner.close()
@@ -200,8 +258,11 @@ def read_committed_gap(settings: Settings, covered: dict[str, int]) -> list[tupl
     """Examples after ``covered`` ("topic:partition" -> offset) up to the consumer group's
     committed offsets, read with a plain consumer that joins no group."""
     servers = bootstrap_servers(settings)
-    group = KafkaConsumer(bootstrap_servers=servers, group_id=settings.app_id, enable_auto_commit=False)
-    reader = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    security = settings.kafka_client_options()
+    group = KafkaConsumer(
+        bootstrap_servers=servers, group_id=settings.app_id, enable_auto_commit=False, **security
+    )
+    reader = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, **security)
     gap: list[tuple[str, int, Any]] = []
     try:
         for key, offset in covered.items():
@@ -221,6 +282,21 @@ def read_committed_gap(settings: Settings, covered: dict[str, int]) -> list[tupl
         group.close()
         reader.close()
     return gap
+
+
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """The Kafka security settings as Faust credentials (None: plaintext, Faust's default)."""
+    context = settings.kafka_ssl_context()
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        # With an ssl_context Faust speaks SASL_SSL, without one SASL_PLAINTEXT.
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password.get_secret_value() if password else "",
+            ssl_context=context,
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    return faust.SSLCredentials(context) if context is not None else None
 
 
 def create_app(settings: Settings, broker_url: str | None = None) -> OnevecApp:

@@ -8,6 +8,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +35,18 @@ def progress_bar() -> Progress:
         TimeElapsedColumn(),
         console=console,
     )
+
+
+def staged_progress(bar: Progress) -> Callable[[str, int, int], None]:
+    """A ``(stage, done, total)`` callback that shows one bar per stage of a long build."""
+    tasks: dict[str, Any] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done)
+
+    return on_progress
 
 
 @app.command()
@@ -99,7 +113,9 @@ def replay_events(settings: Settings, events: pd.DataFrame, label: str, speedup:
 
     ensure_topics(settings)
     with (
-        EventProducer(bootstrap_servers(settings), settings.clicks_topic) as producer,
+        EventProducer(
+            bootstrap_servers(settings), settings.clicks_topic, **settings.kafka_client_options()
+        ) as producer,
         progress_bar() as bar,
     ):
         task = bar.add_task(f"replay {label}", total=len(events))
@@ -219,6 +235,199 @@ def demo(
 
     logging.basicConfig(level=logging.WARNING)
     run_demo(load_settings(), dataset, limit, timeout, console)
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="Small sizes (what the test runs): a minute or two.")] = False,
+    sections: Annotated[
+        str, typer.Option(help="Comma-separated: pipeline,learner,sink,freshness,memory.")
+    ] = "pipeline,learner,sink,freshness,memory",
+    output: Annotated[Path, typer.Option(help="Report path stem (.md and .json).")] = Path("reports/bench"),
+    memory_items: Annotated[str, typer.Option(help="Item counts for the memory rows, e.g. 1000,10000.")] = "",
+) -> None:
+    """Throughput, freshness and memory, each against its ceiling, in one run (docs/performance.md)."""
+    from streams.bench import run_bench
+
+    logging.basicConfig(level=logging.WARNING)
+    run_bench(
+        load_settings(),
+        quick=quick,
+        sections=sections.split(","),
+        output=output,
+        console=console,
+        memory_items=[int(n) for n in memory_items.split(",") if n],
+    )
+
+
+@app.command("eval")
+def eval_(
+    dataset: Annotated[str, typer.Argument(help="Built-in dataset (not with --events).")] = "movielens-100k",
+    events: Annotated[Path | None, typer.Option(help="Your events file (CSV/Parquet/JSON lines).")] = None,
+    catalog: Annotated[Path | None, typer.Option(help="Your catalogue file (item_id + columns).")] = None,
+    out: Annotated[Path, typer.Option(help="Directory for report.md and its PNGs.")] = Path("reports/eval"),
+    quick: Annotated[bool, typer.Option(help="Fewer epochs and a smaller variant grid.")] = False,
+    limit: Annotated[int, typer.Option(help="Only the first N events in time (0 = all).")] = 0,
+) -> None:
+    """Prequential next-item evaluation against baselines, probes, tasks and kernel alignment,
+    written as a Markdown report with plots (see docs/evaluation.md)."""
+    from models.evaluation.data import load_eval_data
+    from models.evaluation.report import claims, results_table, write_report
+    from models.evaluation.run import EvalOptions, run_evaluation
+
+    if (events is None) != (catalog is None):
+        raise typer.BadParameter("give both --events and --catalog, or neither")
+    settings = load_settings()
+    data = load_eval_data(events or dataset, catalog or dataset, settings.session_gap_seconds)
+    if limit:
+        data = data.head(limit)
+    options = EvalOptions(quick=quick, config=settings.model_config_for_training())
+    started = time.perf_counter()
+
+    def stage(text: str) -> None:
+        console.print(f"[dim]{time.perf_counter() - started:4.0f}s {text}")
+
+    evaluation = run_evaluation(data, options, on_stage=stage)
+    path = write_report(evaluation, out)
+    table = Table(title=f"prequential next item, {data.name}")
+    for column in ("recommender", "HR@20", "MRR@20"):
+        table.add_column(column)
+    for name, hr, mrr in results_table(evaluation):
+        table.add_row(name, f"{hr:.4f}", f"{mrr:.4f}")
+    console.print(table)
+    for claim, held, evidence in claims(evaluation):
+        verdict = "n/a" if held is None else ("held" if held else "NOT held")
+        console.print(f"{verdict}: {claim} [dim]({evidence})")
+    console.print(f"report: {path} ({time.perf_counter() - started:.0f}s)")
+
+
+@app.command("drift-scenario")
+def drift_scenario(
+    history: Annotated[int, typer.Option(help="Events the model is pretrained on first.")] = 30_000,
+    stream: Annotated[int, typer.Option(help="Events replayed after them (drift starts half way).")] = 20_000,
+    epochs: Annotated[int, typer.Option(help="Pretraining passes over the history.")] = 3,
+    window: Annotated[float, typer.Option(help="Drift window in seconds.")] = 1.0,
+    prometheus: Annotated[bool, typer.Option(help="Scrape with a local Prometheus, if installed.")] = True,
+) -> None:
+    """Replay MovieLens-100k stationary, then with item ids remapped half way (constructed
+    drift), and show which drift signals, detectors and Prometheus alerts fire."""
+    from monitoring.drift_scenario import run_drift_scenario
+
+    logging.basicConfig(level=logging.ERROR)
+    runs, missing = run_drift_scenario(
+        load_settings(),
+        history=history,
+        stream=stream,
+        epochs=epochs,
+        window_seconds=window,
+        use_prometheus=prometheus,
+        on_status=console.print,
+    )
+    table = Table(title="drift signals: worst window against the reference (threshold)")
+    table.add_column("signal")
+    table.add_column("threshold", justify="right")
+    for run in runs:
+        table.add_column(run.name, justify="right")
+    for signal, threshold in runs[0].thresholds.items():
+        cells = [f"{r.worst.get(signal, float('nan')):.3f}{' !' if signal in r.alarms else ''}" for r in runs]
+        table.add_row(signal, f"{threshold:g}", *cells)
+    for detector in runs[0].detector_events:
+        counts = (f"{r.detector_events.get(detector, 0):.0f}" for r in runs)
+        table.add_row(f"events {detector}", "> 0", *counts)
+    for label in runs[0].predictability:
+        table.add_row(f"predictability {label}", "", *(f"{r.predictability.get(label, 0):.3f}" for r in runs))
+    table.add_row("alerts fired", "", *(", ".join(r.alerts) or "-" for r in runs))
+    console.print(table)
+    if missing:
+        console.print(f"Prometheus alerts not evaluated: {missing}")
+
+
+static_app = typer.Typer(help="Static text / image vectors and the inductive encoder (docs/static.md).")
+catalog_app = typer.Typer(help="The catalogue topic (new or changed items, keyed by item_id).")
+app.add_typer(static_app, name="static")
+app.add_typer(catalog_app, name="catalog")
+
+
+@static_app.command("build")
+def static_build(
+    catalog: Annotated[str, typer.Option(help="Catalogue file (CSV/Parquet/JSON lines) or dataset name.")],
+    images: Annotated[
+        Path | None, typer.Option(help="Training images: an IDX file or a directory of PNG/JPEG files.")
+    ] = None,
+    events: Annotated[
+        str | None, typer.Option(help="Events file or dataset name: sessions for the BYOL encoder.")
+    ] = None,
+    proximity: Annotated[float, typer.Option(help="BYOL proximity weight lambda (0 = ablation).")] = 0.1,
+    text_encoder: Annotated[
+        str, typer.Option(help="Which encoder fills the text vector: autoencoder or inductive.")
+    ] = "autoencoder",
+    epochs: Annotated[int, typer.Option(help="Text autoencoder epochs.")] = 40,
+) -> None:
+    """Train the static encoders on a catalogue; store them and its vectors as a new version."""
+    from models.static_vectors import save_bundle
+    from streams.static_build import BuildOptions, build_static
+
+    settings = load_settings()
+    if text_encoder not in ("autoencoder", "inductive"):
+        raise typer.BadParameter("--text-encoder must be autoencoder or inductive")
+    options = BuildOptions(
+        dim=settings.model_dim,
+        text_epochs=epochs,
+        proximity=proximity,
+        text_encoder=text_encoder,  # type: ignore[arg-type]
+        session_gap_seconds=settings.session_gap_seconds,
+    )
+    with progress_bar() as bar:
+        on_progress = staged_progress(bar)
+        result = build_static(catalog, images, events, options, on_progress)
+    path = save_bundle(settings.static_path, result.models, result.vectors)
+    for name, losses in result.losses.items():
+        console.print(f"{name}: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    reasons = Counter(r.reason for _, r in result.rejected)
+    console.print(
+        f"static version {result.models.version}: {len(result.vectors)} of {len(result.items)} items have "
+        f"vectors; {len(result.rejected)} records rejected {dict(reasons)}; {path}"
+    )
+
+
+@static_app.command("report")
+def static_report(
+    output: Annotated[Path, typer.Option(help="Markdown report path.")] = Path("reports/static.md"),
+    image_limit: Annotated[int, typer.Option(help="Fashion-MNIST train images used.")] = 10_000,
+) -> None:
+    """Measure the static encoders on real data; print the table and write the report."""
+    from streams.static_build import BuildOptions, run_report
+
+    with progress_bar() as bar:
+        on_progress = staged_progress(bar)
+        rows, markdown = run_report(BuildOptions(image_limit=image_limit), on_progress)
+    table = Table(title="static vectors on real data")
+    for column in ("dataset", "task", "method", "value", "note"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.dataset, row.task, row.method, f"{row.value:.4f}", row.note)
+    console.print(table)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(markdown)
+    console.print(f"report: {output}")
+
+
+@catalog_app.command("publish")
+def catalog_publish(
+    source: Annotated[str, typer.Argument(help="Catalogue file (CSV/Parquet/JSON lines) or dataset name.")],
+) -> None:
+    """Send every catalogue record to the catalogue topic, keyed by item_id. Image file
+    columns (image / image_path, relative to the file's directory) are read here and sent
+    inside the record (image_data, base64): the worker never opens a path."""
+    from streams.catalog import publish_catalog
+
+    settings = load_settings()
+    if settings.embedded:
+        raise typer.BadParameter("set ONEVEC_BROKER_URL (e.g. from `onevec broker`)")
+    with progress_bar() as bar:
+        task = bar.add_task(f"publish {source}", total=None)
+        sent = publish_catalog(settings, source, lambda n: bar.update(task, completed=n))
+    console.print(f"published {sent} catalogue records to {settings.catalog_topic}")
 
 
 if __name__ == "__main__":

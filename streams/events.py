@@ -3,13 +3,15 @@
 An event is one JSON object: ``user_id``, optional ``session_id``, ``item_id``, ``event_type``
 (view, click, add_to_cart, purchase, return), ``timestamp`` (seconds since the epoch, or an
 ISO 8601 string), optional ``price`` and ``quantity``. Anything else is rejected with a reason
-that says what is wrong; nothing here raises on bad input.
+that says what is wrong; nothing here raises on bad input (JSON nested deeper than
+``MAX_JSON_DEPTH``, integers too large for a float and over-long numbers included).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,16 +27,23 @@ from pydantic import (
 )
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "TOO_DEEP",
     "Event",
     "EventType",
     "Rejection",
     "ValidationLimits",
+    "deeper_than",
+    "json_error",
     "parse_event",
     "session_key",
     "validate_event",
 ]
 
 MAX_ID_CHARS = 256
+# An event is a flat object; nesting this deep is an attack or a bug. A fixed cap (checked after
+# parsing) gives the same answer in every process, whatever its stack depth and recursion limit.
+MAX_JSON_DEPTH = 32
 
 
 class EventType(StrEnum):
@@ -58,11 +67,20 @@ def _as_id(value: object) -> str:
     return text
 
 
+def _as_float(value: int | float) -> float:
+    # JSON integers have no size limit: float(10**400) raises OverflowError, which pydantic
+    # would not turn into a validation error.
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+
+
 def _as_epoch_seconds(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("must be a number of seconds or an ISO 8601 string")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        seconds = _as_float(value)
     elif isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
@@ -113,9 +131,10 @@ class Event(BaseModel):
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError("must be a number")
-        if not math.isfinite(value):
+        price = _as_float(value)
+        if not math.isfinite(price):
             raise ValueError("is not finite")
-        return float(value)
+        return price
 
     @field_validator("quantity", mode="before")
     @classmethod
@@ -144,6 +163,22 @@ class Rejection:
 
     reason: str
     detail: str
+
+
+TOO_DEEP = Rejection("bad_json", f"not JSON: nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """True when a decoded JSON value nests lists/objects more than ``limit`` levels deep
+    (iterative, so the check itself cannot hit the recursion limit)."""
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _describe(error: ValidationError) -> Rejection:
@@ -188,9 +223,20 @@ def validate_event(raw: bytes, limits: ValidationLimits, now: float | None = Non
         return Rejection("bad_encoding", f"not UTF-8: {error.reason} at byte {error.start}")
     try:
         data = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:  # not a ValueError: deep nesting exhausts the parser's recursion
+        return TOO_DEEP
     except ValueError as error:
-        return Rejection("bad_json", f"not JSON: {error}")
+        return Rejection("bad_json", f"not JSON: {json_error(error)}")
+    if deeper_than(data, MAX_JSON_DEPTH):
+        return TOO_DEEP
     return parse_event(data, limits, now)
+
+
+def json_error(error: ValueError) -> str:
+    """What a json.loads ValueError means, for a client."""
+    if "integer string conversion" in str(error):  # int() refuses over-long digit strings
+        return f"a number has more than {sys.get_int_max_str_digits()} digits"
+    return str(error)
 
 
 def _refuse_constant(name: str) -> None:

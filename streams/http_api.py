@@ -1,13 +1,18 @@
-"""HTTP endpoints of a worker: ``POST /events`` ingestion, ``GET /metrics``, ``GET /healthz``.
+"""HTTP endpoints of a worker: ``POST /events`` ingestion, lookups, ``GET /metrics``, ``GET /healthz``.
 
 ``POST /events`` takes a JSON array of events or JSON lines (one event per line), validates
 each, sends the good ones to the clicks topic (keyed by session) and the bad ones to the
 dead-letter topic with their reason, and answers with the counts. The body is parsed as a
 whole only when it is a JSON array, so one broken line of JSON lines rejects that line alone.
+
+With ``ONEVEC_HTTP_INGEST_TOKEN`` set, every write (``POST /events``, ``POST /drift``) needs
+``Authorization: Bearer <token>``, and with ``ONEVEC_HTTP_TOKEN_FOR_READS`` every lookup too;
+``/metrics`` and ``/healthz`` stay open for scrapers and probes (docs/operations.md).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +20,7 @@ from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
 from monitoring import metrics
-from streams.events import Rejection, validate_event
+from streams.events import TOO_DEEP, Rejection, json_error, validate_event
 
 if TYPE_CHECKING:
     from streams.app import OnevecApp
@@ -24,6 +29,9 @@ __all__ = ["register_routes", "split_body"]
 
 MAX_REPORTED_ERRORS = 100
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+UNAUTHORISED = {"error": "missing or wrong bearer token"}
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="onevec"'}  # RFC 6750: say which scheme
 
 
 def split_body(body: bytes) -> list[bytes] | Rejection:
@@ -32,11 +40,14 @@ def split_body(body: bytes) -> list[bytes] | Rejection:
     if not stripped:
         return Rejection("empty_body", "the request body is empty")
     if stripped.startswith(b"["):
+        # NaN / Infinity pass here and are refused per item by validate_event.
         try:
-            items = json.loads(stripped)
+            return [json.dumps(item, allow_nan=True).encode() for item in json.loads(stripped)]
+        except RecursionError:  # not a ValueError: deep nesting exhausts the (de)serialiser
+            return TOO_DEEP
         except ValueError as error:
-            return Rejection("bad_json", f"the body starts like a JSON array but is not one: {error}")
-        return [json.dumps(item, allow_nan=True).encode() for item in items]
+            detail = f"the body starts like a JSON array but is not one: {json_error(error)}"
+            return Rejection("bad_json", detail)
     return [line for line in stripped.splitlines() if line.strip()]
 
 
@@ -66,13 +77,43 @@ def register_routes(onevec: OnevecApp) -> None:
     app = onevec.faust
     limits = onevec.limits
     max_body = onevec.settings.max_http_body_bytes
+    token = onevec.settings.http_ingest_token
+    token_for_reads = onevec.settings.http_token_for_reads
+
+    def counted(response: Response) -> Response:
+        """A POST /events answer, counted by status (onevec_http_ingest_requests_total)."""
+        metrics.HTTP_INGEST_REQUESTS.labels(status=str(response.status)).inc()
+        return response
 
     def answer(view: View, status: int, payload: dict[str, Any]) -> Response:
-        metrics.HTTP_INGEST_REQUESTS.labels(status=str(status)).inc()
-        return view.json(payload, status=status)
+        return counted(view.json(payload, status=status))
+
+    def authorised(request: Request) -> bool:
+        """True when the request may pass: no token is configured, the method is a read and
+        reads are open, or it carries the token as a Bearer token (compared in constant time,
+        so response timing does not leak its prefix)."""
+        if token is None or (request.method in READ_METHODS and not token_for_reads):
+            return True
+        expected = f"Bearer {token.get_secret_value()}".encode()
+        return hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected)
+
+    class GuardedView(View):
+        """A route behind the bearer token (checked before any handler runs, so no route can
+        forget it); /metrics and /healthz are plain Views, open to scrapers and probes."""
+
+        async def dispatch(self, request: Any) -> Any:
+            if not authorised(request):
+                return self.unauthorised()
+            return await super().dispatch(request)
+
+        def unauthorised(self) -> Response:
+            return self.json(UNAUTHORISED, status=401, headers=BEARER_CHALLENGE)
 
     @app.page("/events")
-    class EventsView(View):
+    class EventsView(GuardedView):
+        def unauthorised(self) -> Response:
+            return counted(super().unauthorised())
+
         async def post(self, request: Request) -> Response:
             if (request.content_length or 0) > max_body:
                 return answer(self, 413, {"error": f"body larger than {max_body} bytes"})
@@ -102,7 +143,7 @@ def register_routes(onevec: OnevecApp) -> None:
             return self.bytes(generate_latest(), content_type=METRICS_CONTENT_TYPE)
 
     @app.page("/sessions/{key}")
-    class SessionView(View):
+    class SessionView(GuardedView):
         async def get(self, request: Request, key: str) -> Response:
             state = onevec.session_table.get(key)
             if state is None or state.get("tombstone"):
@@ -110,7 +151,7 @@ def register_routes(onevec: OnevecApp) -> None:
             return self.json({k: v for k, v in state.items() if k not in ("seen", "previous")})
 
     @app.page("/similar/{item_id}")
-    class SimilarView(View):
+    class SimilarView(GuardedView):
         async def get(self, request: Request, item_id: str) -> Response:
             k = parse_k(request.query.get("k", "10"))
             if k is None:
@@ -123,7 +164,7 @@ def register_routes(onevec: OnevecApp) -> None:
             return self.json({"item_id": item_id, "similar": [hit_json(h) for h in hits]})
 
     @app.page("/items/{item_id}")
-    class ItemView(View):
+    class ItemView(GuardedView):
         async def get(self, request: Request, item_id: str) -> Response:
             stored = await onevec.store.get_item(item_id)
             if stored is None:
@@ -133,7 +174,7 @@ def register_routes(onevec: OnevecApp) -> None:
             )
 
     @app.page("/recommend")
-    class RecommendView(View):
+    class RecommendView(GuardedView):
         async def get(self, request: Request) -> Response:
             k = parse_k(request.query.get("k", "20"))
             if k is None:
@@ -159,7 +200,7 @@ def register_routes(onevec: OnevecApp) -> None:
             )
 
     @app.page("/stats")
-    class StatsView(View):
+    class StatsView(GuardedView):
         async def get(self, request: Request) -> Response:
             return self.json(
                 {
@@ -174,6 +215,18 @@ def register_routes(onevec: OnevecApp) -> None:
                     },
                 }
             )
+
+    @app.page("/drift")
+    class DriftView(GuardedView):
+        """GET: the last drift window, thresholds, detector events, predictability.
+        POST: take a new drift reference snapshot at the end of the next window (on demand)."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json(onevec.learner.drift.summary())
+
+        async def post(self, request: Request) -> Response:
+            onevec.learner.drift.request_rotation()
+            return self.json({"rotation": "requested"}, status=202)
 
     @app.page("/healthz")
     class HealthView(View):

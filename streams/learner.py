@@ -22,17 +22,23 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from models.alignment import linear_cka, procrustes
 from models.fusion import click_scaled_weights, fuse
 from models.prequential import PrequentialScore, target_ranks
+from models.static_vectors import CatalogJournal, StaticModels, StaticVectors, load_bundle
 from models.trainer import OnlineTrainer
 from monitoring import metrics
+from monitoring.drift import DriftConfig, DriftMonitor
 from streams.qdrant_store import AsyncQdrantStore, ItemRecord, ItemUpsertBuffer, SessionRecord
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.catalog import CatalogItem
 
 __all__ = ["Learner", "attribute_tokens", "load_attributes"]
 
@@ -55,13 +61,22 @@ class Learner:
     ) -> None:
         self.settings = settings
         self.store = store
+        if settings.learner_torch_threads:
+            torch.set_num_threads(settings.learner_torch_threads)  # process-wide, see Settings
         self.trainer = OnlineTrainer(settings.model_config_for_training())
         self.attributes = attributes or {}
         for item_id, attrs in self.attributes.items():
             self.trainer.set_attributes(item_id, attribute_tokens(attrs))
         self.buffer = ItemUpsertBuffer(
-            store, max_batch=settings.upsert_batch_points, max_delay_ms=settings.upsert_interval_ms
+            store,
+            max_batch=settings.upsert_batch_points,
+            max_delay_ms=settings.upsert_interval_ms,
+            max_pending=settings.upsert_max_pending_points,
         )
+        # Read at scrape time: while Qdrant is down the learner blocks in buffer.add().
+        metrics.UPSERT_BUFFER_PENDING.set_function(lambda: self.buffer.pending)
+        metrics.UPSERT_BUFFER_RETRIES.set_function(lambda: self.buffer.retries)
+        metrics.UPSERT_BUFFER_FAILED_BATCHES.set_function(lambda: self.buffer.failures)
         # Bounded: a learner that falls behind back-pressures the agent instead of buffering.
         self.queue: asyncio.Queue[tuple[str, int, dict[str, Any]]] = asyncio.Queue(
             maxsize=settings.learner_queue_batches * settings.learner_batch_size
@@ -74,8 +89,24 @@ class Learner:
         self._last_checkpoint = time.monotonic()
         self._dirty = False
         self._runner: asyncio.Task[None] | None = None
+        self._busy = False  # the runner is between taking a batch and finishing it
         self.published: dict[str, np.ndarray] = {}  # unit vector last sent to Qdrant, per item
         self.rotation: np.ndarray | None = None  # onto the serving version, see align_to_serving
+        # Static sources per item (docs/static.md): the built bundle's vectors, plus the items
+        # the catalogue agent encoded since (journalled beside the checkpoint, restored on start).
+        self.static_models: StaticModels | None = None
+        self.static = StaticVectors()
+        self.catalog_vectors = CatalogJournal(settings.data_dir / "checkpoints" / "catalog-vectors.pt")
+        self._load_static()
+        self.drift = DriftMonitor(
+            DriftConfig.from_settings(settings),
+            settings.model_dim,
+            self.attributes,
+            settings.predictability_labels,
+        )
+        # Click times (ingest, event) per item not yet visible in Qdrant, for the freshness histogram.
+        self.unseen_clicks: dict[str, list[tuple[float | None, float | None]]] = {}
+        self.buffer.on_written = self._observe_freshness
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -118,20 +149,111 @@ class Learner:
         ids = self.trainer.item_encoder.item_ids()
         items = await self._in_thread(self._material_changes, ids, set(ids))
         await self._upsert(StepResult(loss=0.0, items=items, sessions={}), [])
+        known, now = set(ids), time.time()
+        for item_id in self.static.ids():  # catalogue items the behaviour model never met
+            if item_id not in known:
+                await self.buffer.add(self._item_record(item_id, None, now))
+
+    def _load_static(self) -> None:
+        bundle = load_bundle(self.settings.static_path)
+        if bundle is not None:
+            self.static_models, self.static = bundle
+            if self.static_models.dim != self.settings.model_dim:
+                raise ValueError(
+                    f"static bundle {self.static_models.version} is {self.static_models.dim}-d, "
+                    f"the model is {self.settings.model_dim}-d: rebuild it with --dim"
+                )
+            log.warning("static bundle %s: %d items", self.static_models.version, len(self.static))
+        self.catalog_vectors.load()
+        self.catalog_vectors.apply_to(self.static)
+
+    async def upsert_catalog(self, item: CatalogItem) -> bool:
+        """A new or changed catalogue record: encode it with the static encoders and upsert the
+        item at once, so it has a unified vector before its first click. Returns False when the
+        item has no source at all (no known token, no image, unknown to the behaviour model):
+        its point, if any, is deleted, so stale text/image vectors are not served."""
+        behaviour = await self._in_thread(self._apply_catalog_record, item)
+        return await self._write_catalog_item(item.item_id, behaviour)
+
+    async def remove_catalog(self, item_id: str) -> None:
+        """A tombstone: the item leaves the catalogue. Its static sources and attributes go;
+        the point keeps only behaviour if the model knows the item, else it is deleted."""
+        behaviour = await self._in_thread(self._apply_catalog_removal, item_id)
+        await self._write_catalog_item(item_id, behaviour)
+
+    async def _write_catalog_item(self, item_id: str, behaviour: np.ndarray | None) -> bool:
+        if behaviour is None and not self.static.sources(item_id):
+            # A pending upsert of the item is written first, or it could land after the delete.
+            await self.buffer.flush()
+            await self.store.delete_items([item_id])
+            return False
+        await self.buffer.add(self._item_record(item_id, behaviour, time.time()))
+        metrics.ITEMS_UPSERTED.set(self.buffer.upserted_points)
+        return True
+
+    def _apply_catalog_removal(self, item_id: str) -> np.ndarray | None:
+        self.static.set(item_id, {})
+        self.catalog_vectors.record(item_id, {})  # durable before the tombstone's offset commits
+        self.attributes.pop(item_id, None)
+        if self.trainer.item_encoder.item_vocab.get(item_id) is None:
+            return None
+        return self._served(self.trainer.encode_items([item_id]))[0]
+
+    def _apply_catalog_record(self, item: CatalogItem) -> np.ndarray | None:
+        """On the learner thread: the item's static sources, attributes and attribute tokens
+        replaced by the record's; returns its behaviour vector if the model knows the item."""
+        sources = {}
+        if self.static_models is not None:
+            sources = self.static_models.encode([item.document], [item.image])[0]
+        self.static.set(item.item_id, sources)
+        self.catalog_vectors.record(item.item_id, sources)  # durable before the offset commits
+        self._dirty = True  # set_attributes below changes the model too
+        self.attributes[item.item_id] = dict(item.attributes)
+        tokens = attribute_tokens(item.attributes)
+        if tokens:
+            self.trainer.set_attributes(item.item_id, tokens)
+        if self.trainer.item_encoder.item_vocab.get(item.item_id) is None:
+            return None
+        return self._served(self.trainer.encode_items([item.item_id]))[0]
+
+    def _item_record(self, item_id: str, behaviour: np.ndarray | None, now: float) -> ItemRecord:
+        """An item's whole point: its behaviour vector (if any) and static sources, fused over
+        the sources it really has."""
+        sources = self.static.sources(item_id)
+        if behaviour is not None:
+            sources["behaviour"] = behaviour
+        count = self.event_counts[item_id]
+        return ItemRecord(
+            item_id=item_id,
+            vectors={"unified": self.unified(sources, count), **sources},
+            attributes=self.attributes.get(item_id, {}),
+            model_version=self.trainer.steps,
+            updated_at=now,
+            event_count=count,
+        )
 
     async def checkpoint(self) -> None:
         await self._in_thread(self._save_checkpoint)
 
     def _save_checkpoint(self) -> None:
         self.trainer.save_checkpoint(self.checkpoint_path, self.offsets)
+        self.catalog_vectors.compact()
         self._last_checkpoint = time.monotonic()
         self._dirty = False
         metrics.CHECKPOINTS_WRITTEN.inc()
 
-    async def close(self) -> None:
-        """Stop learning, drain the sink, write a last checkpoint. Batches still queued are
-        not lost: the checkpoint's offsets do not cover them, so a restart learns them."""
+    async def close(self, drain_seconds: float = 20.0) -> None:
+        """Stop learning, drain the sink, write a last checkpoint.
+
+        Examples already queued are learned first (for at most ``drain_seconds``): the group has
+        committed their offsets, so a worker that takes these partitions over would start after
+        them and nobody would learn them (measured: 2 items never reached Qdrant in a two-worker
+        rebalance). Whatever is left after that is not covered by the checkpoint, so a restart
+        of this worker learns it."""
         if self._runner is not None:
+            deadline = time.monotonic() + drain_seconds
+            while (self._busy or not self.queue.empty()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
         await self.buffer.close(timeout=30)
@@ -142,6 +264,11 @@ class Learner:
 
     async def submit(self, example: tuple[str, int, dict[str, Any]]) -> None:
         """Queue one (topic-partition, offset, example); waits when the queue is full."""
+        tp, offset, _ = example
+        if offset <= self.offsets.get(tp, -1):
+            # Redelivered after a restart or rebalance, and already learned (it is covered by the
+            # restored checkpoint or an earlier batch): learning it twice would overweight it.
+            return
         await self.queue.put(example)
 
     async def run(self) -> None:
@@ -155,13 +282,16 @@ class Learner:
                 if self._dirty:
                     await self.checkpoint()
                 continue
-            batch = await self._fill_batch(first)
-            metrics.LEARNER_QUEUE.set(self.queue.qsize())
+            self._busy = True
             try:
+                batch = await self._fill_batch(first)
+                metrics.LEARNER_QUEUE.set(self.queue.qsize())
                 await self._process(batch)
             except Exception:  # noqa: BLE001 - a bad batch must not stop learning
                 log.exception("learner step failed; batch skipped")
                 metrics.LEARNER_ERRORS.inc()
+            finally:
+                self._busy = False
 
     async def _fill_batch(
         self, first: tuple[str, int, dict[str, Any]]
@@ -200,6 +330,8 @@ class Learner:
         metrics.TRAIN_STEP_SECONDS.observe(time.perf_counter() - started)
         metrics.TRAIN_LOSS.set(step.loss)
         metrics.EXAMPLES_LEARNED.inc(len(examples))
+        metrics.MODEL_VERSION.set(self.trainer.steps)
+        metrics.ITEMS_KNOWN.set(len(self.published))
         for tp, offset, _ in batch:
             self.offsets[tp] = max(offset, self.offsets.get(tp, -1))
         await self._upsert(step, examples)
@@ -210,7 +342,8 @@ class Learner:
     def _step(self, examples: list[dict[str, Any]]) -> StepResult:
         """Score (test), then learn (train); runs on the learner thread."""
         scored = [e for e in examples if e.get("prefix") and not e.get("duplicate")]
-        for rank in target_ranks(self.trainer, [e["prefix"] for e in scored], [e["item_id"] for e in scored]):
+        ranks = target_ranks(self.trainer, [e["prefix"] for e in scored], [e["item_id"] for e in scored])
+        for rank in ranks:
             self.score.add(rank)
         metrics.PREQUENTIAL_SCORED.set(self.score.scored)
         metrics.PREQUENTIAL_HITS.set(self.score.hits)
@@ -223,9 +356,12 @@ class Learner:
         sessions = {e["session_id"]: [*e["prefix"], e["item_id"]] for e in examples}
         session_ids = list(sessions)
         session_vectors = self._served(self.trainer.encode_sessions([sessions[sid] for sid in session_ids]))
+        items = self._material_changes(sorted(self.trainer.changed_items() | clicked), clicked)
+        self.drift.observe_step(loss, [rank is not None for rank in ranks], len(examples))
+        self.drift.after_step(self.published, self.event_counts)
         return StepResult(
             loss=loss,
-            items=self._material_changes(sorted(self.trainer.changed_items() | clicked), clicked),
+            items=items,
             sessions={sid: (sessions[sid], v) for sid, v in zip(session_ids, session_vectors, strict=True)},
         )
 
@@ -241,33 +377,35 @@ class Learner:
             return {}
         vectors = self._served(self.trainer.encode_items(changed))
         units = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        lasts = [self.published.get(item_id) for item_id in changed]
+        due = np.fromiter(
+            (last is None or item_id in clicked for item_id, last in zip(changed, lasts, strict=True)),
+            dtype=bool,
+            count=len(changed),
+        )
+        seen = np.flatnonzero(~due)
+        if len(seen):
+            # One batched cosine for all published items instead of one numpy call per item.
+            previous = np.stack([lasts[i] for i in seen])
+            moved = 1.0 - np.einsum("ij,ij->i", units[seen], previous) > self.settings.upsert_min_change
+            due[seen[moved]] = True
         publish = {}
-        for item_id, vector, unit in zip(changed, vectors, units, strict=True):
-            last = self.published.get(item_id)
-            if (
-                last is None
-                or item_id in clicked
-                or 1.0 - float(unit @ last) > self.settings.upsert_min_change
-            ):
-                publish[item_id] = vector
-                self.published[item_id] = unit
+        for i in np.flatnonzero(due):
+            item_id, unit = changed[i], units[i].copy()  # a copy: a row view would keep all of units alive
+            publish[item_id] = vectors[i]
+            self.drift.observe_update(item_id, lasts[i], unit)
+            self.published[item_id] = unit
         return publish
 
     async def _upsert(self, step: StepResult, examples: list[dict[str, Any]]) -> None:
         now = time.time()
         users = {e["session_id"]: e["user_id"] for e in examples}
+        for example in examples:
+            if example["item_id"] in step.items:
+                clicks = self.unseen_clicks.setdefault(example["item_id"], [])
+                clicks.append((example.get("ingested_at"), example.get("timestamp")))
         for item_id, vector in step.items.items():
-            unified = self.unified({"behaviour": vector}, self.event_counts[item_id])
-            await self.buffer.add(
-                ItemRecord(
-                    item_id=item_id,
-                    vectors={"unified": unified, "behaviour": vector},
-                    attributes=self.attributes.get(item_id, {}),
-                    model_version=self.trainer.steps,
-                    updated_at=now,
-                    event_count=self.event_counts[item_id],
-                )
-            )
+            await self.buffer.add(self._item_record(item_id, vector, now))
         sessions = [
             SessionRecord(
                 session_id=sid,
@@ -279,8 +417,27 @@ class Learner:
             for sid, (items, vector) in step.sessions.items()
         ]
         if sessions:
-            await self.store.upsert_sessions(sessions)
+            started = time.perf_counter()
+            try:
+                await self.store.upsert_sessions(sessions)
+            except Exception as error:  # noqa: BLE001 - Qdrant down: item writes retry in the buffer
+                # A live session vector is rewritten by the session's next event; re-raising
+                # would fail the whole micro-batch (and its checkpoint bookkeeping) for it.
+                metrics.UPSERT_ERRORS.labels(collection="sessions").inc()
+                log.warning("session upsert of %d failed: %r", len(sessions), error)
+            else:
+                metrics.UPSERT_SECONDS.labels(collection="sessions").observe(time.perf_counter() - started)
         metrics.ITEMS_UPSERTED.set(self.buffer.upserted_points)
+
+    def _observe_freshness(self, item_ids: list[str]) -> None:
+        """These items' upsert returned: their clicks are now visible in Qdrant."""
+        now = time.time()
+        for item_id in item_ids:
+            for ingested_at, event_time in self.unseen_clicks.pop(item_id, ()):
+                if ingested_at is not None:
+                    metrics.FRESHNESS_SECONDS.labels(since="ingest").observe(max(0.0, now - ingested_at))
+                if event_time is not None:
+                    metrics.FRESHNESS_SECONDS.labels(since="event").observe(max(0.0, now - event_time))
 
     def unified(self, sources: dict[str, np.ndarray], clicks: int) -> np.ndarray:
         """Fuse the sources an item really has; with static sources present, a rarely

@@ -37,8 +37,9 @@ import logging
 import math
 import random
 import re
+import time
 import uuid
-from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,6 +48,8 @@ from typing import Any, Literal, Protocol, Self, TypeVar
 
 import numpy as np
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
+
+from monitoring import metrics
 
 __all__ = [
     "ITEM_VECTORS",
@@ -454,6 +457,12 @@ class _StoreBase:
         points = [build_session_point(r, self.dim) for r in records]
         return _upsert_plan(self.collections["sessions"], points)
 
+    def _delete_items_plan(self, item_ids: Sequence[str]) -> _Plan[None]:
+        # wait=True: the points are gone when the call returns (a catalogue tombstone is final).
+        selector = models.PointIdsList(points=[point_id("item", i) for i in item_ids])
+        kwargs = {"collection_name": self.collections["items"], "points_selector": selector, "wait": True}
+        yield _Call("delete", kwargs)
+
     def _similar_plan(
         self, item_id: str, k: int, filter: Mapping[str, str] | None, using: str
     ) -> _Plan[list[ItemHit]]:
@@ -571,6 +580,10 @@ class QdrantStore(_StoreBase):
     def upsert_sessions(self, records: Iterable[SessionRecord]) -> int:
         return self._run(self._upsert_sessions_plan(records))
 
+    def delete_items(self, item_ids: Sequence[str]) -> None:
+        """Remove item points (idempotent: an absent id is not an error)."""
+        self._run(self._delete_items_plan(item_ids))
+
     def similar(
         self,
         item_id: str,
@@ -626,12 +639,13 @@ class AsyncQdrantStore(_StoreBase):
         dim: int,
         url: str | None = None,
         api_key: str | None = None,
+        https: bool | None = None,
         path: Path | None = None,
         collection_prefix: str = "",
     ) -> None:
         super().__init__(dim=dim, collection_prefix=collection_prefix)
         self._invoker: _Invoker = (
-            _AsyncClientInvoker(AsyncQdrantClient(url=url, api_key=api_key))
+            _AsyncClientInvoker(AsyncQdrantClient(url=url, api_key=api_key, https=https))
             if url
             else _ThreadInvoker(_local_client(path))
         )
@@ -685,6 +699,10 @@ class AsyncQdrantStore(_StoreBase):
     ) -> list[ItemHit]:
         """Items with the highest score against ``vector`` (e.g. a live session vector)."""
         return await self._run(self._recommend_plan(vector, k, exclude_ids, filter, using))
+
+    async def delete_items(self, item_ids: Sequence[str]) -> None:
+        """Remove item points (idempotent: an absent id is not an error)."""
+        await self._run(self._delete_items_plan(item_ids))
 
     async def get_item(self, item_id: str) -> StoredItem | None:
         return await self._run(self._get_item_plan(item_id))
@@ -764,6 +782,8 @@ class ItemUpsertBuffer:
         self._rng = rng or random.Random()
 
         self.upserted_points = 0
+        # Called with the item ids of every batch Qdrant accepted (the learner's freshness clock).
+        self.on_written: Callable[[list[str]], None] | None = None
         self.coalesced = 0
         self.retries = 0
         self.failures = 0
@@ -904,9 +924,11 @@ class ItemUpsertBuffer:
         self._inflight = batch
         try:
             for attempt in range(1, self.max_attempts + 1):
+                started = time.perf_counter()
                 try:
                     await self.store._upsert_points("items", points)
                 except Exception as exc:
+                    metrics.UPSERT_ERRORS.labels(collection="items").inc()
                     # Records were validated in add(), so this is the server or the network
                     # (timeouts, 5xx, restarts): worth retrying.
                     self.last_error = exc
@@ -914,7 +936,10 @@ class ItemUpsertBuffer:
                         self.retries += 1
                         await asyncio.sleep(self._backoff(attempt))
                 else:
+                    metrics.UPSERT_SECONDS.labels(collection="items").observe(time.perf_counter() - started)
                     self.upserted_points += len(points)
+                    if self.on_written is not None:
+                        self.on_written(list(batch))
                     return
             self.failures += 1
             log.warning(

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import ssl
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.config import ModelConfig
 
 __all__ = ["Settings", "load_settings"]
+
+MIN_TOKEN_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -26,6 +30,7 @@ class Settings(BaseSettings):
         env_prefix="ONEVEC_",
         env_file=os.environ.get("ONEVEC_SETTINGS_FILE", "onevec.env"),
         extra="ignore",
+        hide_input_in_errors=True,  # a refused secret must not be echoed into logs
     )
 
     # Kafka. Empty broker_url means: start the embedded Tansu broker on loopback.
@@ -39,6 +44,7 @@ class Settings(BaseSettings):
     dlq_topic: str = "onevec-clicks-dlq"
     examples_topic: str = "onevec-examples"
     sessions_topic: str = "onevec-sessions-closed"
+    catalog_topic: str = "onevec-catalog"  # compacted, keyed by item_id (docs/static.md)
 
     # Qdrant: a URL for a server; otherwise qdrant-client local mode, on disk at qdrant_path
     # or, by default, in memory. Local mode on disk writes every point through SQLite and
@@ -60,20 +66,76 @@ class Settings(BaseSettings):
     model_seed: int = 0
     model_objective: Literal["sgns", "bpr"] = "sgns"  # item objective: session skip-gram or user BPR
     learner_batch_size: int = Field(default=256, ge=1)
-    learner_batch_within_seconds: float = Field(default=0.5, gt=0)
+    # A batch waits this long for more examples only while the learner keeps up (when it falls
+    # behind, the queue holds full batches): short, so freshness is not spent waiting.
+    learner_batch_within_seconds: float = Field(default=0.1, gt=0)
+    # Torch intra-op threads of the worker (0 = torch's default, one per core). One: the learner
+    # shares the process with the event loop, and on a busy machine torch's thread pool spinning
+    # for cores it cannot get made tensor ops ~10x slower (docs/performance.md).
+    learner_torch_threads: int = Field(default=1, ge=0)
     learner_queue_batches: int = Field(default=8, ge=1)
     upsert_batch_points: int = Field(default=256, ge=1)
-    upsert_interval_ms: float = Field(default=500.0, gt=0)
+    # The learner hands over a whole step's items at once, so a short age limit still writes
+    # full batches; a long one only adds latency.
+    upsert_interval_ms: float = Field(default=100.0, gt=0)
+    upsert_max_pending_points: int = Field(default=10_000, ge=1)  # then back-pressure, never drop
     upsert_min_change: float = Field(default=0.01, ge=0)  # cosine distance that re-publishes an item
     checkpoint_interval_seconds: float = Field(default=30.0, gt=0)
     fusion_weights: dict[str, float] = {"behaviour": 1.0, "text": 1.0, "image": 1.0}
     clicks_for_full_weight: float = Field(default=20.0, gt=0)  # behaviour's full share in fusion
+    # Static vectors: the bundle `onevec static build` writes (default <data_dir>/static).
+    static_dir: Path | None = None
+
+    @property
+    def static_path(self) -> Path:
+        return self.static_dir or self.data_dir / "static"
+
+    # Drift and predictability monitoring (monitoring/drift.py, docs/monitoring.md).
+    drift_window_seconds: float = Field(default=60.0, gt=0)
+    drift_reference_seconds: float = Field(default=3600.0, ge=0)  # reference rotation; 0 = on demand only
+    drift_warmup_examples: int = Field(default=5000, ge=0)  # learned before the first reference
+    drift_anchor_items: int = Field(default=200, ge=3)
+    drift_thresholds: dict[str, float] = {}  # overrides of monitoring.drift.DEFAULT_THRESHOLDS
+    predictability_labels: list[str] = ["genre", "decade", "category", "department", "brand"]
 
     # Validation limits.
     max_event_bytes: int = Field(default=64 * 1024, ge=64)
     min_event_time: float = 631_152_000.0  # 1990-01-01: older is a broken clock, not a click
     max_clock_skew_seconds: float = 86_400.0  # events from further in the future are rejected
     max_http_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    # Security, all off by default (embedded broker, local Qdrant, loopback listeners). Secrets
+    # are SecretStr: they print as '**********' in reprs, logs and tracebacks.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None  # CA bundle that signed the brokers' certificates
+    kafka_ssl_certfile: Path | None = None  # client certificate (mutual TLS), optional
+    kafka_ssl_keyfile: Path | None = None
+    qdrant_https: bool | None = None  # None: follow the URL's scheme
+    # When set, every write (POST /events, POST /drift) needs "Authorization: Bearer <token>", and
+    # with http_token_for_reads every lookup too (/items, /sessions, /similar, /recommend, /stats,
+    # GET /drift); /metrics and /healthz stay open for scrapers and probes (docs/operations.md).
+    http_ingest_token: SecretStr | None = None
+    http_token_for_reads: bool = False
+
+    @field_validator("http_ingest_token")
+    @classmethod
+    def _guessable_token(cls, token: SecretStr | None) -> SecretStr | None:
+        # Refused, not ignored: an empty token made "Bearer " a valid credential, and a set but
+        # empty variable is usually a secret that failed to mount.
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        if len(value) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_TOKEN_CHARS} characters, e.g. from `openssl rand -hex 32` "
+                "(unset the variable to run without a token)"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", value):
+            raise ValueError("may hold only letters, digits and -._~+/= (an RFC 6750 bearer token)")
+        return token
 
     # Listeners. Everything binds loopback unless configured otherwise.
     bind_host: str = "127.0.0.1"
@@ -108,6 +170,36 @@ class Settings(BaseSettings):
             # a restarted worker loses state. One record per batch makes the end offset exact.
             "producer_max_batch_size": 1,
         }
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Security options for kafka-python clients (admin, producer, plain consumers)."""
+        protocol = self.kafka_security_protocol
+        options: dict[str, Any] = {"security_protocol": protocol}
+        if protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            password = self.kafka_sasl_password
+            options["sasl_plain_password"] = password.get_secret_value() if password else ""
+        if protocol.endswith("SSL"):
+            options["ssl_check_hostname"] = True
+            for name in ("cafile", "certfile", "keyfile"):
+                value = getattr(self, f"kafka_ssl_{name}")
+                if value is not None:
+                    options[f"ssl_{name}"] = str(value)
+        return options
+
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for Faust/aiokafka (None without TLS): verifies the brokers against
+        ``kafka_ssl_cafile`` (else the system CAs) and presents a client certificate if set."""
+        if not self.kafka_security_protocol.endswith("SSL"):
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+        )
+        if self.kafka_ssl_certfile is not None:
+            keyfile = str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None
+            context.load_cert_chain(str(self.kafka_ssl_certfile), keyfile)
+        return context
 
     def to_env(self) -> dict[str, str]:
         """These settings as ONEVEC_* variables, for a child process (secrets included)."""

@@ -32,11 +32,16 @@ def topic_names(settings: Settings) -> list[str]:
         settings.dlq_topic,
         settings.examples_topic,
         settings.sessions_topic,
+        settings.catalog_topic,
     ]
 
 
 def ensure_topics(settings: Settings) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), request_timeout_ms=30_000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(settings),
+        request_timeout_ms=30_000,
+        **settings.kafka_client_options(),
+    )
     try:
         existing = set(admin.list_topics())
         missing = [
@@ -44,6 +49,8 @@ def ensure_topics(settings: Settings) -> None:
                 name,
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication_factor,
+                # The catalogue is state keyed by item: compaction keeps each item's last record.
+                topic_configs={"cleanup.policy": "compact"} if name == settings.catalog_topic else {},
             )
             for name in topic_names(settings)
             if name not in existing

@@ -6,6 +6,7 @@ its own PID (SIGTERM for a graceful stop, SIGKILL to simulate a crash).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -13,8 +14,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import faust
 from prometheus_client.parser import text_string_to_metric_families
@@ -70,6 +73,9 @@ def metric_total(samples: dict[str, float], name: str) -> float:
 class WorkerProcess:
     """A worker in a child process, with its own web port on loopback."""
 
+    # What the child runs; a test may run the same worker inside a wrapper module.
+    command: tuple[str, ...] = (sys.executable, "-m", "streams.cli", "worker")
+
     def __init__(self, settings: Settings, broker_url: str, extra_env: dict[str, str] | None = None):
         self.settings = settings
         self.broker_url = broker_url
@@ -89,7 +95,7 @@ class WorkerProcess:
         env.update(self.extra_env)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                list(self.command),
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -117,6 +123,16 @@ class WorkerProcess:
 
     def metrics(self) -> dict[str, float]:
         return scrape_metrics(f"{self.base_url}/metrics")
+
+    def get_json(self, path: str, timeout: float = 30.0) -> Any:
+        """GET a JSON endpoint of this worker; None when it answers 404 (e.g. an unknown item)."""
+        try:
+            with urllib.request.urlopen(f"{self.base_url}{path}", timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return None
+            raise
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """Graceful stop (SIGTERM), escalating to SIGKILL after ``timeout``."""

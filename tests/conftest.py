@@ -20,22 +20,30 @@ def broker() -> Iterator[EmbeddedBroker]:
         yield embedded
 
 
+def isolated_settings(broker_url: str, tmp_path: Path, **overrides: object) -> Settings:
+    """Settings with an app id, every topic name and data folders of their own, so tests share
+    one broker safely; ``overrides`` replace any field. Topics are not created here (a test may
+    want to show that creating them fails first): call ``ensure_topics``."""
+    tag = uuid.uuid4().hex[:8]
+    fields: dict[str, object] = {
+        "broker_url": broker_url,
+        "tansu": True,
+        "app_id": f"onevec-test-{tag}",
+        "partitions": 4,
+        "clicks_topic": f"clicks-{tag}",
+        "dlq_topic": f"dlq-{tag}",
+        "examples_topic": f"examples-{tag}",
+        "sessions_topic": f"sessions-{tag}",
+        "catalog_topic": f"catalog-{tag}",
+        "data_dir": tmp_path / "data",
+        "qdrant_path": tmp_path / "qdrant",
+    }
+    return Settings(**(fields | overrides))  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
-    """Settings with topic and group names of their own, so tests share one broker safely."""
-    tag = uuid.uuid4().hex[:8]
-    made = Settings(
-        broker_url=broker.url,
-        tansu=True,
-        app_id=f"onevec-test-{tag}",
-        partitions=4,
-        clicks_topic=f"clicks-{tag}",
-        dlq_topic=f"dlq-{tag}",
-        examples_topic=f"examples-{tag}",
-        sessions_topic=f"sessions-{tag}",
-        data_dir=tmp_path / "data",
-        qdrant_path=tmp_path / "qdrant",
-    )
+    made = isolated_settings(broker.url, tmp_path)
     ensure_topics(made)
     return made
 

@@ -25,3 +25,11 @@ def test_batch_of_first_clicks_trains() -> None:
     loss = trainer.learn([example("d", []), example("e", [])])
     assert math.isfinite(loss)
     assert {"d", "e"} <= set(trainer.item_encoder.item_ids())
+
+
+def test_lookups_before_any_click_answer_empty() -> None:
+    """A fresh worker asked to recommend for unknown items answered 500 (IndexError on the
+    empty item table); it must answer an empty list and zero session vectors."""
+    trainer = OnlineTrainer()
+    assert trainer.recommend(["unknown"], 20, {"unknown"}) == []
+    assert not trainer.encode_sessions([["unknown"], []]).any()

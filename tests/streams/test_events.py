@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from streams.events import Event, EventType, Rejection, ValidationLimits, validate_event
+from streams.events import MAX_JSON_DEPTH, Event, EventType, Rejection, ValidationLimits, validate_event
 
 LIMITS = ValidationLimits(max_event_bytes=1024)
 NOW = 1_700_000_000.0
@@ -72,3 +72,50 @@ def test_rejections_carry_a_reason(raw: bytes, reason: str) -> None:
     assert isinstance(result, Rejection)
     assert result.reason == reason
     assert result.detail
+
+
+BIG = ValidationLimits(max_event_bytes=1 << 20)  # hostile JSON within the size limit reaches the parser
+HUGE_INT = "1" + "0" * 400  # beyond float range: float() raises OverflowError
+
+
+def nested(depth: int, closed: bool = True) -> str:
+    return "[" * depth + "1" + ("]" * depth if closed else "")
+
+
+def raw_event(**fields: str) -> bytes:
+    text = {"user_id": '"u"', "item_id": '"i"', "event_type": '"click"', "timestamp": "1600000000"} | fields
+    return ("{" + ",".join(f'"{k}":{v}' for k, v in text.items()) + "}").encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"[" * 200_000, "bad_json"),  # RecursionError inside json.loads
+        (b'{"a":' * 100_000, "bad_json"),
+        (raw_event(extra=nested(5_000, closed=False)), "bad_json"),
+        (raw_event(extra=nested(MAX_JSON_DEPTH)), "bad_json"),  # the value is depth 33 of the event
+        (raw_event(extra=nested(900)), "bad_json"),  # parses, but deeper than the cap
+        (raw_event(user_id=nested(40)), "bad_json"),
+        (raw_event(timestamp=HUGE_INT), "invalid_field"),
+        (raw_event(price=HUGE_INT), "invalid_field"),
+        (raw_event(price="-" + HUGE_INT), "invalid_field"),
+        (raw_event(timestamp="1e400"), "invalid_field"),  # json reads it as inf
+        (raw_event(quantity=HUGE_INT), "invalid_field"),
+        (raw_event(user_id=HUGE_INT), "invalid_field"),  # 401 characters as an id
+        (raw_event(timestamp="9" * 5000), "bad_json"),  # over int()'s 4300-digit limit
+        (raw_event(item_id='"' + "x" * 500_000 + '"'), "invalid_field"),
+    ],
+)
+def test_hostile_json_is_a_rejection_not_an_exception(raw: bytes, reason: str) -> None:
+    result = validate_event(raw, BIG, now=NOW)
+    assert isinstance(result, Rejection), result
+    assert result.reason == reason and result.detail
+    if reason == "bad_json" and b"9999" not in raw:
+        assert "nested deeper than" in result.detail
+    if b"9" * 5000 in raw:
+        assert "more than 4300 digits" in result.detail
+
+
+def test_nesting_up_to_the_cap_is_accepted() -> None:
+    result = validate_event(raw_event(extra=nested(MAX_JSON_DEPTH - 1)), BIG, now=NOW)
+    assert isinstance(result, Event) and result.user_id == "u"

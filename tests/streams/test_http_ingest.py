@@ -31,7 +31,7 @@ def event(item: str, ts: float, **extra: object) -> dict:
 
 
 def test_http_ingest_end_to_end(settings, start_worker) -> None:
-    worker = start_worker(max_http_body_bytes=4096)
+    worker = start_worker(max_http_body_bytes=64 * 1024)
 
     status, answer = post(worker.base_url, json.dumps([event("a", 1e9), event("b", 1e9 + 5)]).encode())
     assert (status, answer["accepted"], answer["rejected"]) == (200, 2, 0)
@@ -45,7 +45,18 @@ def test_http_ingest_end_to_end(settings, start_worker) -> None:
 
     assert post(worker.base_url, b"   ")[0] == 400
     assert post(worker.base_url, b"[1, 2")[0] == 400
-    assert post(worker.base_url, b"x" * 5000)[0] == 413
+    assert post(worker.base_url, b"x" * 70_000)[0] == 413
+    # Hostile JSON is a 400 with a reason (deep nesting used to be a RecursionError and a 500)...
+    for body in (b"[" * 60_000, b"[" * 20_000 + b"]" * 20_000, b"[" + b"9" * 5000 + b"]"):
+        status, answer = post(worker.base_url, body)
+        assert (status, answer["reason"]) == (400, "bad_json"), answer
+    # ... and one hostile line of JSON lines rejects that line alone, with its reason.
+    deep = json.dumps(event("f", 1e9, x="X")).replace('"X"', "[" * 40 + "]" * 40)  # past the depth cap
+    huge_time = json.dumps(event("e", 1e9)).replace("1000000000.0", "1" + "0" * 400)  # beyond float
+    hostile = [deep.encode(), b"[" * 30_000, huge_time.encode()]  # starts like JSON lines
+    status, answer = post(worker.base_url, b"\n".join(hostile))
+    reasons = [e["reason"] for e in answer["errors"]]
+    assert (status, answer["accepted"], reasons) == (200, 0, ["bad_json", "bad_json", "invalid_field"])
 
     samples = wait_processed(worker, 3)  # the stream stage sees the three accepted events
     examples = [json.loads(r.value) for r in read_topic(settings, settings.examples_topic, 3)]
@@ -55,10 +66,15 @@ def test_http_ingest_end_to_end(settings, start_worker) -> None:
         ("c", ["a", "b"]),
     ]
     assert {e["session_id"] for e in examples} == {"user:u1@1000000000"}
-    dead = read_topic(settings, settings.dlq_topic, 2)
-    assert sorted(dict(r.headers)["onevec-reason"] for r in dead) == [b"absurd_timestamp", b"bad_json"]
+    dead = read_topic(settings, settings.dlq_topic, 5)
+    assert sorted(dict(r.headers)["onevec-reason"] for r in dead) == [
+        b"absurd_timestamp",
+        *[b"bad_json"] * 3,
+        b"invalid_field",
+    ]
     assert all(dict(r.headers)["onevec-stage"] == b"http" for r in dead)
-    assert samples["onevec_http_ingest_requests_total{status=200}"] == 2
+    assert samples["onevec_http_ingest_requests_total{status=200}"] == 3
+    assert samples["onevec_http_ingest_requests_total{status=400}"] == 5
     assert samples["onevec_http_ingest_requests_total{status=413}"] == 1
 
     # Lookups refuse a bad result count with a clear 400 instead of failing inside.

@@ -4,7 +4,6 @@ that beat popularity on a held-out tail, and a checkpoint that survives kill -9.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import urllib.error
@@ -27,13 +26,7 @@ LEARNER = {"catalog": "movielens-100k", "checkpoint_interval_seconds": 2.0}
 
 
 def get(worker: WorkerProcess, path: str) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"{worker.base_url}{path}", timeout=30) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            return None
-        raise
+    return worker.get_json(path)
 
 
 def replay(settings, events: pd.DataFrame) -> None:

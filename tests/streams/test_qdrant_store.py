@@ -321,6 +321,9 @@ def test_async_store_round_trip(tmp_path: Path, backend: str) -> None:
             assert hits[0].item_id == "b" and "a" not in {h.item_id for h in hits}
             stored = await store.get_item("c")
             assert stored is not None and stored.payload["attributes"]["genre"] == ["Drama"]
+            await store.delete_items(["c", "never-stored"])  # an absent id is not an error
+            assert await store.get_item("c") is None
+            assert await store.count("items") == 10
 
     run(scenario())
 

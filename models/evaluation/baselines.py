@@ -1,0 +1,267 @@
+"""The recommenders compared under the prequential protocol (see ``harness``).
+
+* :class:`LiveModel`: onevec's online trainer (item + session encoders), pre-trained on the
+  history, then learning every micro-batch after scoring it, as the worker does; with
+  ``frozen=True`` the same model never updated after pre-training (what online learning adds).
+* :class:`FrozenSkipGram`: Prod2Vec, a skip-gram item table trained once on the history and
+  never updated; a session is the mean of its newest ``window`` items.
+* :class:`RecentPopularity`: the most clicked items among the last ``window`` events.
+* :class:`ItemTransitions`: counts of "last item -> next item", ties by popularity.
+* :class:`SessionKNN`: SKNN (Jannach & Ludewig 2017): items of the past sessions most similar
+  to the current one (cosine of item sets), neighbours drawn from the most recent sessions
+  that share an item.
+* :class:`RandomScores`: a fixed random score per item (the floor every model must beat).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+
+from models.config import ModelConfig
+from models.evaluation.harness import Query
+from models.item_encoder import ItemEncoder
+from models.pretrain import pretrain
+from models.trainer import OnlineTrainer
+
+__all__ = [
+    "FrozenSkipGram",
+    "ItemTransitions",
+    "LiveModel",
+    "RandomScores",
+    "RecentPopularity",
+    "SessionKNN",
+]
+
+
+def _learnable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if not r.get("duplicate")]
+
+
+class LiveModel:
+    """onevec's online trainer; ``attributes`` maps item -> side-information tokens."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        attributes: Mapping[str, Sequence[str]] | None = None,
+        history_epochs: int = 2,
+        frozen: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.trainer = OnlineTrainer(config)
+        for item_id, tokens in (attributes or {}).items():
+            self.trainer.set_attributes(item_id, tokens)
+        self.history_epochs = history_epochs
+        self.frozen = frozen
+        self.name = name or ("session model, frozen" if frozen else "onevec live model")
+
+    def fit_history(self, records: list[dict[str, Any]]) -> None:
+        pretrain(self.trainer, records, self.history_epochs)
+
+    def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:
+        sessions = self.trainer.encode_sessions([q.prefix for q in queries])
+        return sessions @ self.trainer.encode_items(candidates).T
+
+    def learn(self, records: list[dict[str, Any]]) -> None:
+        if not self.frozen:
+            self.trainer.learn(records)
+
+
+class FrozenSkipGram:
+    """Prod2Vec: skip-gram with negative sampling on the history only, then frozen."""
+
+    def __init__(self, config: ModelConfig, epochs: int = 3, name: str = "skip-gram, frozen") -> None:
+        self.encoder = ItemEncoder(config)
+        self.epochs = epochs
+        self.name = name
+        self._rows: dict[str, int] = {}
+        self._matrix = np.zeros((0, config.dim), dtype=np.float32)
+
+    def fit_history(self, records: list[dict[str, Any]], batch_size: int = 256) -> None:
+        for _ in range(self.epochs):
+            for start in range(0, len(records), batch_size):
+                self.encoder.learn(records[start : start + batch_size])
+        ids = self.encoder.item_ids()
+        self._rows = {item: row for row, item in enumerate(ids)}
+        self._matrix = self.encoder.item_matrix().numpy().copy()
+
+    def _vectors(self, items: Sequence[str]) -> np.ndarray:
+        rows = [self._rows.get(item) for item in items]
+        out = np.zeros((len(items), self._matrix.shape[1]), dtype=np.float32)
+        known = [i for i, row in enumerate(rows) if row is not None]
+        out[known] = self._matrix[[rows[i] for i in known]]
+        return out
+
+    def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:
+        window = self.encoder.config.window
+        sessions = np.zeros((len(queries), self._matrix.shape[1]), dtype=np.float32)
+        for i, query in enumerate(queries):
+            rows = [self._rows[item] for item in query.prefix if item in self._rows][-window:]
+            if rows:
+                sessions[i] = self._matrix[rows].mean(0)
+        return sessions @ self._vectors(candidates).T
+
+    def learn(self, records: list[dict[str, Any]]) -> None:
+        """Never updated after the history: the point of this baseline."""
+
+
+class RecentPopularity:
+    """Clicks among the last ``window`` events."""
+
+    def __init__(self, window: int = 5000, name: str = "recent popularity") -> None:
+        self.recent: deque[str] = deque()
+        self.counts: Counter[str] = Counter()
+        self.window = window
+        self.name = name
+
+    def fit_history(self, records: list[dict[str, Any]]) -> None:
+        self.learn(records)
+
+    def learn(self, records: list[dict[str, Any]]) -> None:
+        for record in _learnable(records):
+            item = str(record["item_id"])
+            self.recent.append(item)
+            self.counts[item] += 1
+            if len(self.recent) > self.window:
+                old = self.recent.popleft()
+                self.counts[old] -= 1
+        self.counts = +self.counts  # drop zero counts so the counter stays small
+
+    def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:
+        row = np.array([self.counts.get(item, 0) for item in candidates], dtype=np.float64)
+        return np.broadcast_to(row, (len(queries), len(candidates)))
+
+
+class ItemTransitions:
+    """How often the next item followed the session's last item; ties by all-time popularity."""
+
+    def __init__(self, name: str = "item-to-item transitions") -> None:
+        self.transitions: dict[str, Counter[str]] = {}
+        self.clicks: Counter[str] = Counter()
+        self.name = name
+
+    def fit_history(self, records: list[dict[str, Any]]) -> None:
+        self.learn(records)
+
+    def learn(self, records: list[dict[str, Any]]) -> None:
+        for record in _learnable(records):
+            item = str(record["item_id"])
+            self.clicks[item] += 1
+            if record.get("prefix"):
+                self.transitions.setdefault(str(record["prefix"][-1]), Counter())[item] += 1
+
+    def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:
+        column = {item: i for i, item in enumerate(candidates)}
+        popularity = np.array([self.clicks.get(item, 0) for item in candidates], dtype=np.float64)
+        # Popularity below one transition: it only orders items with equal transition counts.
+        scores = np.tile(popularity / (popularity.max(initial=0) + 1), (len(queries), 1))
+        for row, query in enumerate(queries):
+            for item, count in self.transitions.get(query.prefix[-1], {}).items():
+                if item in column:
+                    scores[row, column[item]] += count
+        return scores
+
+
+class SessionKNN:
+    """SKNN: score(i) = sum of cosine(current, n) over the ``k`` nearest past sessions n holding i.
+
+    Neighbours are sought among the ``sample`` most recent sessions sharing an item with the
+    current one (the published method's sampling, which also favours recent behaviour). The
+    current session itself (its earlier events were learned) is never its own neighbour.
+    """
+
+    def __init__(self, k: int = 100, sample: int = 500, name: str = "session-kNN") -> None:
+        self.k, self.sample, self.name = k, sample, name
+        self.session_row: dict[str, int] = {}
+        self.item_col: dict[str, int] = {}
+        self.session_items: list[set[int]] = []
+        self.last_seen: list[float] = []
+        self._pairs: tuple[list[int], list[int]] = ([], [])
+        self._matrix: sparse.csr_matrix | None = None
+
+    def fit_history(self, records: list[dict[str, Any]]) -> None:
+        self.learn(records)
+
+    def learn(self, records: list[dict[str, Any]]) -> None:
+        for record in _learnable(records):
+            session = str(record["session_id"])
+            row = self.session_row.setdefault(session, len(self.session_row))
+            if row == len(self.session_items):
+                self.session_items.append(set())
+                self.last_seen.append(float(record["timestamp"]))
+            col = self.item_col.setdefault(str(record["item_id"]), len(self.item_col))
+            if col not in self.session_items[row]:
+                self.session_items[row].add(col)
+                self._pairs[0].append(row)
+                self._pairs[1].append(col)
+            self.last_seen[row] = max(self.last_seen[row], float(record["timestamp"]))
+        self._matrix = None
+
+    def _sessions(self) -> sparse.csr_matrix:
+        if self._matrix is None:
+            rows, cols = self._pairs
+            self._matrix = sparse.csr_matrix(
+                (np.ones(len(rows)), (rows, cols)), shape=(len(self.session_items), len(self.item_col))
+            )
+        return self._matrix
+
+    def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:
+        scores = np.zeros((len(queries), len(candidates)))
+        if not self.session_items:
+            return scores
+        sessions = self._sessions()
+        rows, cols = [], []
+        for i, query in enumerate(queries):
+            known = {self.item_col[item] for item in query.prefix if item in self.item_col}
+            rows.extend([i] * len(known))
+            cols.extend(known)
+        current = sparse.csr_matrix(
+            (np.ones(len(rows)), (rows, cols)), shape=(len(queries), sessions.shape[1])
+        )
+        overlap = (current @ sessions.T).toarray()
+        sizes = np.sqrt(np.asarray(current.sum(1)).ravel()[:, None] * np.asarray(sessions.sum(1)).ravel())
+        similarity = np.divide(overlap, sizes, out=np.zeros_like(overlap), where=sizes > 0)
+        last_seen = np.asarray(self.last_seen)
+        weights = np.zeros_like(similarity)
+        for i, query in enumerate(queries):
+            own = self.session_row.get(query.session_id)
+            if own is not None:
+                similarity[i, own] = 0.0
+            sharing = np.flatnonzero(similarity[i] > 0)
+            if len(sharing) > self.sample:
+                sharing = sharing[np.argsort(-last_seen[sharing], kind="stable")[: self.sample]]
+            nearest = sharing[np.argsort(-similarity[i, sharing], kind="stable")[: self.k]]
+            weights[i, nearest] = similarity[i, nearest]
+        item_scores = np.asarray(sessions.T @ weights.T).T
+        known = [(j, self.item_col[item]) for j, item in enumerate(candidates) if item in self.item_col]
+        if known:
+            targets, sources = zip(*known, strict=True)
+            scores[:, list(targets)] = item_scores[:, list(sources)]
+        return scores
+
+
+class RandomScores:
+    """A fixed random score per item: the chance level under the same protocol."""
+
+    def __init__(self, seed: int = 0, name: str = "random") -> None:
+        self.rng = np.random.default_rng(seed)
+        self.values: dict[str, float] = {}
+        self.name = name
+
+    def fit_history(self, records: list[dict[str, Any]]) -> None:
+        """Nothing to learn."""
+
+    def learn(self, records: list[dict[str, Any]]) -> None:
+        """Nothing to learn."""
+
+    def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:
+        for item in candidates:
+            if item not in self.values:
+                self.values[item] = float(self.rng.random())
+        row = np.array([self.values[item] for item in candidates])
+        return np.broadcast_to(row, (len(queries), len(candidates)))

@@ -1,0 +1,485 @@
+"""Live embedding drift and kernel predictability, fed by the learner.
+
+Two kinds of drift are watched:
+
+* **Geometry**, per time window, of the served (unit) item vectors against a *reference
+  snapshot* taken earlier: centroid cosine shift, share of dimensions whose distribution moved
+  (1-d Wasserstein distance, in units of the reference's spread), linear CKA on anchor items
+  (paper 3: CKA ~ 1 for a harmless rotation, lower for a real change), mean cosine change of
+  the items upserted in the window, and overlap@10 of the anchors' nearest neighbours.
+* **Streams**, per micro-batch: river's ADWIN and Page-Hinkley on the training loss and on the
+  prequential hit stream (1 when the next item was in the top 20 before training on it).
+  Only *adverse* changes count as drift events (loss up, hit rate down): a model that keeps
+  improving is not drifting.
+
+Kernel predictability (centred kernel-target alignment, :mod:`models.kernel_alignment`) of the
+served vectors with each configured catalogue label is updated on every upsert.
+
+The reference snapshot is taken after a warm-up, then rotated on a schedule or on demand.
+Everything here is plain numpy/scipy/river and unit-testable without Kafka; the
+:class:`DriftMonitor` also sets the Prometheus metrics (labels: a signal, detector, stream or
+label *name*, never an id).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from river.drift import ADWIN, PageHinkley
+from scipy.stats import wasserstein_distance
+
+from models.alignment import linear_cka
+from models.kernel_alignment import AlignmentTracker
+from monitoring import metrics
+
+__all__ = [
+    "SIGNALS_HIGH_IS_BAD",
+    "SIGNALS_LOW_IS_BAD",
+    "DriftConfig",
+    "DriftMonitor",
+    "LabelSpace",
+    "ReferenceSnapshot",
+    "StreamDriftDetectors",
+    "centroid_shift",
+    "drifted_dimension_share",
+    "neighbour_overlap",
+    "window_signals",
+]
+
+log = logging.getLogger(__name__)
+
+SIGNALS_HIGH_IS_BAD = ("centroid_shift", "drifted_dimensions", "cosine_change")
+SIGNALS_LOW_IS_BAD = ("anchor_cka", "neighbour_overlap")
+
+# Defaults chosen on MovieLens-100k replays of a pretrained model (docs/monitoring.md has the
+# figures): centroid shift and drifted dimensions sit above what the stationary replays showed
+# against their reference and below what the constructed (remapped) ones reached. Cosine
+# change, CKA and neighbour overlap did not separate those replays (too close for one fixed
+# threshold), so theirs are set for a larger change: a bad retrain, not a rotation.
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "centroid_shift": 0.07,
+    "drifted_dimensions": 0.1,
+    "cosine_change": 0.01,
+    "anchor_cka": 0.9,
+    "neighbour_overlap": 0.5,
+}
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    window_seconds: float = 60.0
+    reference_seconds: float = 3600.0  # rotate the reference this often; 0 = only on demand
+    warmup_examples: int = 5000  # examples learned before the first reference is taken
+    anchor_items: int = 200  # most-clicked items at snapshot time
+    max_items: int = 20_000  # sample of reference items for distributions and neighbours
+    neighbours: int = 10
+    dimension_threshold: float = 0.25  # Wasserstein / reference std that counts a dimension drifted
+    thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    seed: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> DriftConfig:
+        """From the ``drift_*`` fields of :class:`streams.settings.Settings` (duck-typed: the
+        monitoring package does not import the streams package)."""
+        return cls(
+            window_seconds=settings.drift_window_seconds,
+            reference_seconds=settings.drift_reference_seconds,
+            warmup_examples=settings.drift_warmup_examples,
+            anchor_items=settings.drift_anchor_items,
+            thresholds={**DEFAULT_THRESHOLDS, **settings.drift_thresholds},
+            seed=settings.model_seed,
+        )
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
+
+
+def centroid_shift(reference: np.ndarray, current: np.ndarray) -> float:
+    """Cosine distance between the mean reference vector and the mean current vector."""
+    a, b = reference.mean(0), current.mean(0)
+    scale = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return 1.0 - float(a @ b) / scale if scale > 1e-12 else 0.0
+
+
+def drifted_dimension_share(reference: np.ndarray, current: np.ndarray, threshold: float) -> float:
+    """Share of dimensions whose 1-d Wasserstein distance between the reference and current
+    distributions exceeds ``threshold`` reference standard deviations."""
+    drifted = 0
+    for column in range(reference.shape[1]):
+        spread = float(reference[:, column].std()) or 1e-12
+        distance = wasserstein_distance(reference[:, column], current[:, column])
+        drifted += distance / spread > threshold
+    return drifted / reference.shape[1]
+
+
+def _top_k(anchors: np.ndarray, pool: np.ndarray, k: int, self_rows: np.ndarray) -> np.ndarray:
+    scores = anchors @ pool.T
+    scores[np.arange(len(anchors)), self_rows] = -np.inf  # an item is not its own neighbour
+    return np.argpartition(-scores, k, axis=1)[:, :k]
+
+
+def neighbour_overlap(reference: np.ndarray, current: np.ndarray, anchor_rows: np.ndarray, k: int) -> float:
+    """Mean share of each anchor's k nearest neighbours (cosine, within the same item pool)
+    that are the same in the reference and current vectors. ~k/n for unrelated geometry."""
+    k = min(k, len(reference) - 1)
+    if k < 1 or not len(anchor_rows):
+        return 1.0
+    before = _top_k(reference[anchor_rows], reference, k, anchor_rows)
+    after = _top_k(current[anchor_rows], current, k, anchor_rows)
+    shared = [len(set(b) & set(a)) for b, a in zip(before.tolist(), after.tolist(), strict=True)]
+    return float(np.mean(shared)) / k
+
+
+@dataclass
+class ReferenceSnapshot:
+    """Unit item vectors at one moment, and the anchor items drift is measured on."""
+
+    ids: list[str]
+    vectors: np.ndarray  # (n, d) unit rows, same order as ids
+    anchors: list[str]
+    taken_at: float  # time.time()
+
+    @classmethod
+    def take(
+        cls,
+        current: Mapping[str, np.ndarray],
+        clicks: Mapping[str, int],
+        anchor_items: int,
+        max_items: int,
+        rng: np.random.Generator,
+    ) -> ReferenceSnapshot:
+        ids = list(current)
+        if len(ids) > max_items:
+            ids = [ids[i] for i in sorted(rng.choice(len(ids), max_items, replace=False))]
+        anchors = sorted(ids, key=lambda item: -clicks.get(item, 0))[:anchor_items]
+        vectors = _unit(np.asarray([current[i] for i in ids], dtype=np.float64))
+        return cls(ids=ids, vectors=vectors, anchors=anchors, taken_at=time.time())
+
+
+def window_signals(
+    reference: ReferenceSnapshot,
+    current: Mapping[str, np.ndarray],
+    cosine_changes: Sequence[float],
+    dimension_threshold: float,
+    neighbours: int,
+) -> dict[str, float]:
+    """Every geometric drift signal of ``current`` (item -> vector) against ``reference``.
+
+    Items are compared on the reference's item sample that still has a current vector (an
+    item's vector is never removed, so that is all of them). ``cosine_change`` is the mean of
+    ``cosine_changes`` (1 - cos between an item's previous and new published vector, one per
+    upsert in the window), 0.0 when nothing was upserted.
+    """
+    rows = [row for row, item in enumerate(reference.ids) if item in current]
+    ids = [reference.ids[row] for row in rows]
+    before = reference.vectors[rows]
+    after = _unit(np.asarray([current[i] for i in ids], dtype=np.float64))
+    index = {item: row for row, item in enumerate(ids)}
+    anchor_rows = np.asarray([index[a] for a in reference.anchors if a in index], dtype=np.int64)
+    signals = {
+        "centroid_shift": centroid_shift(before, after),
+        "drifted_dimensions": drifted_dimension_share(before, after, dimension_threshold),
+        "anchor_cka": linear_cka(before[anchor_rows], after[anchor_rows]) if len(anchor_rows) > 2 else 1.0,
+        "cosine_change": float(np.mean(cosine_changes)) if len(cosine_changes) else 0.0,
+        "neighbour_overlap": neighbour_overlap(before, after, anchor_rows, neighbours),
+    }
+    return signals
+
+
+class _AdverseDetector:
+    """A river detector whose detections count only when the stream got materially worse.
+
+    Page-Hinkley is run one-sided (``mode``), so each of its detections is adverse. ADWIN finds
+    changes either way, and river restarts a detector after each detection, so the direction
+    is confirmed afterwards: the mean of the next ``confirm`` values (the new level) against
+    the mean of the part of its window ADWIN dropped (the old level). It counts when the level moved
+    the worse way by at least ``min_relative_change`` (ADWIN is sensitive enough to find the
+    slow, real changes of a stationary-looking stream too).
+    """
+
+    def __init__(
+        self,
+        detector: ADWIN | PageHinkley,
+        worse_when: str,
+        min_relative_change: float = 0.0,
+        confirm: int = 1,
+    ) -> None:
+        self.detector = detector
+        self.worse_when = worse_when  # "up" or "down"
+        self.min_relative_change = min_relative_change
+        self.confirm = confirm
+        self._old_level: float | None = None  # set while a detection awaits confirmation
+        self._new_values: list[float] = []
+
+    def update(self, value: float) -> bool:
+        if not isinstance(self.detector, ADWIN):
+            self.detector.update(value)
+            return self.detector.drift_detected
+        mean, width = self.detector.estimation, self.detector.width
+        self.detector.update(value)
+        if self._old_level is None:
+            kept = self.detector.width
+            if self.detector.drift_detected and kept < width + 1:
+                # The old level: the mean of the part of the window ADWIN dropped.
+                self._old_level = (mean * width + value - self.detector.estimation * kept) / (
+                    width + 1 - kept
+                )
+                self._new_values = []
+            return False
+        self._new_values.append(value)
+        if len(self._new_values) < self.confirm:
+            return False
+        new_level = float(np.mean(self._new_values))
+        change = (new_level - self._old_level) / max(abs(self._old_level), 1e-12)
+        self._old_level = None
+        return (change if self.worse_when == "up" else -change) >= self.min_relative_change
+
+
+class StreamDriftDetectors:
+    """Adverse-change detectors on the learner's two quality streams.
+
+    * loss, one value per micro-batch (worse = up): ADWIN and one-sided Page-Hinkley;
+    * hits (worse = down): ADWIN on every scored example's 0/1 hit, the classic Bernoulli use;
+      Page-Hinkley on each micro-batch's hit rate (per-example 0/1 values are too noisy for it).
+
+    Parameters were chosen on MovieLens-100k replays (docs/monitoring.md): a loss rise of 10%
+    or a hit-rate fall of 50% counts for ADWIN; the stationary replays tried showed smaller
+    moves, the constructed change much larger ones. The hit-rate Page-Hinkley thresholds
+    assume micro-batches of a few hundred scored examples (the default batch size).
+    """
+
+    def __init__(self) -> None:
+        self.detectors: dict[tuple[str, str], _AdverseDetector] = {
+            ("adwin", "loss"): _AdverseDetector(ADWIN(delta=0.002), "up", min_relative_change=0.1, confirm=5),
+            ("page_hinkley", "loss"): _AdverseDetector(
+                PageHinkley(min_instances=10, delta=0.3, threshold=3.0, mode="up"), "up"
+            ),
+            ("adwin", "hit"): _AdverseDetector(
+                ADWIN(delta=1e-5), "down", min_relative_change=0.5, confirm=500
+            ),
+            ("page_hinkley", "hit"): _AdverseDetector(
+                PageHinkley(min_instances=10, delta=0.05, threshold=0.4, mode="down"), "down"
+            ),
+        }
+
+    def update(self, loss: float | None, hits: Sequence[bool]) -> list[tuple[str, str]]:
+        """Feed one micro-batch; return the (detector, stream) pairs that found an adverse change."""
+        streams: dict[tuple[str, str], list[float]] = {
+            ("adwin", "loss"): [loss] if loss is not None and math.isfinite(loss) else [],
+            ("adwin", "hit"): [float(hit) for hit in hits],
+            ("page_hinkley", "hit"): [sum(hits) / len(hits)] if hits else [],
+        }
+        streams[("page_hinkley", "loss")] = streams[("adwin", "loss")]
+        events = []
+        for key, watcher in self.detectors.items():
+            # Every value goes in (no short-circuit): a detector must see the whole stream.
+            if sum([watcher.update(value) for value in streams[key]]):
+                events.append(key)
+        return events
+
+
+class LabelSpace:
+    """One catalogue label (e.g. genre) as class ids per item, for the alignment tracker."""
+
+    def __init__(self, name: str, attributes: Mapping[str, Mapping[str, Any]], max_classes: int = 100):
+        self.name = name
+        values: dict[str, list[str]] = {}
+        for item_id, attrs in attributes.items():
+            value = attrs.get(name)
+            found = value if isinstance(value, list) else [value]
+            found = [str(v) for v in found if v not in (None, "")]
+            if found:
+                values[item_id] = found
+        frequent = Counter(v for vs in values.values() for v in vs).most_common(max_classes)
+        self.classes = {value: column for column, (value, _) in enumerate(frequent)}
+        self.rows: dict[str, np.ndarray] = {}
+        for item_id, found in values.items():
+            row = np.zeros(len(self.classes))
+            columns = [self.classes[v] for v in found if v in self.classes]
+            if columns:
+                row[columns] = 1.0
+                self.rows[item_id] = row
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+class DriftMonitor:
+    """Drift and predictability state of one learner; every method runs on the learner thread
+    except :meth:`request_rotation` and :meth:`summary` (safe from the event loop)."""
+
+    def __init__(
+        self,
+        config: DriftConfig,
+        dim: int,
+        attributes: Mapping[str, Mapping[str, Any]] | None = None,
+        labels: Sequence[str] = (),
+    ) -> None:
+        self.config = config
+        self.dim = dim
+        self.rng = np.random.default_rng(config.seed)
+        self.streams = StreamDriftDetectors()
+        self.reference: ReferenceSnapshot | None = None
+        self.examples_seen = 0
+        self.window_started = time.monotonic()
+        self.cosine_changes: list[float] = []
+        self._updates: list[tuple[str, np.ndarray | None, np.ndarray]] = []
+        self.last_signals: dict[str, float] = {}
+        self.events: Counter[tuple[str, str]] = Counter()
+        self.windows = 0
+        self._rotate_requested = threading.Event()
+        self.spaces = [s for s in (LabelSpace(n, attributes or {}) for n in labels) if len(s) > 1]
+        self.trackers = {s.name: AlignmentTracker(dim, len(s)) for s in self.spaces}
+        for signal, threshold in config.thresholds.items():
+            metrics.DRIFT_THRESHOLD.labels(signal=signal).set(threshold)
+        for detector, stream in self.streams.detectors:
+            # Every key exists from the start: zeros are exported, and summary() can iterate
+            # from the event loop while the learner thread only updates values.
+            self.events[(detector, stream)] = 0
+            metrics.DRIFT_EVENTS.labels(detector=detector, stream=stream)
+
+    # -- fed by the learner ------------------------------------------------------------
+
+    def observe_update(self, item_id: str, old: np.ndarray | None, new: np.ndarray) -> None:
+        """One item's served unit vector changed from ``old`` (None: first publish) to ``new``.
+        Only queued here; applied in one batch per micro-batch (see :meth:`_apply_updates`)."""
+        self._updates.append((item_id, old, new))
+
+    def _apply_updates(self) -> None:
+        """The queued upserts into the cosine changes and the alignment sums, as matrix products
+        (the running sums are linear, so the order of the updates does not matter)."""
+        updates, self._updates = self._updates, []
+        moved = [(old, new) for _, old, new in updates if old is not None]
+        if moved:
+            olds, news = np.stack([o for o, _ in moved]), np.stack([n for _, n in moved])
+            self.cosine_changes.extend((1.0 - np.einsum("ij,ij->i", olds, news)).tolist())
+        for space in self.spaces:
+            labelled = [(space.rows[i], old, new) for i, old, new in updates if i in space.rows]
+            added = [(row, new) for row, old, new in labelled if old is None]
+            changed = [(row, old, new) for row, old, new in labelled if old is not None]
+            tracker = self.trackers[space.name]
+            if added:
+                tracker.add_many(np.stack([n for _, n in added]), np.stack([r for r, _ in added]))
+            if changed:
+                rows = np.stack([r for r, _, _ in changed])
+                tracker.replace_many(
+                    np.stack([o for _, o, _ in changed]), np.stack([n for _, _, n in changed]), rows
+                )
+
+    def observe_step(self, loss: float | None, hits: Sequence[bool], examples: int) -> None:
+        """One micro-batch: its loss, its prequential hits (scored examples only), its size."""
+        self.examples_seen += examples
+        if self.reference is None:
+            return  # the detectors start with the reference: warm-up is not drift
+        for detector, stream in self.streams.update(loss, hits):
+            self.events[(detector, stream)] += 1
+            metrics.DRIFT_EVENTS.labels(detector=detector, stream=stream).inc()
+            log.warning("drift detector %s found an adverse change in the %s stream", detector, stream)
+
+    def after_step(
+        self, current: Mapping[str, np.ndarray], clicks: Mapping[str, int]
+    ) -> dict[str, float] | None:
+        """Publish predictability; take or rotate the reference when due; evaluate a window when
+        one has elapsed. ``current``: item -> served unit vector. Returns the window's signals."""
+        self._apply_updates()
+        for name, tracker in self.trackers.items():
+            metrics.PREDICTABILITY.labels(label=name).set(tracker.alignment())
+        now = time.monotonic()
+        if self.reference is None:
+            if self.examples_seen >= self.config.warmup_examples and len(current) > self.config.neighbours:
+                self.rotate(current, clicks, "warmup")
+            return None
+        metrics.DRIFT_REFERENCE_AGE.set(time.time() - self.reference.taken_at)
+        if now - self.window_started < self.config.window_seconds:
+            return None
+        signals = self.evaluate(current)
+        if self._rotate_requested.is_set():
+            self.rotate(current, clicks, "demand")
+        elif (
+            self.config.reference_seconds
+            and time.time() - self.reference.taken_at >= self.config.reference_seconds
+        ):
+            self.rotate(current, clicks, "schedule")
+        return signals
+
+    def evaluate(self, current: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Close the current window: compute and export every geometric signal."""
+        assert self.reference is not None
+        signals = window_signals(
+            self.reference,
+            current,
+            self.cosine_changes,
+            self.config.dimension_threshold,
+            self.config.neighbours,
+        )
+        self.cosine_changes = []
+        self.window_started = time.monotonic()
+        self.windows += 1
+        self.last_signals = signals
+        metrics.DRIFT_WINDOWS.inc()
+        for signal, value in signals.items():
+            metrics.DRIFT_SIGNAL.labels(signal=signal).set(value)
+        return signals
+
+    def rotate(self, current: Mapping[str, np.ndarray], clicks: Mapping[str, int], trigger: str) -> None:
+        """Take a new reference snapshot of ``current``; rebuild the alignment sums from it
+        (bounds the rounding error that many replace() calls accumulate)."""
+        self.reference = ReferenceSnapshot.take(
+            current, clicks, self.config.anchor_items, self.config.max_items, self.rng
+        )
+        self._rotate_requested.clear()
+        self.window_started = time.monotonic()
+        self.cosine_changes = []
+        self._updates = []  # already in ``current``, from which the sums are rebuilt below
+        metrics.DRIFT_REFERENCE_ROTATIONS.labels(trigger=trigger).inc()
+        metrics.DRIFT_REFERENCE_AGE.set(0.0)
+        for space in self.spaces:
+            tracker = AlignmentTracker(self.dim, len(space))
+            labelled = [item_id for item_id in current if item_id in space.rows]
+            if labelled:
+                tracker.add_many(
+                    np.stack([current[i] for i in labelled]), np.stack([space.rows[i] for i in labelled])
+                )
+            self.trackers[space.name] = tracker
+        log.warning(
+            "drift reference taken (%s): %d items, %d anchors",
+            trigger,
+            len(current),
+            len(self.reference.anchors),
+        )
+
+    # -- from the event loop -----------------------------------------------------------
+
+    def request_rotation(self) -> None:
+        """Take a new reference at the end of the next window (on demand)."""
+        self._rotate_requested.set()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "reference_taken_at": self.reference.taken_at if self.reference else None,
+            "windows": self.windows,
+            "signals": dict(self.last_signals),
+            "thresholds": dict(self.config.thresholds),
+            "alarms": self.alarms(),
+            "events": {f"{d}/{s}": n for (d, s), n in self.events.items()},
+            "predictability": {name: t.alignment() for name, t in self.trackers.items()},
+        }
+
+    def alarms(self) -> list[str]:
+        """The signals past their threshold in the last window."""
+        limits = self.config.thresholds
+        return [
+            signal
+            for signal, value in self.last_signals.items()
+            if signal in limits
+            and (value > limits[signal] if signal in SIGNALS_HIGH_IS_BAD else value < limits[signal])
+        ]

@@ -1,0 +1,144 @@
+"""Drift signals, stream detectors and the DriftMonitor, without Kafka.
+
+Synthetic vectors and streams (labelled so in each test) pin each signal's behaviour; the
+real-data behaviour (MovieLens-100k through a worker) is in test_prometheus_drift.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.kernel_alignment import centred_alignment
+from monitoring.drift import (
+    DriftConfig,
+    DriftMonitor,
+    LabelSpace,
+    ReferenceSnapshot,
+    StreamDriftDetectors,
+    centroid_shift,
+    drifted_dimension_share,
+    neighbour_overlap,
+    window_signals,
+)
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def clustered() -> dict[str, np.ndarray]:
+    """Synthetic: 300 unit vectors in 8 clusters, 16 dimensions."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 16)) * 2
+    return {f"i{n}": v for n, v in enumerate(unit(centres[np.arange(300) % 8] + rng.normal(size=(300, 16))))}
+
+
+def snapshot(vectors: dict[str, np.ndarray], anchors: int = 50) -> ReferenceSnapshot:
+    clicks = {item: n for n, item in enumerate(vectors)}
+    return ReferenceSnapshot.take(vectors, clicks, anchors, 10_000, np.random.default_rng(0))
+
+
+def test_identical_vectors_show_no_drift(clustered: dict[str, np.ndarray]) -> None:
+    signals = window_signals(snapshot(clustered), clustered, [], 0.25, 10)
+    assert signals["centroid_shift"] == pytest.approx(0.0, abs=1e-9)
+    assert signals["drifted_dimensions"] == 0.0
+    assert signals["anchor_cka"] == pytest.approx(1.0)
+    assert signals["neighbour_overlap"] == 1.0
+    assert signals["cosine_change"] == 0.0
+
+
+def test_rotation_keeps_cka_and_neighbours_but_moves_coordinates(clustered: dict[str, np.ndarray]) -> None:
+    rotation, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(16, 16)))
+    rotated = {item: v @ rotation for item, v in clustered.items()}
+    signals = window_signals(snapshot(clustered), rotated, [], 0.25, 10)
+    # Paper 3: a rotation is harmless; CKA and neighbourhoods see that, raw coordinates do not.
+    assert signals["anchor_cka"] == pytest.approx(1.0, abs=1e-9)
+    assert signals["neighbour_overlap"] == 1.0
+    assert signals["drifted_dimensions"] > 0.5
+
+
+def test_shuffled_vectors_lose_cka_and_neighbours(clustered: dict[str, np.ndarray]) -> None:
+    items = list(clustered)
+    order = np.random.default_rng(2).permutation(len(items))
+    shuffled = {item: clustered[items[j]] for item, j in zip(items, order, strict=True)}
+    signals = window_signals(snapshot(clustered), shuffled, [], 0.25, 10)
+    assert signals["anchor_cka"] < 0.5
+    assert signals["neighbour_overlap"] < 0.3
+    # The same set of vectors, relabelled: the distribution-level signals stay quiet.
+    assert signals["centroid_shift"] == pytest.approx(0.0, abs=1e-9)
+    assert signals["drifted_dimensions"] == 0.0
+
+
+def test_distribution_signals_see_a_shift() -> None:
+    rng = np.random.default_rng(3)
+    before = rng.normal(size=(500, 8))
+    assert drifted_dimension_share(before, before + rng.normal(scale=0.01, size=before.shape), 0.25) == 0.0
+    shifted = before.copy()
+    shifted[:, :4] += 1.0  # four of eight dimensions move by one standard deviation
+    assert drifted_dimension_share(before, shifted, 0.25) == 0.5
+    assert centroid_shift(before + 1.0, before + 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert centroid_shift(before + [1, 0, 0, 0, 0, 0, 0, 0], before + [0, 1, 0, 0, 0, 0, 0, 0]) > 0.5
+
+
+def test_neighbour_overlap_excludes_the_item_itself() -> None:
+    vectors = unit(np.random.default_rng(4).normal(size=(50, 4)))
+    assert neighbour_overlap(vectors, vectors, np.arange(5), k=3) == 1.0
+
+
+def test_stream_detectors_quiet_on_stationary_and_fire_on_worse_streams() -> None:
+    """Synthetic streams: batches of 250 hits at rate 0.25 with loss ~6.3; then (drifted) the hit
+    rate falls to 0.02 and the loss rises to 7.5; (improving) the hit rate rises instead."""
+    rng = np.random.default_rng(5)
+
+    def run(hit_rate_after: float, loss_after: float) -> set[tuple[str, str]]:
+        detectors = StreamDriftDetectors()
+        fired: set[tuple[str, str]] = set()
+        for batch in range(120):
+            rate, loss = (0.25, 6.3) if batch < 60 else (hit_rate_after, loss_after)
+            hits = list(rng.random(250) < rate)
+            fired |= set(detectors.update(loss + rng.normal(scale=0.2), hits))
+        return fired
+
+    assert run(0.25, 6.3) == set()
+    every = {("adwin", "hit"), ("page_hinkley", "hit"), ("page_hinkley", "loss"), ("adwin", "loss")}
+    assert run(0.02, 7.5) == every
+    assert run(0.45, 5.5) == set()  # a model getting better is not drifting
+
+
+def test_monitor_warms_up_rotates_on_demand_tracks_predictability(clustered: dict[str, np.ndarray]) -> None:
+    labels = {item: {"genre": [f"g{n % 8}"], "decade": f"d{n % 3}"} for n, item in enumerate(clustered)}
+    config = DriftConfig(window_seconds=0.0, warmup_examples=100, anchor_items=20)
+    monitor = DriftMonitor(config, dim=16, attributes=labels, labels=["genre", "decade", "absent"])
+    assert sorted(monitor.trackers) == ["decade", "genre"]  # a label no item has is skipped
+
+    published: dict[str, np.ndarray] = {}
+    for item, vector in clustered.items():
+        monitor.observe_update(item, published.get(item), vector)
+        published[item] = vector
+    monitor.observe_step(6.0, [True, False], examples=50)
+    assert monitor.after_step(published, {}) is None and monitor.reference is None  # still warming up
+    monitor.observe_step(6.0, [True, False], examples=50)
+    monitor.after_step(published, {})
+    assert monitor.reference is not None
+
+    # Move half the items: the cosine change and the incremental alignment follow.
+    rng = np.random.default_rng(6)
+    for item in list(published)[:150]:
+        new = unit((published[item] + rng.normal(scale=0.5, size=16))[None])[0]
+        monitor.observe_update(item, published[item], new)
+        published[item] = new
+    signals = monitor.after_step(published, {})
+    assert signals is not None and signals["cosine_change"] > 0.05
+    items = list(published)
+    genre = LabelSpace("genre", labels)
+    vectors, rows = np.stack([published[i] for i in items]), np.stack([genre.rows[i] for i in items])
+    expected = centred_alignment(vectors, rows)
+    assert monitor.trackers["genre"].alignment() == pytest.approx(expected, rel=1e-6)
+
+    taken = monitor.reference.taken_at
+    monitor.request_rotation()
+    monitor.after_step(published, {})
+    assert monitor.reference.taken_at >= taken and not monitor._rotate_requested.is_set()
+    assert set(monitor.summary()) >= {"signals", "thresholds", "alarms", "events", "predictability"}

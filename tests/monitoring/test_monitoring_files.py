@@ -1,0 +1,92 @@
+"""The shipped Prometheus config, alert rules and Grafana files: promtool accepts them, the
+dashboards parse and every metric they name is in the metric catalogue."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client.metrics import MetricWrapperBase
+
+import monitoring.metrics  # noqa: F401 - registers the catalogue
+from monitoring.prometheus_server import ALERTS_FILE, PROMETHEUS_DIR, promtool_binary
+
+GRAFANA = Path(monitoring.metrics.__file__).parent / "grafana"
+DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+METRIC_NAME = re.compile(r"\b(onevec_[a-z0-9_]+)")
+SUFFIXES = ("", "_total", "_created", "_bucket", "_sum", "_count")
+
+
+def dashboard_exprs(path: Path) -> list[str]:
+    return [target["expr"] for panel in json.loads(path.read_text())["panels"] for target in panel["targets"]]
+
+
+def catalogue_samples() -> set[str]:
+    """Every sample name the catalogue's metrics can export (counter _total, histogram _bucket, ...)."""
+    names = set()
+    for metric in vars(monitoring.metrics).values():
+        if isinstance(metric, MetricWrapperBase):
+            for family in metric.describe():
+                names.update(family.name + suffix for suffix in SUFFIXES)
+    return names
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    binary = promtool_binary()
+    if binary is None:
+        pytest.skip("promtool not installed (Debian package `prometheus`; .ci/run installs it)")
+    return binary
+
+
+def test_promtool_checks_rules(promtool: str) -> None:
+    result = subprocess.run([promtool, "check", "rules", str(ALERTS_FILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_checks_config(promtool: str) -> None:
+    config = PROMETHEUS_DIR / "prometheus.yml"
+    result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboards_cover_the_three_views_and_reference_only_catalogued_metrics() -> None:
+    assert [p.stem for p in DASHBOARDS] == ["onevec-drift", "onevec-model", "onevec-pipeline"]
+    known = catalogue_samples()
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        assert dashboard["uid"] == path.stem and dashboard["panels"]
+        ids = [panel["id"] for panel in dashboard["panels"]]
+        assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
+        for panel in dashboard["panels"]:
+            assert panel["datasource"]["uid"] == "onevec-prometheus"
+        for expr in dashboard_exprs(path):
+            unknown = set(METRIC_NAME.findall(expr)) - known
+            assert not unknown, f"{path.name}: {expr} names metrics not in the catalogue: {unknown}"
+
+
+def test_drift_dashboard_shows_every_signal_with_its_threshold() -> None:
+    from monitoring.drift import DEFAULT_THRESHOLDS
+
+    exprs = dashboard_exprs(GRAFANA / "dashboards" / "onevec-drift.json")
+    for signal in DEFAULT_THRESHOLDS:
+        assert f'onevec_drift_signal{{signal="{signal}"}}' in exprs
+        assert f'onevec_drift_threshold{{signal="{signal}"}}' in exprs
+    assert any("onevec_drift_events_total" in e for e in exprs)
+
+
+def test_alert_rules_reference_only_catalogued_metrics() -> None:
+    known = catalogue_samples()
+    names = set(METRIC_NAME.findall(ALERTS_FILE.read_text()))
+    assert names and not names - known, names - known
+
+
+def test_provisioning_points_grafana_at_the_datasource_uid_the_dashboards_use() -> None:
+    datasource = (GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    assert "uid: onevec-prometheus" in datasource and "type: prometheus" in datasource
+    provider = (GRAFANA / "provisioning" / "dashboards" / "onevec.yml").read_text()
+    assert "type: file" in provider and "path:" in provider

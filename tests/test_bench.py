@@ -1,0 +1,52 @@
+"""`onevec bench --quick` end to end: a real Tansu broker, a real worker process, a real no-op
+Faust agent, Qdrant local mode, memory child processes. No timing assertions: the figures
+only have to exist, be finite and be positive, and every section must print its rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+
+from streams.bench import SECTIONS, run_bench
+from streams.settings import Settings
+
+
+def test_quick_bench_prints_every_row(settings: Settings, tmp_path: Path) -> None:
+    console = Console(record=True, width=200)
+    output = tmp_path / "bench"
+    rows = run_bench(settings, quick=True, output=output, console=console)
+
+    measures = {(row.section, row.measure) for row in rows}
+    expected = {
+        ("pipeline", "sessionized (ingest -> sessions)"),
+        ("pipeline", "end to end (-> learner -> Qdrant)"),
+        ("learner", "trainer.learn only"),
+        ("learner", "learner step (score+train+select)"),
+        ("learner", "learner + Qdrant sink (memory)"),
+        ("sink", "ItemUpsertBuffer, local :memory:"),
+        ("sink", "ItemUpsertBuffer, local path (disk)"),
+        ("freshness", "p50 at 200 ev/s"),
+        ("freshness", "p99 at 200 ev/s"),
+        ("memory", "1,000 items: peak RSS"),
+        ("memory", "10,000 items: learner step"),
+    }
+    assert expected <= measures
+    assert {row.section for row in rows} == set(SECTIONS)
+    for row in rows:
+        assert math.isfinite(row.value) and row.value > 0, row
+        if row.ceiling is not None:
+            assert math.isfinite(row.ceiling) and row.ceiling > 0, row
+    # Peak memory must not shrink as the catalogue grows tenfold.
+    peaks = {row.measure: row.value for row in rows if row.measure.endswith("peak RSS")}
+    assert peaks["10,000 items: peak RSS"] >= peaks["1,000 items: peak RSS"] * 0.9
+
+    printed = console.export_text()
+    for _, measure in expected:
+        assert measure in printed
+    report = json.loads(output.with_suffix(".json").read_text())
+    assert len(report["rows"]) == len(rows)
+    markdown = output.with_suffix(".md").read_text()
+    assert markdown.count("\n| ") == len(rows) + 1  # header + one line per row
