@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from deploy.embedded_broker import free_port
+from deploy.embedded_broker import free_port, stop_process
 
 __all__ = ["ALERTS_FILE", "PROMETHEUS_DIR", "PrometheusServer", "prometheus_binary", "promtool_binary"]
 
@@ -103,13 +102,8 @@ class PrometheusServer:
 
     def stop(self, timeout: float = 15.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout)
+        if proc is not None:
+            stop_process(proc, timeout)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Self:

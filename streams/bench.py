@@ -33,7 +33,6 @@ import json
 import math
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -658,6 +657,8 @@ def _drain(worker: Any, metric_total: Any, timeout: float) -> None:
 
 def _noop_rate(settings: Settings, count: int, timeout: float = 300.0) -> float:
     """Events/s of a no-op Faust agent draining the first ``count`` events of the clicks topic."""
+    from deploy.embedded_broker import stop_process
+
     env = dict(os.environ) | settings.to_env() | {"ONEVEC_APP_ID": settings.app_id + "-noop"}
     tmp = Path(tempfile.mkdtemp(prefix="onevec-bench-noop-"))
     result, log_path = tmp / "result.json", tmp / "noop.log"
@@ -680,13 +681,7 @@ def _noop_rate(settings: Settings, count: int, timeout: float = 300.0) -> float:
             time.sleep(0.2)
         raise TimeoutError(f"no-op agent did not see {count} events in {timeout:.0f}s; log: {log_path}")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
+        stop_process(proc, 30)
 
 
 def _noop_main(count: int, result: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from typing import Any
 import faust
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.embedded_broker import EmbeddedBroker, free_port
+from deploy.embedded_broker import EmbeddedBroker, free_port, stop_process
 from streams.app import create_app
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -137,15 +136,7 @@ class WorkerProcess:
     def stop(self, timeout: float = 30.0) -> int | None:
         """Graceful stop (SIGTERM), escalating to SIGKILL after ``timeout``."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                return proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        return proc.wait(timeout=timeout)
+        return None if proc is None else stop_process(proc, timeout)
 
     def kill(self) -> None:
         """Simulate a crash: SIGKILL, no chance to flush or commit."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.embedded_broker import free_port, wait_for_port
+from deploy.embedded_broker import free_port, stop_process, wait_for_port
 
 S3RVER_VERSION = "3.7.1"  # npm package: a file-backed S3 API, enough for Tansu's s3:// engine
 BUCKET = "tansu"
@@ -74,9 +73,4 @@ def s3_server(tmp_path: Path) -> Iterator[S3Server]:
         wait_for_port("127.0.0.1", port, 30)
         yield S3Server(endpoint=f"http://127.0.0.1:{port}", bucket=BUCKET)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, 10)

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from deploy.embedded_broker import free_port, wait_for_port
+from deploy.embedded_broker import free_port, stop_process, wait_for_port
 
 
 class TcpProxy:
@@ -107,9 +107,4 @@ def tansu_behind(proxy: TcpProxy, plain_port: int) -> Iterator[str]:
         wait_for_port("127.0.0.1", plain_port, 30)
         yield f"127.0.0.1:{proxy.port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        stop_process(proc, 15)
