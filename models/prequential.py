@@ -66,24 +66,36 @@ def target_ranks(
     targets: Sequence[str],
     k: int = TOP_K,
     chunk_items: int = 65_536,
+    sessions: np.ndarray | None = None,
+    matrix: np.ndarray | None = None,
 ) -> list[int | None]:
     """Rank (1-based, None beyond ``k``) of each target among all known items, scored by the
     inner product with its session vector, the prefix's own items excluded. One matrix
     product per ``chunk_items`` items for the whole batch instead of one ranking per example;
-    the chunks bound the score matrix (batch x 1M items would be a GB per step)."""
+    the chunks bound the score matrix (batch x 1M items would be a GB per step).
+
+    ``sessions`` (one row per prefix) and ``matrix`` (the item vectors, in vocabulary row
+    order) default to the trainer's current ones; the learner passes the ones its training
+    step computed *before* updating, so the model is scored as it was before it learned. Items
+    beyond ``matrix``'s rows (added by that step) count as unseen."""
     if not prefixes:
         return []
     vocab = trainer.item_encoder.item_vocab  # rows of the item matrix
-    if not len(vocab):  # a model that has seen nothing ranks nothing
+    if matrix is None:
+        matrix = trainer.item_encoder.item_matrix().numpy() if len(vocab) else np.zeros((0, 1))
+    known = len(matrix)
+    if not known:  # a model that has seen nothing ranks nothing
         return [None] * len(targets)
-    columns = [vocab.get(target) for target in targets]
+    columns = [
+        column if (column := vocab.get(target)) is not None and column < known else None for target in targets
+    ]
     scored = [i for i, column in enumerate(columns) if column is not None]  # unseen: a miss
     ranks: list[int | None] = [None] * len(targets)
     if not scored:
         return ranks
-    matrix = trainer.item_encoder.item_matrix().numpy()
-    # All rows, like the unchunked product: the same shapes give the same rounding.
-    sessions = trainer.encode_sessions(prefixes)
+    if sessions is None:
+        # All rows, like the unchunked product: the same shapes give the same rounding.
+        sessions = trainer.encode_sessions(prefixes)
     rows = np.array(scored, dtype=np.int64)
     own = np.array([columns[i] for i in scored], dtype=np.int64)
     starts = range(0, len(matrix), chunk_items)
@@ -101,7 +113,8 @@ def target_ranks(
     # Never counted as ranking above the target: the target itself and the prefix's items.
     skip_rows, skip_columns = [np.arange(len(scored))], [own]
     for position, i in enumerate(scored):
-        skipped = {vocab.get(item) for item in prefixes[i]} - {None, columns[i]}
+        skipped = {row for item in prefixes[i] if (row := vocab.get(item)) is not None and row < known}
+        skipped.discard(columns[i])
         skip_rows.append(np.full(len(skipped), position))
         skip_columns.append(np.fromiter(skipped, dtype=np.int64, count=len(skipped)))
     skip_row, skip_column = np.concatenate(skip_rows), np.concatenate(skip_columns)

@@ -79,6 +79,12 @@ class SessionEncoder:
 
     def loss(self, batch: Batch) -> Tensor:
         """Sampled softmax (logQ-corrected) over the batch's targets plus the negatives."""
+        return self.loss_and_sessions(batch)[0]
+
+    def loss_and_sessions(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The loss, and the batch's session vectors (detached): what the model *before* this
+        step predicts from each prefix, which prequential scoring reuses instead of running
+        the session network a second time."""
         real = torch.arange(batch.prefix.shape[1])[None, :] < batch.lengths[:, None]
         prefix = torch.zeros(*batch.prefix.shape, self.config.dim)
         # Only real positions are looked up: a padding row would get a (zero-gradient) step.
@@ -92,7 +98,7 @@ class SessionEncoder:
         own = torch.arange(len(batch.targets))
         accidental = candidates[None, :] == batch.targets[:, None]
         accidental[own, own] = False
-        return F.cross_entropy(logits.masked_fill(accidental, float("-inf")), own)
+        return F.cross_entropy(logits.masked_fill(accidental, float("-inf")), own), sessions.detach()
 
     def learn(self, batch: list[dict[str, Any]]) -> float:
         """One optimiser step of next-item prediction on a micro-batch; returns the loss."""

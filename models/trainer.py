@@ -40,17 +40,22 @@ class OnlineTrainer:
 
     def learn(self, batch: list[dict[str, Any]]) -> float:
         """One step on a micro-batch of example records (duplicates skipped); returns the loss."""
+        return self.learn_with_sessions(batch)[0]
+
+    def learn_with_sessions(self, batch: list[dict[str, Any]]) -> tuple[float, np.ndarray]:
+        """One step; returns the loss and the session vectors the model *before* the step gave
+        each non-duplicate record's prefix ((n, dim), in record order), for prequential scoring."""
         examples = parse_examples(batch)
         if not examples:
-            return 0.0
+            return 0.0, np.zeros((0, self.config.dim), dtype=np.float32)
         prepared = self.item_encoder.prepare(examples)
-        loss = self.session_encoder.loss(prepared)
+        loss, sessions = self.session_encoder.loss_and_sessions(prepared)
         if self.config.item_loss_weight:
             loss = loss + self.config.item_loss_weight * self.item_encoder.loss(prepared)
         loss.backward()
         self.item_encoder.step(self.session_encoder.named_parameters())
         self.steps += 1
-        return loss.item()
+        return loss.item(), sessions.numpy()
 
     def encode_items(self, item_ids: Sequence[str]) -> np.ndarray:
         return self.item_encoder.encode_items(item_ids)

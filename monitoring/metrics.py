@@ -42,6 +42,7 @@ __all__ = [
     "EXAMPLES_EMITTED",
     "HTTP_INGEST_REQUESTS",
     "PROCESSING_SECONDS",
+    "BATCH_EVENTS",
     "SESSIONS_CLOSED",
     "SESSIONS_OPEN",
     "WORKER_PARTITIONS",
@@ -65,9 +66,15 @@ SESSIONS_CLOSED = Counter(
 EXAMPLES_EMITTED = Counter("onevec_examples_emitted", "Training examples sent to the learner.")
 PROCESSING_SECONDS = Histogram(
     "onevec_processing_seconds",
-    "Wall time to process one event in a stage.",
+    "Wall time to process one micro-batch of events in a stage.",
     ["stage"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+BATCH_EVENTS = Histogram(
+    "onevec_batch_events",
+    "Events per micro-batch in a stage (small under light load, up to the batch size under backlog).",
+    ["stage"],
+    buckets=(1, 4, 16, 64, 256, 1024, 4096),
 )
 HTTP_INGEST_REQUESTS = Counter(
     "onevec_http_ingest_requests", "POST /events requests, by HTTP status.", ["status"]

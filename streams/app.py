@@ -13,6 +13,8 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import faust
@@ -22,9 +24,11 @@ from kafka import KafkaConsumer, TopicPartition
 from monitoring import metrics
 from streams.catalog import validate_catalog_record
 from streams.events import Event, Rejection, ValidationLimits, session_key, validate_event
+from streams.example_records import chunked, decode_examples, encode_examples
 from streams.faust_fixes import apply_faust_fixes
 from streams.learner import Learner, load_attributes
 from streams.qdrant_store import AsyncQdrantStore
+from streams.session_table import ChangelogBatchStore
 from streams.sessions import SessionBook, SessionWindow
 from streams.settings import Settings
 from streams.topics import bootstrap_servers
@@ -83,8 +87,9 @@ class OnevecApp:
             # JSON keys: str keys come back as str after changelog recovery (raw gives bytes).
             schema=faust.Schema(key_serializer="json", value_serializer="json"),
         )
+        self.session_store = ChangelogBatchStore(self.session_table)
         self.book = SessionBook(
-            self.session_table,
+            self.session_store,
             SessionWindow(
                 gap=settings.session_gap_seconds,
                 max_items=settings.max_session_items,
@@ -113,10 +118,12 @@ class OnevecApp:
         self.faust.on_partitions_revoked.connect(self._on_revoked)
 
     async def send_dead_letter(
-        self, key: bytes | None, value: bytes, rejection: Rejection, stage: str
-    ) -> None:
+        self, key: bytes | None, value: bytes, rejection: Rejection, stage: str, force: bool = False
+    ) -> Awaitable[Any]:
+        """Send to the dead-letter topic; returns the delivery future (``force``: now, not
+        attached to the current event's commit)."""
         metrics.EVENTS_REJECTED.labels(stage=stage, reason=rejection.reason).inc()
-        await self.dlq.send(
+        return await self.dlq.send(
             key=key,
             value=value,
             headers=[
@@ -124,6 +131,7 @@ class OnevecApp:
                 (DETAIL_HEADER, rejection.detail.encode()),
                 ("onevec-stage", stage.encode()),
             ],
+            force=force,
         )
 
     async def send_click(self, event: Event) -> None:
@@ -131,40 +139,77 @@ class OnevecApp:
         await self.clicks.send(key=session_key(event).encode(), value=event.to_json())
 
     async def _sessionize(self, stream: StreamT[bytes]) -> None:
-        # Per event, not in stream.take() batches: Faust refuses table updates outside the
-        # per-event iteration.
-        async for event in stream.events():
+        # Micro-batches: the session table is written through a ChangelogBatchStore (one
+        # changelog record per changed session per batch) and examples go out as one record
+        # per partition, instead of two produce calls per event. Faust acks a batch's events
+        # when the next batch is requested, i.e. after _sessionize_batch has returned.
+        settings = self.settings
+        async for events in stream.take_events(
+            settings.sessionize_batch_size, within=settings.sessionize_batch_within_seconds
+        ):
             started = time.perf_counter()
-            await self._handle(event)
+            await self._sessionize_batch(events)
             metrics.PROCESSING_SECONDS.labels(stage="sessionize").observe(time.perf_counter() - started)
+            metrics.BATCH_EVENTS.labels(stage="sessionize").observe(len(events))
 
-    async def _handle(self, event: EventT[bytes]) -> None:
-        raw = event.value if isinstance(event.value, bytes) else b""
-        try:
-            result = validate_event(raw, self.limits)
-        except Exception as error:  # noqa: BLE001 - a bug must not stop the stream
-            log.exception("validator crashed")
-            result = Rejection("internal_error", f"validator failed: {error!r}")
-        if isinstance(result, Rejection):
-            await self.send_dead_letter(event.key, raw, result, stage="stream")
-            return
-        metrics.EVENTS_ACCEPTED.labels(event_type=result.event_type.value).inc()
-        example, closed = self.book.process(result, event.message.partition, event.message.offset)
-        if example.duplicate:
-            metrics.EVENTS_DUPLICATE.inc()
-        # The click's Kafka timestamp rides along: the learner's freshness clock starts there.
-        record = {**example.to_dict(), "ingested_at": event.message.timestamp}
-        await self.examples.send(key=example.session_id.encode(), value=record)
-        metrics.EXAMPLES_EMITTED.inc()
-        for session in closed:
-            metrics.SESSIONS_CLOSED.labels(reason=session.reason).inc()
-            await self.sessions_closed.send(key=session.session_id.encode(), value=session.to_dict())
+    async def _sessionize_batch(self, events: Sequence[EventT[bytes]]) -> None:
+        """Validate, apply to the sessions, send; returns once every record the batch produced
+        is acknowledged by the broker, so acking (and committing) its input loses nothing."""
+        sends: list[Awaitable[Any]] = []
+        examples: dict[int, list[dict[str, Any]]] = {}
+        accepted: Counter[str] = Counter()
+        duplicates = 0
+        for event in events:
+            raw = event.value if isinstance(event.value, bytes) else b""
+            try:
+                result = validate_event(raw, self.limits)
+            except Exception as error:  # noqa: BLE001 - a bug must not stop the stream
+                log.exception("validator crashed")
+                result = Rejection("internal_error", f"validator failed: {error!r}")
+            if isinstance(result, Rejection):
+                sends.append(await self.send_dead_letter(event.key, raw, result, stage="stream", force=True))
+                continue
+            accepted[result.event_type.value] += 1
+            message = event.message
+            example, closed = self.book.process(result, message.partition, message.offset)
+            duplicates += example.duplicate
+            # The click's Kafka timestamp rides along: the learner's freshness clock starts there.
+            examples.setdefault(message.partition, []).append(
+                {**example.to_dict(), "ingested_at": message.timestamp}
+            )
+            for session in closed:
+                metrics.SESSIONS_CLOSED.labels(reason=session.reason).inc()
+                sends.append(
+                    await self.sessions_closed.send(
+                        key=session.session_id.encode(), value=session.to_dict(), force=True
+                    )
+                )
+        self.session_store.flush()
+        for partition, batch in examples.items():
+            for chunk in chunked(batch, self.settings.examples_per_record):
+                sends.append(
+                    await self.examples.send(
+                        key=None, value=encode_examples(chunk), partition=partition, force=True
+                    )
+                )
+        if sends:
+            await asyncio.gather(*sends)
+        for event_type, count in accepted.items():
+            metrics.EVENTS_ACCEPTED.labels(event_type=event_type).inc(count)
+        metrics.EVENTS_DUPLICATE.inc(duplicates)
+        metrics.EXAMPLES_EMITTED.inc(sum(accepted.values()))
         metrics.SESSIONS_OPEN.set(self.book.open_sessions())
 
     async def _learn(self, stream: StreamT[dict[str, Any]]) -> None:
         async for event in stream.events():
             message = event.message
-            await self.learner.submit((f"{message.topic}:{message.partition}", message.offset, event.value))
+            try:
+                examples = decode_examples(event.value)
+            except ValueError as error:
+                # Only onevec writes this topic; a foreign record is skipped, loudly.
+                log.error("skipping examples record %s:%d: %s", message.partition, message.offset, error)
+                continue
+            await self.learner.submit((f"{message.topic}:{message.partition}", message.offset, examples))
 
     async def _catalog(self, stream: StreamT[bytes]) -> None:
         """New or changed catalogue records (compacted topic, key item_id): encoded with the
@@ -254,8 +299,10 @@ class OnevecApp:
         metrics.WORKER_PARTITIONS.set(len(self.partitions))
 
 
-def read_committed_gap(settings: Settings, covered: dict[str, int]) -> list[tuple[str, int, Any]]:
-    """Examples after ``covered`` ("topic:partition" -> offset) up to the consumer group's
+def read_committed_gap(
+    settings: Settings, covered: dict[str, int]
+) -> list[tuple[str, int, list[dict[str, Any]]]]:
+    """Examples records after ``covered`` ("topic:partition" -> offset) up to the consumer group's
     committed offsets, read with a plain consumer that joins no group."""
     servers = bootstrap_servers(settings)
     security = settings.kafka_client_options()
@@ -263,7 +310,7 @@ def read_committed_gap(settings: Settings, covered: dict[str, int]) -> list[tupl
         bootstrap_servers=servers, group_id=settings.app_id, enable_auto_commit=False, **security
     )
     reader = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, **security)
-    gap: list[tuple[str, int, Any]] = []
+    gap: list[tuple[str, int, list[dict[str, Any]]]] = []
     try:
         for key, offset in covered.items():
             topic, partition = key.rsplit(":", 1)
@@ -277,7 +324,9 @@ def read_committed_gap(settings: Settings, covered: dict[str, int]) -> list[tupl
             while reader.position(tp) < end and empty_polls < 5:
                 records = reader.poll(timeout_ms=1000).get(tp, [])
                 empty_polls = 0 if records else empty_polls + 1
-                gap.extend((key, r.offset, json.loads(r.value)) for r in records if r.offset < end)
+                gap.extend(
+                    (key, r.offset, decode_examples(json.loads(r.value))) for r in records if r.offset < end
+                )
     finally:
         group.close()
         reader.close()
@@ -300,7 +349,7 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
 
 
 def create_app(settings: Settings, broker_url: str | None = None) -> OnevecApp:
-    apply_faust_fixes()
+    apply_faust_fixes(settings)
     onevec = OnevecApp(settings, broker_url)
     from streams.http_api import register_routes
 

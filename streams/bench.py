@@ -270,7 +270,7 @@ def bench_learner(ctx: _Context) -> None:
             for name, step in (
                 ("raw", raw_steps[number]),
                 ("trainer", functools.partial(trainer.learn, batch)),
-                ("step", functools.partial(learner._step, batch)),
+                ("step", functools.partial(learner._learn, batch)),
             ):
                 started = time.perf_counter()
                 step()
@@ -287,12 +287,12 @@ def bench_learner(ctx: _Context) -> None:
     ctx.add(
         BenchRow(
             "learner",
-            "learner step (score+train+select)",
+            "learner round (score+train+select+points)",
             n / step_seconds,
             "ex/s",
             raw,
             goal=">= 0.8",
-            note="ceiling: raw torch loop, same model",
+            note="a round of one micro-batch (the learner thread's work); ceiling: raw torch, same model",
         )
     )
     ctx.add(BenchRow("learner", "learner + Qdrant sink (memory)", n / sink_seconds, "ex/s", raw))
@@ -317,7 +317,7 @@ async def _learner_with_sink(
     learner = Learner(settings, store, attributes)
     await learner.publish_all()
     await learner.buffer.flush()
-    records = [("bench:0", offset, example) for offset, example in enumerate(examples)]
+    records = [("bench:0", offset, [example]) for offset, example in enumerate(examples)]
     warmup = WARMUP_BATCHES * settings.learner_batch_size
     await learner.learn_records(records[:warmup])
     started = time.perf_counter()
@@ -932,7 +932,7 @@ def _memory_main(items: int, events: int) -> None:
     learned = 0
     started = time.perf_counter()
     for batch in _synthetic_batches(items, events, settings.learner_batch_size):
-        learner._step(batch)
+        learner._learn(batch)
         learned += len(batch)
         if not half and learned >= events // 2:
             half = _rss_mb()

@@ -1,20 +1,40 @@
-"""A targeted correction to faust-streaming 0.15.3, applied when the app is built.
+"""Targeted corrections to faust-streaming 0.15.3, applied when the app is built.
 
-After a rebalance, ``Recovery._resume_streams`` resumes the input partitions and only then
-seeks them to their committed offsets. Records the fetcher hands out in between are rewound
-past by the seek and never acked, so Faust's commit for that partition stops for good and
-those events wait for the next rebalance (seen here: 10-35 of 4,000 events stuck after a
-restart under load). Seeking first, then resuming, closes the window. The rest of the method
-is Faust's, unchanged.
+1. After a rebalance, ``Recovery._resume_streams`` resumes the input partitions and only then
+   seeks them to their committed offsets. Records the fetcher hands out in between are rewound
+   past by the seek and never acked, so Faust's commit for that partition stops for good and
+   those events wait for the next rebalance (seen here: 10-35 of 4,000 events stuck after a
+   restart under load). Seeking first, then resuming, closes the window. The rest of the
+   method is Faust's, unchanged.
+2. Against Tansu (the embedded broker), ``ListOffsets(latest)`` answers the base offset of a
+   partition's last *record batch* + 1, not the offset after its last record (measured: 13
+   records in two batches of 10 and 3 report an end offset of 11). Faust's table recovery
+   reads each changelog partition up to that "highwater", so the tail of the last batch
+   would be lost on a restart. ``Recovery._build_highwaters`` is corrected by reading that
+   last batch and taking its last offset. (Before this correction the worker's producer sent
+   one record per batch, which made every send a broker round trip.)
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
 from typing import Any, cast
 
 from faust.tables.recovery import Recovery
+from faust.types import TP
+from kafka import KafkaConsumer, TopicPartition
 
-__all__ = ["apply_faust_fixes"]
+from streams.settings import Settings
+from streams.topics import bootstrap_servers
+
+__all__ = ["apply_faust_fixes", "last_record_offsets"]
+
+log = logging.getLogger(__name__)
+
+_ORIGINAL_BUILD_HIGHWATERS = Recovery._build_highwaters
 
 
 async def _resume_streams_seek_first(self: Recovery, generation_id: int = 0) -> None:
@@ -42,5 +62,61 @@ async def _resume_streams_seek_first(self: Recovery, generation_id: int = 0) -> 
     self.log.info("Worker ready")
 
 
-def apply_faust_fixes() -> None:
+def last_record_offsets(
+    settings: Settings, batch_starts: Mapping[TP, int], timeout: float = 10.0
+) -> dict[TP, int]:
+    """The offset of the last record of each partition, given where its last record batch
+    starts (Tansu's end offset - 1): that batch is read and its last offset taken. A
+    partition whose batch cannot be read in ``timeout`` keeps the offset it was given."""
+    result = dict(batch_starts)
+    wanted = {TopicPartition(tp.topic, tp.partition): tp for tp, start in batch_starts.items() if start >= 0}
+    if not wanted:
+        return result
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers(settings),
+        enable_auto_commit=False,
+        **settings.kafka_client_options(),
+    )
+    try:
+        consumer.assign(list(wanted))
+        for ktp, tp in wanted.items():
+            consumer.seek(ktp, batch_starts[tp])
+        missing = set(wanted)
+        stop = time.monotonic() + timeout
+        while missing and time.monotonic() < stop:
+            for ktp, records in consumer.poll(timeout_ms=500).items():
+                if records:
+                    tp = wanted[ktp]
+                    result[tp] = max(result[tp], *(r.offset for r in records))
+                    missing.discard(ktp)
+                    consumer.pause(ktp)  # later batches (written meanwhile) are not ours to count
+        if missing:
+            log.warning("could not read the last batch of %s; their highwaters may be short", missing)
+    finally:
+        consumer.close()
+    return result
+
+
+def _tansu_build_highwaters(settings: Settings) -> Any:
+    async def build_highwaters(
+        self: Recovery, consumer: Any, tps: set[TP], destination: Any, title: str
+    ) -> None:
+        await _ORIGINAL_BUILD_HIGHWATERS(self, consumer, tps, destination, title)
+        # Faust keeps "end offset - 1", which Tansu makes the start of the last batch.
+        starts = {tp: destination[tp] for tp in tps if tp in destination}
+        corrected = await asyncio.to_thread(last_record_offsets, settings, starts)
+        moved = {tp: (starts[tp], offset) for tp, offset in corrected.items() if offset != starts[tp]}
+        if moved:
+            self.log.info("Tansu highwaters corrected (batch start -> last record): %r", moved)
+        for tp, offset in corrected.items():
+            destination[tp] = offset  # a Counter: update() would add, not replace
+
+    return build_highwaters
+
+
+def apply_faust_fixes(settings: Settings | None = None) -> None:
     Recovery._resume_streams = _resume_streams_seek_first  # type: ignore[method-assign]
+    if settings is not None and (settings.embedded or settings.tansu):
+        Recovery._build_highwaters = _tansu_build_highwaters(settings)  # type: ignore[method-assign]
+    else:
+        Recovery._build_highwaters = _ORIGINAL_BUILD_HIGHWATERS  # type: ignore[method-assign]

@@ -207,7 +207,7 @@ def register_routes(onevec: OnevecApp) -> None:
                     "items": await onevec.store.count("items"),
                     "sessions": await onevec.store.count("sessions"),
                     "model_steps": onevec.learner.trainer.steps,
-                    "learner_queue": onevec.learner.queue.qsize(),
+                    "learner_queue": onevec.learner.queued_examples,
                     "prequential": {
                         "scored": onevec.learner.score.scored,
                         "hr@20": onevec.learner.score.hr,

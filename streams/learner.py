@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -26,15 +27,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from qdrant_client import models
+from threadpoolctl import threadpool_limits
 
 from models.alignment import linear_cka, procrustes
-from models.fusion import click_scaled_weights, fuse
+from models.fusion import click_scaled_weights, fuse, fuse_batch
 from models.prequential import PrequentialScore, target_ranks
 from models.static_vectors import CatalogJournal, StaticModels, StaticVectors, load_bundle
 from models.trainer import OnlineTrainer
 from monitoring import metrics
 from monitoring.drift import DriftConfig, DriftMonitor
-from streams.qdrant_store import AsyncQdrantStore, ItemRecord, ItemUpsertBuffer, SessionRecord
+from streams.qdrant_store import (
+    AsyncQdrantStore,
+    ItemRecord,
+    ItemUpsertBuffer,
+    SessionRecord,
+    build_item_points,
+    build_session_point,
+)
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -45,11 +55,25 @@ __all__ = ["Learner", "attribute_tokens", "load_attributes"]
 log = logging.getLogger(__name__)
 
 
+# One examples record: ("topic:partition", offset, its examples).
+Record = tuple[str, int, list[dict[str, Any]]]
+
+
 @dataclass
 class StepResult:
     loss: float
     items: dict[str, np.ndarray]  # changed item -> behaviour vector
     sessions: dict[str, tuple[list[str], np.ndarray]]  # session -> (items, live vector)
+
+
+@dataclass
+class Published:
+    """What one learning round hands to Qdrant, built on the learner thread (validation,
+    fusion and point building are per-item work that would otherwise stall the event loop)."""
+
+    loss: float
+    items: list[tuple[str, models.PointStruct]]
+    sessions: list[models.PointStruct]
 
 
 class Learner:
@@ -63,6 +87,9 @@ class Learner:
         self.store = store
         if settings.learner_torch_threads:
             torch.set_num_threads(settings.learner_torch_threads)  # process-wide, see Settings
+            # numpy's BLAS too (prequential ranks, drift sums): its pool spinning for cores the
+            # event loop and torch hold made a 256 x 1,682 product 2x slower on an idle machine.
+            threadpool_limits(settings.learner_torch_threads, user_api="blas")
         self.trainer = OnlineTrainer(settings.model_config_for_training())
         self.attributes = attributes or {}
         for item_id, attrs in self.attributes.items():
@@ -77,12 +104,15 @@ class Learner:
         metrics.UPSERT_BUFFER_PENDING.set_function(lambda: self.buffer.pending)
         metrics.UPSERT_BUFFER_RETRIES.set_function(lambda: self.buffer.retries)
         metrics.UPSERT_BUFFER_FAILED_BATCHES.set_function(lambda: self.buffer.failures)
-        # Bounded: a learner that falls behind back-pressures the agent instead of buffering.
-        self.queue: asyncio.Queue[tuple[str, int, dict[str, Any]]] = asyncio.Queue(
-            maxsize=settings.learner_queue_batches * settings.learner_batch_size
-        )
+        # Bounded in examples (records vary from one example to a whole micro-batch): a learner
+        # that falls behind back-pressures the agent instead of buffering.
+        self.queue: asyncio.Queue[Record] = asyncio.Queue()
+        self.queued_examples = 0
+        self.max_queued_examples = settings.learner_queue_batches * settings.learner_batch_size
+        self._space = asyncio.Event()
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onevec-learner")
         self.score = PrequentialScore()
+        self._rng = random.Random(settings.model_seed)  # which examples prequential scoring samples
         self.event_counts: Counter[str] = Counter()
         self.offsets: dict[str, int] = {}
         self.checkpoint_path = settings.data_dir / "checkpoints" / "learner.pt"
@@ -91,6 +121,8 @@ class Learner:
         self._runner: asyncio.Task[None] | None = None
         self._busy = False  # the runner is between taking a batch and finishing it
         self.published: dict[str, np.ndarray] = {}  # unit vector last sent to Qdrant, per item
+        self.stale: set[str] = set()  # moved since last published, not clicked: see _due_items
+        self._last_sweep = time.monotonic()
         self.rotation: np.ndarray | None = None  # onto the serving version, see align_to_serving
         # Static sources per item (docs/static.md): the built bundle's vectors, plus the items
         # the catalogue agent encoded since (journalled beside the checkpoint, restored on start).
@@ -146,13 +178,18 @@ class Learner:
     async def publish_all(self) -> None:
         """Send every known item to Qdrant: after a restart the serving store may be empty
         (in-memory local mode) or hold an older version."""
+        published = await self._in_thread(self._published_catalogue)
+        await self.buffer.add_points(published.items)
+
+    def _published_catalogue(self) -> Published:
+        """On the learner thread: every known item, and the catalogue items the behaviour
+        model never met (static sources only)."""
         ids = self.trainer.item_encoder.item_ids()
-        items = await self._in_thread(self._material_changes, ids, set(ids))
-        await self._upsert(StepResult(loss=0.0, items=items, sessions={}), [])
-        known, now = set(ids), time.time()
-        for item_id in self.static.ids():  # catalogue items the behaviour model never met
-            if item_id not in known:
-                await self.buffer.add(self._item_record(item_id, None, now))
+        self.trainer.changed_items()  # drained: every item is published here
+        items = self._material_changes(ids, set(ids))
+        known = set(ids)
+        unseen = {item_id: None for item_id in self.static.ids() if item_id not in known}
+        return self._published(0.0, items | unseen, {}, {})
 
     def _load_static(self) -> None:
         bundle = load_bundle(self.settings.static_path)
@@ -232,6 +269,28 @@ class Learner:
             event_count=count,
         )
 
+    def _item_records(self, items: dict[str, np.ndarray | None], now: float) -> list[ItemRecord]:
+        """:meth:`_item_record` for many items, fused in one batch."""
+        ids = list(items)
+        sources = [self.static.sources(item_id) for item_id in ids]
+        for found, behaviour in zip(sources, items.values(), strict=True):
+            if behaviour is not None:
+                found["behaviour"] = behaviour
+        counts = [self.event_counts[item_id] for item_id in ids]
+        unified = self.unified_many(sources, np.asarray(counts, dtype=np.float64))
+        version = self.trainer.steps
+        return [
+            ItemRecord(
+                item_id=item_id,
+                vectors={"unified": fused, **found},
+                attributes=self.attributes.get(item_id, {}),
+                model_version=version,
+                updated_at=now,
+                event_count=count,
+            )
+            for item_id, found, fused, count in zip(ids, sources, unified, counts, strict=True)
+        ]
+
     async def checkpoint(self) -> None:
         await self._in_thread(self._save_checkpoint)
 
@@ -262,14 +321,18 @@ class Learner:
 
     # -- the work ----------------------------------------------------------------------
 
-    async def submit(self, example: tuple[str, int, dict[str, Any]]) -> None:
-        """Queue one (topic-partition, offset, example); waits when the queue is full."""
-        tp, offset, _ = example
+    async def submit(self, record: Record) -> None:
+        """Queue one examples record; waits while the queue holds a full backlog."""
+        tp, offset, examples = record
         if offset <= self.offsets.get(tp, -1):
             # Redelivered after a restart or rebalance, and already learned (it is covered by the
             # restored checkpoint or an earlier batch): learning it twice would overweight it.
             return
-        await self.queue.put(example)
+        while self.queued_examples >= self.max_queued_examples:
+            self._space.clear()
+            await self._space.wait()
+        self.queued_examples += len(examples)
+        self.queue.put_nowait(record)
 
     async def run(self) -> None:
         self._runner = asyncio.current_task()
@@ -284,71 +347,139 @@ class Learner:
                 continue
             self._busy = True
             try:
-                batch = await self._fill_batch(first)
-                metrics.LEARNER_QUEUE.set(self.queue.qsize())
-                await self._process(batch)
+                records = await self._fill_batch(first)
+                self.queued_examples -= sum(len(examples) for _, _, examples in records)
+                self._space.set()
+                metrics.LEARNER_QUEUE.set(self.queued_examples)
+                await self._process(records)
             except Exception:  # noqa: BLE001 - a bad batch must not stop learning
                 log.exception("learner step failed; batch skipped")
                 metrics.LEARNER_ERRORS.inc()
             finally:
                 self._busy = False
 
-    async def _fill_batch(
-        self, first: tuple[str, int, dict[str, Any]]
-    ) -> list[tuple[str, int, dict[str, Any]]]:
-        """A micro-batch: what is queued, up to the batch size, waiting at most ``within``
-        seconds for more. (Batching here, not with Faust's take(), which holds a partial
-        batch until another event arrives.)"""
-        batch = [first]
+    async def _fill_batch(self, first: Record) -> list[Record]:
+        """Records for one learning round: what is queued, until ``learner_batch_size``
+        examples, waiting at most ``learner_batch_within_seconds`` for more. (Batching here,
+        not with Faust's take(), which holds a partial batch until another record arrives.)"""
+        records = [first]
+        size = len(first[2])
         deadline = time.monotonic() + self.settings.learner_batch_within_seconds
-        while len(batch) < self.settings.learner_batch_size:
+        while size < self.settings.learner_batch_size:
             try:
-                batch.append(self.queue.get_nowait())
-                continue
+                record = self.queue.get_nowait()
             except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), timeout=remaining))
-            except TimeoutError:
-                break
-        return batch
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    record = await asyncio.wait_for(self.queue.get(), timeout=remaining)
+                except TimeoutError:
+                    break
+            records.append(record)
+            size += len(record[2])
+        return records
 
-    async def learn_records(self, records: list[tuple[str, int, dict[str, Any]]]) -> None:
-        """Learn (topic-partition, offset, example) records directly, in micro-batches: for
-        examples that do not come through the queue (those taken after the last checkpoint)."""
-        size = self.settings.learner_batch_size
-        for start in range(0, len(records), size):
-            await self._process(records[start : start + size])
+    async def learn_records(self, records: list[Record]) -> None:
+        """Learn examples records directly, in rounds of at least ``learner_batch_size``
+        examples: for records that do not come through the queue (those taken after the
+        last checkpoint)."""
+        group: list[Record] = []
+        for record in records:
+            group.append(record)
+            if sum(len(examples) for _, _, examples in group) >= self.settings.learner_batch_size:
+                await self._process(group)
+                group = []
+        if group:
+            await self._process(group)
 
-    async def _process(self, batch: list[tuple[str, int, dict[str, Any]]]) -> None:
-        examples = [example for _, _, example in batch]
+    async def _process(self, records: list[Record]) -> None:
+        examples = [example for _, _, batch in records for example in batch]
         started = time.perf_counter()
-        step = await self._in_thread(self._step, examples)
+        published = await self._in_thread(self._learn, examples)
         metrics.TRAIN_STEP_SECONDS.observe(time.perf_counter() - started)
-        metrics.TRAIN_LOSS.set(step.loss)
+        metrics.TRAIN_LOSS.set(published.loss)
         metrics.EXAMPLES_LEARNED.inc(len(examples))
         metrics.MODEL_VERSION.set(self.trainer.steps)
         metrics.ITEMS_KNOWN.set(len(self.published))
-        for tp, offset, _ in batch:
+        for tp, offset, _ in records:
             self.offsets[tp] = max(offset, self.offsets.get(tp, -1))
-        await self._upsert(step, examples)
+        await self._upsert(published, examples)
         self._dirty = True
         if time.monotonic() - self._last_checkpoint > self.settings.checkpoint_interval_seconds:
             await self.checkpoint()
 
+    def _learn(self, examples: list[dict[str, Any]]) -> Published:
+        """On the learner thread: micro-batches of ``learner_batch_size`` examples, each
+        scored and learned; then the points of what changed, latest vectors only."""
+        size = self.settings.learner_batch_size
+        items: dict[str, np.ndarray] = {}
+        sessions: dict[str, tuple[list[str], np.ndarray]] = {}
+        losses = []
+        for start in range(0, len(examples), size):
+            step = self._step(examples[start : start + size])
+            items.update(step.items)
+            sessions.update(step.sessions)
+            losses.append(step.loss)
+        # Once per round, not per step: the alignment sums and predictability gauges.
+        self.drift.after_step(self.published, self.event_counts)
+        users = {e["session_id"]: e["user_id"] for e in examples}
+        return self._published(float(np.mean(losses)) if losses else 0.0, items, sessions, users)
+
+    def _published(
+        self,
+        loss: float,
+        items: dict[str, np.ndarray | None],
+        sessions: dict[str, tuple[list[str], np.ndarray]],
+        users: dict[str, str],
+    ) -> Published:
+        now = time.time()
+        dim = self.settings.model_dim
+        item_points, rejected = build_item_points(self._item_records(items, now), dim)
+        for item_id, reason in rejected:  # e.g. a NaN vector: that item is skipped, not the batch
+            metrics.UPSERT_ERRORS.labels(collection="items").inc()
+            log.error("item %r not published: %s", item_id, reason)
+        session_points = []
+        for sid, (session_items, vector) in sessions.items():
+            record = SessionRecord(
+                session_id=sid,
+                vector=vector,
+                user_id=users.get(sid),
+                updated_at=now,
+                items=session_items[-self.settings.max_session_items :],
+            )
+            try:
+                session_points.append(build_session_point(record, dim))
+            except ValueError as error:
+                metrics.UPSERT_ERRORS.labels(collection="sessions").inc()
+                log.error("session %r not published: %s", sid, error)
+        return Published(loss=loss, items=item_points, sessions=session_points)
+
     def _step(self, examples: list[dict[str, Any]]) -> StepResult:
-        """Score (test), then learn (train); runs on the learner thread."""
-        scored = [e for e in examples if e.get("prefix") and not e.get("duplicate")]
-        ranks = target_ranks(self.trainer, [e["prefix"] for e in scored], [e["item_id"] for e in scored])
+        """Learn (train) and score (test) with the model as it was before the step; runs on
+        the learner thread."""
+        # The training forward pass computes every prefix's session vector with the model as
+        # it was before the step: scoring reuses those and the item vectors taken before it.
+        fresh = [e for e in examples if not e.get("duplicate")]  # the rows of those vectors
+        rate = self.settings.prequential_sample_rate
+        scored = [
+            i for i, e in enumerate(fresh) if e.get("prefix") and (rate >= 1 or self._rng.random() < rate)
+        ]
+        known_before = len(self.trainer.item_encoder.item_vocab)
+        matrix = self.trainer.item_encoder.item_matrix().numpy() if scored and known_before else None
+        loss, before = self.trainer.learn_with_sessions(examples)
+        ranks = target_ranks(
+            self.trainer,
+            [fresh[i]["prefix"] for i in scored],
+            [fresh[i]["item_id"] for i in scored],
+            sessions=before[scored],
+            matrix=matrix,
+        )
         for rank in ranks:
             self.score.add(rank)
         metrics.PREQUENTIAL_SCORED.set(self.score.scored)
         metrics.PREQUENTIAL_HITS.set(self.score.hits)
         metrics.PREQUENTIAL_RR.set(self.score.reciprocal_rank)
-        loss = self.trainer.learn(examples)
         for example in examples:
             if not example.get("duplicate"):
                 self.event_counts[example["item_id"]] += 1
@@ -356,21 +487,39 @@ class Learner:
         sessions = {e["session_id"]: [*e["prefix"], e["item_id"]] for e in examples}
         session_ids = list(sessions)
         session_vectors = self._served(self.trainer.encode_sessions([sessions[sid] for sid in session_ids]))
-        items = self._material_changes(sorted(self.trainer.changed_items() | clicked), clicked)
+        items = self._material_changes(*self._due_items(clicked, known_before))
         self.drift.observe_step(loss, [rank is not None for rank in ranks], len(examples))
-        self.drift.after_step(self.published, self.event_counts)
         return StepResult(
             loss=loss,
             items=items,
             sessions={sid: (sessions[sid], v) for sid, v in zip(session_ids, session_vectors, strict=True)},
         )
 
+    def _due_items(self, clicked: set[str], known_before: int) -> tuple[list[str], set[str]]:
+        """(items to consider publishing, items to publish whatever they moved).
+
+        Clicked items and items new to the model go out at once: that is the freshness users
+        see. Every step also moves items nobody clicked (through a shared attribute token or a
+        sampled negative), on MovieLens nearly every item every step; those are collected and
+        swept once per ``upsert_refresh_seconds``, so the sink writes each of them at most that
+        often instead of once per step."""
+        new = set(self.trainer.item_encoder.item_vocab.keys()[known_before:])
+        always = clicked | new
+        self.stale |= self.trainer.changed_items()
+        self.stale -= always
+        now = time.monotonic()
+        if now - self._last_sweep < self.settings.upsert_refresh_seconds:
+            return sorted(always), always
+        swept, self.stale, self._last_sweep = self.stale, set(), now
+        return sorted(always | swept), always
+
     def _served(self, vectors: np.ndarray) -> np.ndarray:
         return vectors if self.rotation is None else vectors @ self.rotation
 
-    def _material_changes(self, changed: list[str], clicked: set[str]) -> dict[str, np.ndarray]:
-        """The changed items worth re-publishing: new ones, clicked ones, and any whose direction
-        moved by more than ``upsert_min_change`` (cosine distance) since it was last published.
+    def _material_changes(self, changed: list[str], always: set[str]) -> dict[str, np.ndarray]:
+        """The changed items worth re-publishing: those in ``always`` (clicked ones), never
+        published ones, and any whose direction moved by more than ``upsert_min_change``
+        (cosine distance) since it was last published.
         A shared attribute token moves every item carrying it a little on every step; writing
         them all each time would make the sink the bottleneck for no visible change."""
         if not changed:
@@ -379,7 +528,7 @@ class Learner:
         units = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         lasts = [self.published.get(item_id) for item_id in changed]
         due = np.fromiter(
-            (last is None or item_id in clicked for item_id, last in zip(changed, lasts, strict=True)),
+            (last is None or item_id in always for item_id, last in zip(changed, lasts, strict=True)),
             dtype=bool,
             count=len(changed),
         )
@@ -397,34 +546,22 @@ class Learner:
             self.published[item_id] = unit
         return publish
 
-    async def _upsert(self, step: StepResult, examples: list[dict[str, Any]]) -> None:
-        now = time.time()
-        users = {e["session_id"]: e["user_id"] for e in examples}
+    async def _upsert(self, published: Published, examples: list[dict[str, Any]]) -> None:
+        written = {item_id for item_id, _ in published.items}
         for example in examples:
-            if example["item_id"] in step.items:
+            if example["item_id"] in written:
                 clicks = self.unseen_clicks.setdefault(example["item_id"], [])
                 clicks.append((example.get("ingested_at"), example.get("timestamp")))
-        for item_id, vector in step.items.items():
-            await self.buffer.add(self._item_record(item_id, vector, now))
-        sessions = [
-            SessionRecord(
-                session_id=sid,
-                vector=vector,
-                user_id=users.get(sid),
-                updated_at=now,
-                items=items[-self.settings.max_session_items :],
-            )
-            for sid, (items, vector) in step.sessions.items()
-        ]
-        if sessions:
+        await self.buffer.add_points(published.items)
+        if published.sessions:
             started = time.perf_counter()
             try:
-                await self.store.upsert_sessions(sessions)
+                await self.store.upsert_points("sessions", published.sessions)
             except Exception as error:  # noqa: BLE001 - Qdrant down: item writes retry in the buffer
                 # A live session vector is rewritten by the session's next event; re-raising
                 # would fail the whole micro-batch (and its checkpoint bookkeeping) for it.
                 metrics.UPSERT_ERRORS.labels(collection="sessions").inc()
-                log.warning("session upsert of %d failed: %r", len(sessions), error)
+                log.warning("session upsert of %d failed: %r", len(published.sessions), error)
             else:
                 metrics.UPSERT_SECONDS.labels(collection="sessions").observe(time.perf_counter() - started)
         metrics.ITEMS_UPSERTED.set(self.buffer.upserted_points)
@@ -446,6 +583,29 @@ class Learner:
         if len(sources) > 1:
             weights = click_scaled_weights(weights, clicks, self.settings.clicks_for_full_weight)
         return fuse(sources, weights)
+
+    def unified_many(self, sources: list[dict[str, np.ndarray]], clicks: np.ndarray) -> np.ndarray:
+        """:meth:`unified` of many items in one ``fuse_batch``: (n, dim), a zero row for an item
+        with no source at all."""
+        dim = self.settings.model_dim
+        fused = np.zeros((len(sources), dim), dtype=np.float32)
+        names = sorted({name for found in sources for name in found})
+        if not sources or not names:
+            return fused
+        matrices = {}
+        for name in names:
+            matrix = np.zeros((len(sources), dim), dtype=np.float32)
+            rows = [row for row, found in enumerate(sources) if name in found]
+            matrix[rows] = np.stack([sources[row][name] for row in rows])
+            matrices[name] = matrix
+        weights: dict[str, Any] = dict(self.settings.fusion_weights)
+        several = np.array([len(found) > 1 for found in sources])
+        if several.any():
+            # Only items with another source lean on it; a behaviour-only item keeps its vector.
+            scaled = click_scaled_weights(weights, clicks, self.settings.clicks_for_full_weight)
+            for name in weights:
+                weights[name] = np.where(several, scaled[name], weights[name])
+        return fuse_batch(matrices, {name: weights[name] for name in names})
 
     # -- lookups (serialised with training on the learner thread) ----------------------
 

@@ -67,6 +67,7 @@ __all__ = [
     "StoredItem",
     "backoff_delay",
     "build_item_point",
+    "build_item_points",
     "build_session_point",
     "payload_filter",
     "point_id",
@@ -154,8 +155,10 @@ class StoredItem:
     payload: dict[str, Any]
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def point_id(kind: Literal["item", "session"], key: str) -> str:
-    """Deterministic point id, so a redelivered record overwrites instead of duplicating."""
+    """Deterministic point id, so a redelivered record overwrites instead of duplicating.
+    (Cached: the learner re-publishes the same items over and over.)"""
     return str(uuid.uuid5(_ID_NAMESPACE, f"{kind}:{key}"))
 
 
@@ -205,6 +208,66 @@ def build_item_point(record: ItemRecord, dim: int) -> models.PointStruct:
     }
     _check_payload(record.item_id, payload)
     return models.PointStruct(id=point_id("item", record.item_id), vector=vectors, payload=payload)
+
+
+def build_item_points(
+    records: Sequence[ItemRecord], dim: int
+) -> tuple[list[tuple[str, models.PointStruct]], list[tuple[str, str]]]:
+    """:func:`build_item_point` for many records at once, the vector checks done on stacked
+    matrices: ``(points as (item id, point), rejected as (item id, reason))``. A bad record is
+    rejected alone; the others still get their points."""
+    rejected: dict[str, str] = {}
+    lists: list[dict[str, list[float]]] = [{} for _ in records]
+    names = {name for r in records for name in r.vectors}
+    for name in sorted(names):
+        if name not in ITEM_VECTORS:
+            for r in records:
+                if name in r.vectors:
+                    rejected.setdefault(r.item_id, f"unknown vector name {name!r}")
+            continue
+        positions = [i for i, r in enumerate(records) if name in r.vectors]
+        arrays = [np.asarray(records[i].vectors[name], dtype=np.float32) for i in positions]
+        shaped = [(i, a) for i, a in zip(positions, arrays, strict=True) if a.shape == (dim,)]
+        for i, a in zip(positions, arrays, strict=True):
+            if a.shape != (dim,):
+                rejected.setdefault(records[i].item_id, f"vector {name!r} has shape {a.shape}")
+        if not shaped:
+            continue
+        matrix = np.stack([a for _, a in shaped])
+        finite = np.isfinite(matrix).all(axis=1)
+        norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
+        for (i, _), row, ok, norm in zip(shaped, matrix.tolist(), finite, norms, strict=True):
+            if not ok:
+                rejected.setdefault(records[i].item_id, f"vector {name!r} contains NaN or infinity")
+            elif name == "unified" and abs(norm - 1.0) > _UNIT_NORM_TOLERANCE:
+                rejected.setdefault(records[i].item_id, f"unified vector has norm {norm:.4f}, not 1")
+            else:
+                lists[i][name] = row
+    points = []
+    for record, vectors in zip(records, lists, strict=True):
+        if record.item_id in rejected:
+            continue
+        if not vectors:
+            rejected[record.item_id] = "no vector"
+            continue
+        payload = {
+            "item_id": record.item_id,
+            "attributes": dict(record.attributes),
+            "model_version": int(record.model_version),
+            "updated_at": float(record.updated_at),
+            "event_count": int(record.event_count),
+        }
+        try:
+            _check_payload(record.item_id, payload)
+        except ValueError as error:
+            rejected[record.item_id] = str(error)
+            continue
+        # Validated above: pydantic's per-field validation of every float is skipped.
+        point = models.PointStruct.model_construct(
+            id=point_id("item", record.item_id), vector=vectors, payload=payload
+        )
+        points.append((record.item_id, point))
+    return points, list(rejected.items())
 
 
 def build_session_point(record: SessionRecord, dim: int) -> models.PointStruct:
@@ -665,8 +728,9 @@ class AsyncQdrantStore(_StoreBase):
     async def _run(self, plan: _Plan[_T]) -> _T:
         return await _drive_async(plan, self._invoker)
 
-    async def _upsert_points(self, collection: CollectionKind, points: list[models.PointStruct]) -> int:
-        # For ItemUpsertBuffer, which validated and built its points in add().
+    async def upsert_points(self, collection: CollectionKind, points: list[models.PointStruct]) -> int:
+        """Write points already built (and so validated) by build_item_point or
+        build_session_point, e.g. off the event loop by the learner."""
         return await self._run(_upsert_plan(self.collections[collection], points))
 
     async def ensure_collections(self) -> None:
@@ -807,24 +871,30 @@ class ItemUpsertBuffer:
     async def add(self, record: ItemRecord) -> None:
         """Accept a record; awaits while the buffer is full. Raises ValueError on a bad record."""
         # Validate now, so a bad record fails its producer instead of poisoning a batch.
-        point = build_item_point(record, self.store.dim)
+        await self.add_points([(record.item_id, build_item_point(record, self.store.dim))])
+
+    async def add_points(self, points: Sequence[tuple[str, models.PointStruct]]) -> None:
+        """Accept (item id, point) pairs already built by :func:`build_item_point` (e.g. on
+        the learner thread); awaits while the buffer is full."""
         self._check_open()
-        while len(self._pending) >= self.max_pending and record.item_id not in self._pending:
-            self._space.clear()
-            await self._space.wait()
-            self._check_open()
-        self._seq += 1
-        old = self._pending.get(record.item_id)
-        if old is None:
-            now = asyncio.get_running_loop().time()
-            self._pending[record.item_id] = _Pending(self._seq, now, point)
-        else:
-            self.coalesced += 1
-            self._pending[record.item_id] = replace(old, point=point)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="onevec-item-upsert-buffer")
-        if len(self._pending) == 1 or len(self._pending) >= self._batch_trigger:
-            self._wake.set()  # start the age timer, or the batch is full
+        loop = asyncio.get_running_loop()
+        for item_id, point in points:
+            while len(self._pending) >= self.max_pending and item_id not in self._pending:
+                self._wake.set()
+                self._space.clear()
+                await self._space.wait()
+                self._check_open()
+            self._seq += 1
+            old = self._pending.get(item_id)
+            if old is None:
+                self._pending[item_id] = _Pending(self._seq, loop.time(), point)
+            else:
+                self.coalesced += 1
+                self._pending[item_id] = replace(old, point=point)
+            if self._task is None:
+                self._task = loop.create_task(self._run(), name="onevec-item-upsert-buffer")
+            if len(self._pending) == 1 or len(self._pending) >= self._batch_trigger:
+                self._wake.set()  # start the age timer, or the batch is full
 
     async def flush(self) -> None:
         """Write everything added before this call (retrying as configured) and return."""
@@ -926,7 +996,7 @@ class ItemUpsertBuffer:
             for attempt in range(1, self.max_attempts + 1):
                 started = time.perf_counter()
                 try:
-                    await self.store._upsert_points("items", points)
+                    await self.store.upsert_points("items", points)
                 except Exception as exc:
                     metrics.UPSERT_ERRORS.labels(collection="items").inc()
                     # Records were validated in add(), so this is the server or the network

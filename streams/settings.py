@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     max_session_items: int = Field(default=50, ge=1)
     max_open_sessions: int = Field(default=200_000, ge=1)
 
+    # Sessionize micro-batches: the agent takes up to this many click events at once (waiting
+    # at most ``within`` for more), sends one examples record per partition and one changelog
+    # record per changed session: the per-event produce round trips were the pipeline's cost.
+    sessionize_batch_size: int = Field(default=1000, ge=1)
+    sessionize_batch_within_seconds: float = Field(default=0.05, gt=0)
+    examples_per_record: int = Field(default=500, ge=1)  # bounds an examples record's size
+
     # Learner and Qdrant sink.
     catalog: str = ""  # dataset name or catalogue file whose attributes feed the item encoder
     model_dim: int = Field(default=64, ge=2)
@@ -80,6 +87,13 @@ class Settings(BaseSettings):
     upsert_interval_ms: float = Field(default=100.0, gt=0)
     upsert_max_pending_points: int = Field(default=10_000, ge=1)  # then back-pressure, never drop
     upsert_min_change: float = Field(default=0.01, ge=0)  # cosine distance that re-publishes an item
+    # Clicked and new items are published at once; items that only moved (a shared attribute
+    # token, a sampled negative) are swept this often, so the sink writes each at most once per
+    # sweep instead of once per learner step.
+    upsert_refresh_seconds: float = Field(default=5.0, ge=0)
+    # Share of examples the live prequential HR@20 / MRR@20 is measured on (test-then-train:
+    # a ranking over every item per example, the learner's largest cost after training).
+    prequential_sample_rate: float = Field(default=1.0, gt=0, le=1)
     checkpoint_interval_seconds: float = Field(default=30.0, gt=0)
     fusion_weights: dict[str, float] = {"behaviour": 1.0, "text": 1.0, "image": 1.0}
     clicks_for_full_weight: float = Field(default=20.0, gt=0)  # behaviour's full share in fusion
@@ -165,10 +179,8 @@ class Settings(BaseSettings):
             "broker_heartbeat_interval": 1.0,
             "broker_rebalance_timeout": 20.0,
             "broker_request_timeout": 30.0,
-            # Tansu reports a partition's end offset as the base offset of its last record
-            # batch + 1, so Faust's table recovery stops before the last batch's records and
-            # a restarted worker loses state. One record per batch makes the end offset exact.
-            "producer_max_batch_size": 1,
+            # Tansu's end offsets are those of the last record *batch*: streams/faust_fixes.py
+            # corrects the changelog highwaters, so the producer can batch as usual.
         }
 
     def kafka_client_options(self) -> dict[str, Any]:

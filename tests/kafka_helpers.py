@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from streams.example_records import decode_examples
 from streams.settings import Settings
 from streams.topics import bootstrap_servers
 from streams.worker import WorkerProcess, metric_total
@@ -46,6 +48,26 @@ def read_topic(
     finally:
         consumer.close()
     return records
+
+
+def read_examples(
+    settings: Settings,
+    expect: int,
+    timeout: float = 120.0,
+    settle: float = 1.0,
+    until: Callable[[list[dict]], bool] | None = None,
+) -> list[dict]:
+    """Every example on the examples topic (records are micro-batches of examples), once at
+    least ``expect`` examples arrived and ``until`` holds on them."""
+
+    def flat(records: list[ConsumerRecord]) -> list[dict]:
+        return [e for r in records for e in decode_examples(json.loads(r.value))]
+
+    def enough(records: list[ConsumerRecord]) -> bool:
+        examples = flat(records)
+        return len(examples) >= expect and (until is None or until(examples))
+
+    return flat(read_topic(settings, settings.examples_topic, 0, timeout, settle, until=enough))
 
 
 def wait_processed(worker: WorkerProcess, total: int, timeout: float = 180.0) -> dict[str, float]:

@@ -13,7 +13,6 @@ and reconciles it stage by stage:
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from streams.replay import iter_event_dicts
 from streams.settings import Settings
 from streams.topics import bootstrap_servers
 from streams.worker import WorkerProcess, metric_total
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import read_examples, read_topic
 
 # Malformed inputs with the reason the stream stage must give each (one of every kind).
 MALFORMED: list[tuple[bytes, str]] = [
@@ -132,13 +131,10 @@ def reconcile_topics(
     wanted = set(zip(events["session_id"], events["item_id"], events["timestamp"].astype(float), strict=True))
     result = Reconciliation(len(events) + len(malformed), len(events), len(malformed))
 
-    def covered(records: list) -> bool:
-        return {event_key(json.loads(r.value)) for r in records} >= wanted
+    def covered(examples: list[dict[str, Any]]) -> bool:
+        return {event_key(e) for e in examples} >= wanted
 
-    records = read_topic(
-        settings, settings.examples_topic, len(events), timeout=timeout, settle=2, until=covered
-    )
-    examples = [json.loads(r.value) for r in records]
+    examples = read_examples(settings, len(events), timeout=timeout, settle=2, until=covered)
     got = {event_key(e) for e in examples}
     result.examples = len(examples)
     result.lost = len(wanted - got)

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -26,7 +25,7 @@ from streams.settings import Settings
 from streams.topics import ensure_topics
 from streams.worker import WorkerProcess
 from tests.conftest import isolated_settings
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import read_examples
 from tests.reliability.proxies import TcpProxy, tansu_behind
 from tests.reliability.reconcile import (
     MALFORMED,
@@ -152,8 +151,7 @@ def test_broker_unreachable_mid_replay_then_back(settings_factory, tmp_path) -> 
             workers[-1].stop()
             reconcile_qdrant(result, events, [settings.qdrant_path], settings.model_dim)
             flagged = sum(
-                json.loads(r.value)["duplicate"]
-                for r in read_topic(settings, settings.examples_topic, result.examples)
+                example["duplicate"] for example in read_examples(settings, result.examples)
             )
             result.notes.update(
                 {

@@ -27,7 +27,7 @@ from streams.events import MAX_ID_CHARS, Event, Rejection, ValidationLimits, val
 from streams.producer import EventProducer
 from streams.topics import bootstrap_servers
 from streams.worker import metric_total
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import read_examples, read_topic
 from tests.reliability.fuzz_strategies import (
     CATALOG_REASONS,
     REASONS,
@@ -218,7 +218,7 @@ def test_fuzzed_http_and_stream_inputs_reconcile_with_the_dlq(settings, start_wo
     assert by_stage["stream"] == rejected_stream  # what HTTP accepted, the stream accepts too
     accepted = metric_total(samples, "onevec_events_accepted_total")
     assert accepted == total_in - sum(rejected_stream.values())
-    examples = read_topic(settings, settings.examples_topic, int(accepted), timeout=60)
+    examples = read_examples(settings, int(accepted), timeout=60)
     assert len(examples) == accepted
 
 

@@ -8,10 +8,8 @@ learner and Qdrant, and add a consumer-group rebalance with two workers.
 
 from __future__ import annotations
 
-import json
-
 from streams.worker import metric_total
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import read_examples
 from tests.reliability.reconcile import (
     MALFORMED,
     checkpoint_offsets,
@@ -104,7 +102,7 @@ def test_two_workers_rebalance_mid_stream(settings, start_worker, tmp_path) -> N
     b.stop()
     reconcile_qdrant(result, events, [dirs["a"] / "qdrant", dirs["b"] / "qdrant"], settings.model_dim)
     uncovered = uncovered_examples(settings, [dirs["b"] / "data"])
-    examples = [json.loads(r.value) for r in read_topic(settings, settings.examples_topic, result.examples)]
+    examples = read_examples(settings, result.examples)
     result.notes.update(
         {
             "B partitions after joining": int(partitions_b),

@@ -31,7 +31,7 @@ def make_learner(
 
 async def train(learner: Learner, examples: list[dict], publish: bool) -> None:
     if publish:
-        await learner.learn_records([("examples:0", offset, e) for offset, e in enumerate(examples)])
+        await learner.learn_records([("examples:0", offset, [e]) for offset, e in enumerate(examples)])
     else:
         for start in range(0, len(examples), 256):
             learner.trainer.learn(examples[start : start + 256])

@@ -11,7 +11,7 @@ from streams.datasets import load_events
 from streams.producer import EventProducer
 from streams.replay import iter_event_dicts
 from streams.topics import bootstrap_servers
-from tests.kafka_helpers import read_topic, wait_processed
+from tests.kafka_helpers import read_examples, read_topic, wait_processed
 from tests.streams.oracle import expected_output
 
 MALFORMED: list[tuple[bytes, str]] = [
@@ -57,7 +57,7 @@ def test_replay_slice_matches_independent_computation(settings, start_worker) ->
     samples = wait_processed(worker, len(events) + len(MALFORMED))
 
     expected = expected_output(events, settings.partitions, settings.session_gap_seconds)
-    examples = [json.loads(r.value) for r in read_topic(settings, settings.examples_topic, len(events))]
+    examples = read_examples(settings, len(events))
     got = Counter((e["session_id"], e["item_id"], e["timestamp"], tuple(e["prefix"])) for e in examples)
     assert got == Counter(expected.examples)
     assert not any(e["duplicate"] for e in examples)

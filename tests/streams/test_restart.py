@@ -3,7 +3,6 @@ its changelog and no accepted event is lost (duplicates allowed, and counted).""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -13,13 +12,12 @@ from streams.producer import EventProducer
 from streams.replay import iter_event_dicts
 from streams.topics import bootstrap_servers
 from streams.worker import metric_total
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import read_examples
 from tests.streams.oracle import expected_output
 
 
-def event_keys(records: list) -> set[tuple[str, str, float]]:
-    decoded = (json.loads(r.value) for r in records)
-    return {(e["session_id"], e["item_id"], e["timestamp"]) for e in decoded}
+def event_keys(examples: list[dict]) -> set[tuple[str, str, float]]:
+    return {(e["session_id"], e["item_id"], e["timestamp"]) for e in examples}
 
 
 @pytest.mark.parametrize("how", ["graceful", "kill-9"])
@@ -43,23 +41,17 @@ def test_restart_loses_nothing_and_restores_sessions(settings, start_worker, how
             first.kill()
         producer.send_many(rows[half:])
     assert processed_before < len(rows)
-    emitted_before = event_keys(read_topic(settings, settings.examples_topic, 0))
+    emitted_before = event_keys(read_examples(settings, 0))
 
     second = start_worker()
     expected = expected_output(events, settings.partitions, settings.session_gap_seconds)
     wanted = {(s, i, t) for s, i, t, _ in expected.examples}
 
-    records = read_topic(
-        settings,
-        settings.examples_topic,
-        len(rows),
-        timeout=240,
-        settle=3,
-        until=lambda got: event_keys(got) >= wanted,
+    examples = read_examples(
+        settings, len(rows), timeout=240, settle=3, until=lambda got: event_keys(got) >= wanted
     )
     samples = second.metrics()
-    examples = [json.loads(r.value) for r in records]
-    missing = wanted - event_keys(records)
+    missing = wanted - event_keys(examples)
     assert not missing, f"{len(missing)} accepted events lost"
     duplicates = len(examples) - len(rows)
     flagged = metric_total(samples, "onevec_events_duplicate_total")
