@@ -106,7 +106,7 @@ class ItemEncoder:
         """Rows of ``keys`` in ``table``, adding (and initialising) the new ones."""
         vocab = self.vocabularies[table]
         before = len(vocab)
-        rows = [vocab.index(key) for key in keys]
+        rows = vocab.index_many(list(keys))
         if len(vocab) > before:
             self._matrix = None
             self._reserve(table, len(vocab))
@@ -150,18 +150,23 @@ class ItemEncoder:
     def prepare(self, examples: Sequence[Example]) -> Batch:
         """Map a batch to rows (growing the tables), count clicks, sample negatives."""
         max_prefix = self.config.max_prefix
-        targets = self._rows("item", [e.item_id for e in examples])
-        prefixes = [self._rows("item", e.prefix[-max_prefix:]) for e in examples]
+        prefixes = [e.prefix[-max_prefix:] for e in examples]
+        lengths = np.fromiter(map(len, prefixes), dtype=np.int64, count=len(prefixes))
+        # One vocabulary pass over the targets, then every prefix item.
+        flat = [item for prefix in prefixes for item in prefix]
+        rows = self._rows("item", [e.item_id for e in examples] + flat)
+        targets = rows[: len(examples)]
         # Users only exist for bpr: with sgns a user table would grow and never be trained.
         users = None
         if self.config.objective == "bpr":
             users = torch.tensor(self._rows("user", [e.user_id for e in examples]))
         target_rows = torch.tensor(targets, dtype=torch.long)
         self.counts.index_add_(0, target_rows, torch.ones(len(targets), dtype=torch.float64))
-        lengths = torch.tensor([len(p) for p in prefixes], dtype=torch.long)
-        prefix = torch.zeros(len(examples), max(1, int(lengths.max())), dtype=torch.long)
-        for i, rows in enumerate(prefixes):
-            prefix[i, : len(rows)] = torch.tensor(rows, dtype=torch.long)
+        width = max(1, int(lengths.max()) if len(lengths) else 1)
+        padded = np.zeros((len(examples), width), dtype=np.int64)
+        padded[np.arange(width)[None, :] < lengths[:, None]] = rows[len(examples) :]  # row-major order
+        prefix = torch.from_numpy(padded)
+        lengths = torch.from_numpy(lengths)
         return Batch(
             targets=target_rows,
             prefix=prefix,

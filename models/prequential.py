@@ -68,6 +68,7 @@ def target_ranks(
     chunk_items: int = 65_536,
     sessions: np.ndarray | None = None,
     matrix: np.ndarray | None = None,
+    exclude: Sequence[np.ndarray] | None = None,
 ) -> list[int | None]:
     """Rank (1-based, None beyond ``k``) of each target among all known items, scored by the
     inner product with its session vector, the prefix's own items excluded. One matrix
@@ -77,7 +78,9 @@ def target_ranks(
     ``sessions`` (one row per prefix) and ``matrix`` (the item vectors, in vocabulary row
     order) default to the trainer's current ones; the learner passes the ones its training
     step computed *before* updating, so the model is scored as it was before it learned. Items
-    beyond ``matrix``'s rows (added by that step) count as unseen."""
+    beyond ``matrix``'s rows (added by that step) count as unseen. ``exclude`` gives each
+    prefix's item rows when the caller has them already (the step mapped them), instead of
+    looking every prefix item up again."""
     if not prefixes:
         return []
     vocab = trainer.item_encoder.item_vocab  # rows of the item matrix
@@ -111,13 +114,17 @@ def target_ranks(
             if len(starts) == 1:
                 kept[start] = block
     # Never counted as ranking above the target: the target itself and the prefix's items.
-    skip_rows, skip_columns = [np.arange(len(scored))], [own]
-    for position, i in enumerate(scored):
-        skipped = {row for item in prefixes[i] if (row := vocab.get(item)) is not None and row < known}
-        skipped.discard(columns[i])
-        skip_rows.append(np.full(len(skipped), position))
-        skip_columns.append(np.fromiter(skipped, dtype=np.int64, count=len(skipped)))
-    skip_row, skip_column = np.concatenate(skip_rows), np.concatenate(skip_columns)
+    if exclude is None:
+        excluded = [
+            np.fromiter(filter(None.__ne__, map(vocab.get, prefixes[i])), dtype=np.int64) for i in scored
+        ]
+    else:
+        excluded = [np.asarray(exclude[i], dtype=np.int64) for i in scored]
+    lengths = [len(rows_of) for rows_of in excluded]
+    skip_row = np.concatenate([np.arange(len(scored)), np.repeat(np.arange(len(scored)), lengths)])
+    skip_column = np.concatenate([own, *excluded])
+    inside_matrix = skip_column < known  # items the step added are not in the matrix
+    skip_row, skip_column = skip_row[inside_matrix], skip_column[inside_matrix]
     above = np.zeros(len(scored), dtype=np.int64)
     for start in starts:
         # Rows of the scored examples only. Items tied with the target (equal vectors) are

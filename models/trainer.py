@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,20 @@ from models.config import ModelConfig
 from models.item_encoder import ItemEncoder
 from models.session_encoder import SessionEncoder
 
-__all__ = ["OnlineTrainer"]
+__all__ = ["LearnedStep", "OnlineTrainer"]
 
 _CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedStep:
+    """One training step's loss and, per non-duplicate record, what the model before the step
+    made of it: its session vector and its prefix as item rows (right-padded)."""
+
+    loss: float
+    sessions: np.ndarray  # (n, dim)
+    prefix: np.ndarray  # (n, L)
+    lengths: np.ndarray  # (n,)
 
 
 class OnlineTrainer:
@@ -40,14 +52,15 @@ class OnlineTrainer:
 
     def learn(self, batch: list[dict[str, Any]]) -> float:
         """One step on a micro-batch of example records (duplicates skipped); returns the loss."""
-        return self.learn_with_sessions(batch)[0]
+        return self.learn_with_sessions(batch).loss
 
-    def learn_with_sessions(self, batch: list[dict[str, Any]]) -> tuple[float, np.ndarray]:
-        """One step; returns the loss and the session vectors the model *before* the step gave
-        each non-duplicate record's prefix ((n, dim), in record order), for prequential scoring."""
+    def learn_with_sessions(self, batch: list[dict[str, Any]]) -> LearnedStep:
+        """One step; also returns what the model *before* the step made of each non-duplicate
+        record (in record order), for prequential scoring."""
         examples = parse_examples(batch)
         if not examples:
-            return 0.0, np.zeros((0, self.config.dim), dtype=np.float32)
+            empty = np.zeros((0, 1), dtype=np.int64)
+            return LearnedStep(0.0, np.zeros((0, self.config.dim), dtype=np.float32), empty, empty[:, 0])
         prepared = self.item_encoder.prepare(examples)
         loss, sessions = self.session_encoder.loss_and_sessions(prepared)
         if self.config.item_loss_weight:
@@ -55,7 +68,13 @@ class OnlineTrainer:
         loss.backward()
         self.item_encoder.step(self.session_encoder.named_parameters())
         self.steps += 1
-        return loss.item(), sessions.numpy()
+        return LearnedStep(loss.item(), sessions.numpy(), prepared.prefix.numpy(), prepared.lengths.numpy())
+
+    def prefix_rows(self, step: LearnedStep, position: int, prefix: Sequence[str]) -> np.ndarray:
+        """The item rows of one record's whole prefix: from the step when it read all of it."""
+        if len(prefix) <= self.config.max_prefix:
+            return step.prefix[position, : step.lengths[position]]
+        return np.asarray(self.item_encoder.known_rows(prefix), dtype=np.int64)
 
     def encode_items(self, item_ids: Sequence[str]) -> np.ndarray:
         return self.item_encoder.encode_items(item_ids)

@@ -27,6 +27,14 @@ class Vocabulary:
             self._keys.append(key)
         return row
 
+    def index_many(self, keys: list[str]) -> list[int]:
+        """The rows of ``keys``, adding the new ones in order of first appearance (one pass of
+        C-level dict lookups; a method call per key was most of a batch's preparation)."""
+        rows = list(map(self._rows.get, keys))
+        if None in rows:
+            rows = [row if row is not None else self.index(key) for key, row in zip(keys, rows, strict=True)]
+        return rows  # type: ignore[return-value]
+
     def get(self, key: str) -> int | None:
         """The row of ``key``, or None if it was never added."""
         return self._rows.get(key)

@@ -152,7 +152,7 @@ PREDICTABILITY = Gauge(
     ["label"],
 )
 
-# Qdrant sink under faults (issue 7): read from the learner's ItemUpsertBuffer at scrape time.
+# Qdrant sink under faults (issue 7): read from the learner's UpsertBuffer at scrape time.
 UPSERT_BUFFER_PENDING = Gauge(
     "onevec_upsert_buffer_pending_points",
     "Item points accepted by the Qdrant sink and not yet written (at most upsert_max_pending_points "

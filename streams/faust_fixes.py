@@ -13,6 +13,11 @@
    would be lost on a restart. ``Recovery._build_highwaters`` is corrected by reading that
    last batch and taking its last offset. (Before this correction the worker's producer sent
    one record per batch, which made every send a broker round trip.)
+3. Faust creates its worker consumer with ``fetch_max_wait_ms=1500``. Against Tansu, aiokafka's
+   fetch is then answered only when that wait expires, even when a record arrives meanwhile
+   (measured: a click took 1.2 s to reach Qdrant on an idle worker, 0.75 s of it the examples
+   hop; kafka-python's fetch against the same broker returns within 5 ms). Against Tansu the
+   wait is ``tansu_fetch_max_wait_ms`` (100 ms): the same click then takes 0.3 s.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from faust.tables.recovery import Recovery
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 from kafka import KafkaConsumer, TopicPartition
 
@@ -35,6 +41,7 @@ __all__ = ["apply_faust_fixes", "last_record_offsets"]
 log = logging.getLogger(__name__)
 
 _ORIGINAL_BUILD_HIGHWATERS = Recovery._build_highwaters
+_ORIGINAL_CREATE_WORKER_CONSUMER = AIOKafkaConsumerThread._create_worker_consumer
 
 
 async def _resume_streams_seek_first(self: Recovery, generation_id: int = 0) -> None:
@@ -114,9 +121,24 @@ def _tansu_build_highwaters(settings: Settings) -> Any:
     return build_highwaters
 
 
+def _worker_consumer_with_fetch_wait(fetch_max_wait_ms: int) -> Any:
+    def create(self: AIOKafkaConsumerThread, transport: Any) -> Any:
+        consumer = _ORIGINAL_CREATE_WORKER_CONSUMER(self, transport)
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms  # read when the consumer starts its fetcher
+        return consumer
+
+    return create
+
+
 def apply_faust_fixes(settings: Settings | None = None) -> None:
     Recovery._resume_streams = _resume_streams_seek_first  # type: ignore[method-assign]
-    if settings is not None and (settings.embedded or settings.tansu):
+    tansu = settings is not None and (settings.embedded or settings.tansu)
+    if tansu:
+        assert settings is not None
         Recovery._build_highwaters = _tansu_build_highwaters(settings)  # type: ignore[method-assign]
+        AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer_with_fetch_wait(  # type: ignore[method-assign]
+            settings.tansu_fetch_max_wait_ms
+        )
     else:
         Recovery._build_highwaters = _ORIGINAL_BUILD_HIGHWATERS  # type: ignore[method-assign]
+        AIOKafkaConsumerThread._create_worker_consumer = _ORIGINAL_CREATE_WORKER_CONSUMER  # type: ignore[method-assign]

@@ -40,10 +40,10 @@ from monitoring.drift import DriftConfig, DriftMonitor
 from streams.qdrant_store import (
     AsyncQdrantStore,
     ItemRecord,
-    ItemUpsertBuffer,
     SessionRecord,
+    UpsertBuffer,
     build_item_points,
-    build_session_point,
+    build_session_points,
 )
 from streams.settings import Settings
 
@@ -73,7 +73,7 @@ class Published:
 
     loss: float
     items: list[tuple[str, models.PointStruct]]
-    sessions: list[models.PointStruct]
+    sessions: list[tuple[str, models.PointStruct]]
 
 
 class Learner:
@@ -94,11 +94,15 @@ class Learner:
         self.attributes = attributes or {}
         for item_id, attrs in self.attributes.items():
             self.trainer.set_attributes(item_id, attribute_tokens(attrs))
-        self.buffer = ItemUpsertBuffer(
-            store,
-            max_batch=settings.upsert_batch_points,
-            max_delay_ms=settings.upsert_interval_ms,
-            max_pending=settings.upsert_max_pending_points,
+        self.buffer, self.session_buffer = (
+            UpsertBuffer(
+                store,
+                collection=collection,
+                max_batch=settings.upsert_batch_points,
+                max_delay_ms=settings.upsert_interval_ms,
+                max_pending=settings.upsert_max_pending_points,
+            )
+            for collection in ("items", "sessions")
         )
         # Read at scrape time: while Qdrant is down the learner blocks in buffer.add().
         metrics.UPSERT_BUFFER_PENDING.set_function(lambda: self.buffer.pending)
@@ -316,6 +320,10 @@ class Learner:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
         await self.buffer.close(timeout=30)
+        try:
+            await self.session_buffer.close(timeout=10)
+        except TimeoutError as error:  # live session vectors are rewritten by the next event
+            log.warning("%s", error)
         await self.checkpoint()
         self.thread.shutdown(wait=True)
 
@@ -439,20 +447,17 @@ class Learner:
         for item_id, reason in rejected:  # e.g. a NaN vector: that item is skipped, not the batch
             metrics.UPSERT_ERRORS.labels(collection="items").inc()
             log.error("item %r not published: %s", item_id, reason)
-        session_points = []
-        for sid, (session_items, vector) in sessions.items():
-            record = SessionRecord(
-                session_id=sid,
-                vector=vector,
-                user_id=users.get(sid),
-                updated_at=now,
-                items=session_items[-self.settings.max_session_items :],
+        keep = self.settings.max_session_items
+        session_records = [
+            SessionRecord(
+                session_id=sid, vector=vector, user_id=users.get(sid), updated_at=now, items=kept[-keep:]
             )
-            try:
-                session_points.append(build_session_point(record, dim))
-            except ValueError as error:
-                metrics.UPSERT_ERRORS.labels(collection="sessions").inc()
-                log.error("session %r not published: %s", sid, error)
+            for sid, (kept, vector) in sessions.items()
+        ]
+        session_points, rejected = build_session_points(session_records, dim)
+        for sid, reason in rejected:
+            metrics.UPSERT_ERRORS.labels(collection="sessions").inc()
+            log.error("session %r not published: %s", sid, reason)
         return Published(loss=loss, items=item_points, sessions=session_points)
 
     def _step(self, examples: list[dict[str, Any]]) -> StepResult:
@@ -467,13 +472,15 @@ class Learner:
         ]
         known_before = len(self.trainer.item_encoder.item_vocab)
         matrix = self.trainer.item_encoder.item_matrix().numpy() if scored and known_before else None
-        loss, before = self.trainer.learn_with_sessions(examples)
+        step = self.trainer.learn_with_sessions(examples)
+        loss = step.loss
         ranks = target_ranks(
             self.trainer,
             [fresh[i]["prefix"] for i in scored],
             [fresh[i]["item_id"] for i in scored],
-            sessions=before[scored],
+            sessions=step.sessions[scored],
             matrix=matrix,
+            exclude=[self.trainer.prefix_rows(step, i, fresh[i]["prefix"]) for i in scored],
         )
         for rank in ranks:
             self.score.add(rank)
@@ -552,18 +559,10 @@ class Learner:
             if example["item_id"] in written:
                 clicks = self.unseen_clicks.setdefault(example["item_id"], [])
                 clicks.append((example.get("ingested_at"), example.get("timestamp")))
-        await self.buffer.add_points(published.items)
-        if published.sessions:
-            started = time.perf_counter()
-            try:
-                await self.store.upsert_points("sessions", published.sessions)
-            except Exception as error:  # noqa: BLE001 - Qdrant down: item writes retry in the buffer
-                # A live session vector is rewritten by the session's next event; re-raising
-                # would fail the whole micro-batch (and its checkpoint bookkeeping) for it.
-                metrics.UPSERT_ERRORS.labels(collection="sessions").inc()
-                log.warning("session upsert of %d failed: %r", len(published.sessions), error)
-            else:
-                metrics.UPSERT_SECONDS.labels(collection="sessions").observe(time.perf_counter() - started)
+        # A round's points are a batch already: written at once (freshness), while the
+        # learner goes on with its next round; a newer vector replaces one still waiting.
+        await self.buffer.add_points(published.items, now=True)
+        await self.session_buffer.add_points(published.sessions, now=True)
         metrics.ITEMS_UPSERTED.set(self.buffer.upserted_points)
 
     def _observe_freshness(self, item_ids: list[str]) -> None:

@@ -15,7 +15,7 @@ The Qdrant logic is written once, as *plans*: generators that yield the client c
 (:class:`_Call`) and receive each call's result, i.e. the requests are built by pure code and
 the I/O is done by a small driver. :class:`QdrantStore` drives plans with a blocking
 ``QdrantClient`` (CLI, tests); :class:`AsyncQdrantStore` drives the same plans from the event
-loop (Faust agents, aiohttp handlers). :class:`ItemUpsertBuffer` batches item writes for the
+loop (Faust agents, aiohttp handlers). :class:`UpsertBuffer` batches item writes for the
 learner: coalescing, size/time flushes, retries with backoff and back-pressure.
 
 Local mode vs server: a URL selects a Qdrant server (``AsyncQdrantClient`` for the async store).
@@ -61,7 +61,7 @@ __all__ = [
     "ItemHit",
     "ItemNotFound",
     "ItemRecord",
-    "ItemUpsertBuffer",
+    "UpsertBuffer",
     "QdrantStore",
     "SessionRecord",
     "StoredItem",
@@ -69,6 +69,7 @@ __all__ = [
     "build_item_point",
     "build_item_points",
     "build_session_point",
+    "build_session_points",
     "payload_filter",
     "point_id",
 ]
@@ -184,6 +185,48 @@ def _check_payload(key: str, payload: Mapping[str, Any]) -> None:
         raise ValueError(f"{key!r}: payload is not plain JSON: {exc}") from exc
 
 
+# Attribute mappings already found to be plain JSON, by identity (the object is kept, so its
+# id cannot be reused while cached): an item's attributes are re-published with every vector
+# update, and json.dumps of each was half the cost of building a point.
+_CHECKED_ATTRIBUTES: dict[int, Mapping[str, Any]] = {}
+_CHECKED_ATTRIBUTES_MAX = 1 << 20
+
+
+def _check_attributes(key: str, attributes: Mapping[str, Any]) -> None:
+    if _CHECKED_ATTRIBUTES.get(id(attributes)) is attributes:
+        return
+    _check_payload(key, {"attributes": attributes})
+    if len(_CHECKED_ATTRIBUTES) >= _CHECKED_ATTRIBUTES_MAX:
+        _CHECKED_ATTRIBUTES.clear()
+    _CHECKED_ATTRIBUTES[id(attributes)] = attributes
+
+
+def _checked_rows(
+    name: str, keys: Sequence[str], arrays: Sequence[Any], dim: int, unit: bool = False
+) -> tuple[list[list[float] | None], dict[str, str]]:
+    """Each vector as a float list, checked on one stacked matrix (shape, finite, unit norm
+    when ``unit``); None and a reason where a vector is bad."""
+    values = [np.asarray(a, dtype=np.float32) for a in arrays]
+    rows: list[list[float] | None] = [None] * len(values)
+    rejected = {
+        keys[i]: f"vector {name!r} has shape {v.shape}" for i, v in enumerate(values) if v.shape != (dim,)
+    }
+    good = [i for i, v in enumerate(values) if v.shape == (dim,)]
+    if not good:
+        return rows, rejected
+    matrix = np.stack([values[i] for i in good])
+    finite = np.isfinite(matrix).all(axis=1)
+    norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
+    for i, row, ok, norm in zip(good, matrix.tolist(), finite, norms, strict=True):
+        if not ok:
+            rejected[keys[i]] = f"vector {name!r} contains NaN or infinity"
+        elif unit and abs(norm - 1.0) > _UNIT_NORM_TOLERANCE:
+            rejected[keys[i]] = f"vector {name!r} has norm {norm:.4f}, not 1"
+        else:
+            rows[i] = row
+    return rows, rejected
+
+
 def build_item_point(record: ItemRecord, dim: int) -> models.PointStruct:
     """Validate an item record and turn it into its Qdrant point (raises ValueError)."""
     unknown = set(record.vectors) - set(ITEM_VECTORS)
@@ -218,30 +261,18 @@ def build_item_points(
     rejected alone; the others still get their points."""
     rejected: dict[str, str] = {}
     lists: list[dict[str, list[float]]] = [{} for _ in records]
-    names = {name for r in records for name in r.vectors}
-    for name in sorted(names):
-        if name not in ITEM_VECTORS:
-            for r in records:
-                if name in r.vectors:
-                    rejected.setdefault(r.item_id, f"unknown vector name {name!r}")
-            continue
+    for name in sorted({name for r in records for name in r.vectors}):
         positions = [i for i, r in enumerate(records) if name in r.vectors]
-        arrays = [np.asarray(records[i].vectors[name], dtype=np.float32) for i in positions]
-        shaped = [(i, a) for i, a in zip(positions, arrays, strict=True) if a.shape == (dim,)]
-        for i, a in zip(positions, arrays, strict=True):
-            if a.shape != (dim,):
-                rejected.setdefault(records[i].item_id, f"vector {name!r} has shape {a.shape}")
-        if not shaped:
+        keys = [records[i].item_id for i in positions]
+        if name not in ITEM_VECTORS:
+            rejected.update((key, f"unknown vector name {name!r}") for key in keys)
             continue
-        matrix = np.stack([a for _, a in shaped])
-        finite = np.isfinite(matrix).all(axis=1)
-        norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
-        for (i, _), row, ok, norm in zip(shaped, matrix.tolist(), finite, norms, strict=True):
-            if not ok:
-                rejected.setdefault(records[i].item_id, f"vector {name!r} contains NaN or infinity")
-            elif name == "unified" and abs(norm - 1.0) > _UNIT_NORM_TOLERANCE:
-                rejected.setdefault(records[i].item_id, f"unified vector has norm {norm:.4f}, not 1")
-            else:
+        arrays = [records[i].vectors[name] for i in positions]
+        rows, bad = _checked_rows(name, keys, arrays, dim, unit=name == "unified")
+        for key, reason in bad.items():
+            rejected.setdefault(key, reason)
+        for i, row in zip(positions, rows, strict=True):
+            if row is not None:
                 lists[i][name] = row
     points = []
     for record, vectors in zip(records, lists, strict=True):
@@ -258,7 +289,9 @@ def build_item_points(
             "event_count": int(record.event_count),
         }
         try:
-            _check_payload(record.item_id, payload)
+            _check_attributes(record.item_id, record.attributes)
+            if not math.isfinite(payload["updated_at"]):
+                raise ValueError(f"{record.item_id!r}: updated_at is not finite")
         except ValueError as error:
             rejected[record.item_id] = str(error)
             continue
@@ -267,6 +300,33 @@ def build_item_points(
             id=point_id("item", record.item_id), vector=vectors, payload=payload
         )
         points.append((record.item_id, point))
+    return points, list(rejected.items())
+
+
+def build_session_points(
+    records: Sequence[SessionRecord], dim: int
+) -> tuple[list[tuple[str, models.PointStruct]], list[tuple[str, str]]]:
+    """:func:`build_session_point` for many records: ``(points as (session id, point),
+    rejected as (session id, reason))``."""
+    keys = [r.session_id for r in records]
+    rows, rejected = _checked_rows(SESSION_VECTOR, keys, [r.vector for r in records], dim)
+    points = []
+    for record, row in zip(records, rows, strict=True):
+        if row is None:
+            continue
+        payload = {
+            "session_id": record.session_id,
+            "user_id": record.user_id,
+            "updated_at": float(record.updated_at),
+            "items": [str(item) for item in record.items],
+        }
+        if not math.isfinite(payload["updated_at"]):
+            rejected[record.session_id] = "updated_at is not finite"
+            continue
+        point = models.PointStruct.model_construct(
+            id=point_id("session", record.session_id), vector={SESSION_VECTOR: row}, payload=payload
+        )
+        points.append((record.session_id, point))
     return points, list(rejected.items())
 
 
@@ -799,11 +859,12 @@ class _Pending:
     point: models.PointStruct
 
 
-class ItemUpsertBuffer:
-    """Batches item upserts: coalesces, flushes on size or age, retries, applies back-pressure.
+class UpsertBuffer:
+    """Batches upserts into one collection (items, or live sessions): coalesces, flushes on
+    size or age, retries, applies back-pressure.
 
-    * ``add()`` keeps only the latest record per item id (the last one added wins); a
-      coalesced entry keeps its original age, so a hot item cannot postpone its own flush.
+    * ``add()`` keeps only the latest point per key (item or session id: the last one added
+      wins); a coalesced entry keeps its original age, so a hot key cannot postpone its flush.
     * A batch is written when ``max_batch`` items are pending or the oldest pending record is
       ``max_delay_ms`` old. Batches are written one at a time, on purpose: two batches in
       flight could land two versions of one item in the wrong order.
@@ -822,6 +883,7 @@ class ItemUpsertBuffer:
         self,
         store: AsyncQdrantStore,
         *,
+        collection: CollectionKind = "items",
         max_batch: int = 256,
         max_delay_ms: float = 500.0,
         max_pending: int = 10_000,
@@ -835,6 +897,7 @@ class ItemUpsertBuffer:
         if max_delay_ms < 0 or backoff_base_s < 0 or backoff_cap_s < 0:
             raise ValueError("delays must not be negative")
         self.store = store
+        self.collection = collection
         self.max_batch = max_batch
         self.max_delay_s = max_delay_ms / 1000.0
         self.max_pending = max_pending
@@ -857,6 +920,7 @@ class ItemUpsertBuffer:
         self._inflight: dict[str, _Pending] = {}
         self._seq = 0
         self._flush_waiters = 0
+        self._urgent = False  # write what is pending without waiting for its age (add_points now=True)
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # something changed that may make a batch due
@@ -869,13 +933,17 @@ class ItemUpsertBuffer:
         return len(self._pending) + len(self._inflight)
 
     async def add(self, record: ItemRecord) -> None:
-        """Accept a record; awaits while the buffer is full. Raises ValueError on a bad record."""
+        """Accept an item record; awaits while the buffer is full. Raises ValueError on a bad
+        record."""
         # Validate now, so a bad record fails its producer instead of poisoning a batch.
         await self.add_points([(record.item_id, build_item_point(record, self.store.dim))])
 
-    async def add_points(self, points: Sequence[tuple[str, models.PointStruct]]) -> None:
-        """Accept (item id, point) pairs already built by :func:`build_item_point` (e.g. on
-        the learner thread); awaits while the buffer is full."""
+    async def add_points(self, points: Sequence[tuple[str, models.PointStruct]], now: bool = False) -> None:
+        """Accept (key, point) pairs already built by :func:`build_item_points` or
+        :func:`build_session_points` (e.g. on the learner thread); awaits while the buffer is
+        full. ``now``: these points are a complete batch of their own (a learner round), so
+        they are written without waiting for ``max_delay_ms``; points added while a write is in
+        flight still join the next batch."""
         self._check_open()
         loop = asyncio.get_running_loop()
         for item_id, point in points:
@@ -892,9 +960,12 @@ class ItemUpsertBuffer:
                 self.coalesced += 1
                 self._pending[item_id] = replace(old, point=point)
             if self._task is None:
-                self._task = loop.create_task(self._run(), name="onevec-item-upsert-buffer")
+                self._task = loop.create_task(self._run(), name=f"onevec-{self.collection}-upsert-buffer")
             if len(self._pending) == 1 or len(self._pending) >= self._batch_trigger:
                 self._wake.set()  # start the age timer, or the batch is full
+        if now and points:
+            self._urgent = True
+            self._wake.set()
 
     async def flush(self) -> None:
         """Write everything added before this call (retrying as configured) and return."""
@@ -931,7 +1002,7 @@ class ItemUpsertBuffer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             raise TimeoutError(
-                f"ItemUpsertBuffer.close: {unwritten} items not written after {timeout}s "
+                f"UpsertBuffer.close: {unwritten} items not written after {timeout}s "
                 f"(last error: {self.last_error!r})"
             ) from None
 
@@ -953,18 +1024,18 @@ class ItemUpsertBuffer:
         if self._task is not None and self._task.done():
             # Only a bug or a timed-out close() ends the flusher with work left.
             cause = None if self._task.cancelled() else self._task.exception()
-            raise RuntimeError("ItemUpsertBuffer flusher is not running") from cause
+            raise RuntimeError("UpsertBuffer flusher is not running") from cause
 
     def _check_open(self) -> None:
         if self._closing:
-            raise RuntimeError("ItemUpsertBuffer is closed")
+            raise RuntimeError("UpsertBuffer is closed")
         self._check_alive()
 
     def _due_in(self) -> float:
         """Seconds until the next batch is due (inf: nothing pending)."""
         if not self._pending:
             return math.inf
-        if self._closing or self._flush_waiters or len(self._pending) >= self._batch_trigger:
+        if self._closing or self._flush_waiters or self._urgent or len(self._pending) >= self._batch_trigger:
             return 0.0
         oldest = next(iter(self._pending.values()))
         return oldest.since + self.max_delay_s - asyncio.get_running_loop().time()
@@ -981,6 +1052,7 @@ class ItemUpsertBuffer:
                     continue
                 keys = list(itertools.islice(self._pending, self.max_batch))
                 batch = {key: self._pending.pop(key) for key in keys}
+                self._urgent = self._urgent and bool(self._pending)
                 self._space.set()
                 await self._write(batch)
                 self._progress.set()
@@ -996,9 +1068,9 @@ class ItemUpsertBuffer:
             for attempt in range(1, self.max_attempts + 1):
                 started = time.perf_counter()
                 try:
-                    await self.store.upsert_points("items", points)
+                    await self.store.upsert_points(self.collection, points)
                 except Exception as exc:
-                    metrics.UPSERT_ERRORS.labels(collection="items").inc()
+                    metrics.UPSERT_ERRORS.labels(collection=self.collection).inc()
                     # Records were validated in add(), so this is the server or the network
                     # (timeouts, 5xx, restarts): worth retrying.
                     self.last_error = exc
@@ -1006,15 +1078,18 @@ class ItemUpsertBuffer:
                         self.retries += 1
                         await asyncio.sleep(self._backoff(attempt))
                 else:
-                    metrics.UPSERT_SECONDS.labels(collection="items").observe(time.perf_counter() - started)
+                    metrics.UPSERT_SECONDS.labels(collection=self.collection).observe(
+                        time.perf_counter() - started
+                    )
                     self.upserted_points += len(points)
                     if self.on_written is not None:
                         self.on_written(list(batch))
                     return
             self.failures += 1
             log.warning(
-                "Qdrant upsert of %d items failed %d times (%r); re-queued",
+                "Qdrant upsert of %d %s failed %d times (%r); re-queued",
                 len(points),
+                self.collection,
                 self.max_attempts,
                 self.last_error,
             )

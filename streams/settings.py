@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     max_session_items: int = Field(default=50, ge=1)
     max_open_sessions: int = Field(default=200_000, ge=1)
 
+    # Against Tansu a fetch waits this long even when records arrive meanwhile (see
+    # streams/faust_fixes.py); Faust's own 1,500 ms then dominates an idle worker's freshness.
+    tansu_fetch_max_wait_ms: int = Field(default=100, ge=1)
+
     # Sessionize micro-batches: the agent takes up to this many click events at once (waiting
     # at most ``within`` for more), sends one examples record per partition and one changelog
     # record per changed session: the per-event produce round trips were the pipeline's cost.
@@ -75,7 +79,7 @@ class Settings(BaseSettings):
     learner_batch_size: int = Field(default=256, ge=1)
     # A batch waits this long for more examples only while the learner keeps up (when it falls
     # behind, the queue holds full batches): short, so freshness is not spent waiting.
-    learner_batch_within_seconds: float = Field(default=0.1, gt=0)
+    learner_batch_within_seconds: float = Field(default=0.02, gt=0)
     # Torch intra-op threads of the worker (0 = torch's default, one per core). One: the learner
     # shares the process with the event loop, and on a busy machine torch's thread pool spinning
     # for cores it cannot get made tensor ops ~10x slower (docs/performance.md).

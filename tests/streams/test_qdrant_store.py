@@ -26,7 +26,7 @@ from streams.qdrant_store import (
     CollectionSchemaError,
     ItemNotFound,
     ItemRecord,
-    ItemUpsertBuffer,
+    UpsertBuffer,
     QdrantStore,
     SessionRecord,
     backoff_delay,
@@ -333,7 +333,7 @@ def test_async_store_round_trip(tmp_path: Path, backend: str) -> None:
 
 def buffered(
     tmp_path: Path,
-    body: Callable[[ItemUpsertBuffer, FaultyClient], Awaitable[None]],
+    body: Callable[[UpsertBuffer, FaultyClient], Awaitable[None]],
     faults: dict[str, Any] | None = None,
     **options: Any,
 ) -> FaultyClient:
@@ -344,7 +344,7 @@ def buffered(
     async def scenario() -> None:
         async with AsyncQdrantStore.from_client(client, dim=DIM) as store:
             await store.ensure_collections()
-            buffer = ItemUpsertBuffer(store, **options)
+            buffer = UpsertBuffer(store, **options)
             try:
                 await body(buffer, client)
             finally:
@@ -360,7 +360,7 @@ def test_buffer_coalesces_duplicate_ids_latest_wins(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     versions = [unit(rng.standard_normal(DIM)) for _ in range(5)]
 
-    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+    async def body(buffer: UpsertBuffer, client: FaultyClient) -> None:
         for v in versions:
             await buffer.add(item("dup", v))
         await buffer.add(item("other", versions[0]))
@@ -379,7 +379,7 @@ def test_buffer_coalesces_duplicate_ids_latest_wins(tmp_path: Path) -> None:
 
 
 def test_buffer_flushes_on_size(tmp_path: Path) -> None:
-    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+    async def body(buffer: UpsertBuffer, client: FaultyClient) -> None:
         for record in random_items(4):
             await buffer.add(record)
         await wait_until(lambda: buffer.upserted_points == 4)  # no flush() call
@@ -394,7 +394,7 @@ def test_buffer_flushes_on_size(tmp_path: Path) -> None:
 
 
 def test_buffer_flushes_on_time(tmp_path: Path) -> None:
-    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+    async def body(buffer: UpsertBuffer, client: FaultyClient) -> None:
         started = time.monotonic()
         for record in random_items(3):
             await buffer.add(record)
@@ -406,7 +406,7 @@ def test_buffer_flushes_on_time(tmp_path: Path) -> None:
 
 
 def test_buffer_retries_transient_failures_until_success(tmp_path: Path) -> None:
-    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+    async def body(buffer: UpsertBuffer, client: FaultyClient) -> None:
         for record in random_items(10):
             await buffer.add(record)
         await buffer.flush()
@@ -419,7 +419,7 @@ def test_buffer_retries_transient_failures_until_success(tmp_path: Path) -> None
 
 
 def test_buffer_requeues_after_exhausting_attempts_and_drops_nothing(tmp_path: Path) -> None:
-    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+    async def body(buffer: UpsertBuffer, client: FaultyClient) -> None:
         for record in random_items(6):
             await buffer.add(record)
         await buffer.flush()
@@ -437,7 +437,7 @@ def test_requeued_batch_keeps_items_added_meanwhile_and_their_newer_versions(
     rng = np.random.default_rng(3)
     old, new = unit(rng.standard_normal(DIM)), unit(rng.standard_normal(DIM))
 
-    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+    async def body(buffer: UpsertBuffer, client: FaultyClient) -> None:
         await buffer.add(item("x", old))
         await buffer.add(item("y", old))  # full batch: in flight, held at the gate
         await wait_until(lambda: client.upsert_calls == 1)
@@ -460,7 +460,7 @@ def test_buffer_retries_with_the_async_client(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with AsyncQdrantStore.from_client(client, dim=DIM) as store:
             await store.ensure_collections()
-            async with ItemUpsertBuffer(store, backoff_base_s=0.001, backoff_cap_s=0.01) as buf:
+            async with UpsertBuffer(store, backoff_base_s=0.001, backoff_cap_s=0.01) as buf:
                 for record in random_items(5):
                     await buf.add(record)
             # Leaving the block closed (drained) the buffer.
@@ -473,7 +473,7 @@ def test_buffer_retries_with_the_async_client(tmp_path: Path) -> None:
 def test_buffer_full_makes_add_wait_instead_of_dropping(tmp_path: Path) -> None:
     gate = threading.Event()
 
-    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+    async def body(buffer: UpsertBuffer, client: FaultyClient) -> None:
         records = random_items(5)
         for record in records[:2]:  # a full batch: taken by the flusher, stuck at the gate
             await buffer.add(record)
@@ -493,7 +493,7 @@ def test_buffer_full_makes_add_wait_instead_of_dropping(tmp_path: Path) -> None:
 
 
 def test_buffer_close_drains_and_then_refuses(tmp_path: Path) -> None:
-    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+    async def body(buffer: UpsertBuffer, client: FaultyClient) -> None:
         for record in random_items(7):
             await buffer.add(record)
         assert buffer.upserted_points == 0  # nothing due yet
@@ -507,7 +507,7 @@ def test_buffer_close_drains_and_then_refuses(tmp_path: Path) -> None:
 
 
 def test_buffer_close_times_out_when_qdrant_stays_down(tmp_path: Path) -> None:
-    async def body(buffer: ItemUpsertBuffer, client: FaultyClient) -> None:
+    async def body(buffer: UpsertBuffer, client: FaultyClient) -> None:
         for record in random_items(3):
             await buffer.add(record)
         with pytest.raises(TimeoutError, match="3 items not written"):
