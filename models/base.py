@@ -28,7 +28,7 @@ class Example:
         return cls(
             user_id=str(record["user_id"]),
             item_id=str(record["item_id"]),
-            prefix=tuple(str(item) for item in record.get("prefix") or ()),
+            prefix=tuple(map(str, record.get("prefix") or ())),
         )
 
 

@@ -338,7 +338,11 @@ class ItemEncoder:
 
         A token update moves every item carrying that token, so those items count too.
         """
-        rows = self._changed_rows
+        return {self.item_vocab.key(row) for row in self.changed_rows().tolist()}
+
+    def changed_rows(self) -> np.ndarray:
+        """:meth:`changed_items` as item rows (sorted int64; drains)."""
+        rows = np.fromiter(self._changed_rows, dtype=np.int64, count=len(self._changed_rows))
         if self._changed_tokens:
             # Which items carry a changed token, over all bags at once: mark the changed
             # tokens in the flat array, then a row is hit when its span holds a mark.
@@ -346,10 +350,9 @@ class ItemEncoder:
             starts = np.frombuffer(self._bag_start, dtype=np.int64)
             ends = starts + np.frombuffer(self._bag_size, dtype=np.int64)
             marks = np.concatenate([[0], np.cumsum(np.isin(flat, list(self._changed_tokens)))])
-            rows |= set(np.flatnonzero(marks[ends] > marks[starts]).tolist())
+            rows = np.concatenate([rows, np.flatnonzero(marks[ends] > marks[starts])])
         self._changed_rows, self._changed_tokens = set(), set()
-        keys = self.item_vocab.keys()
-        return {keys[row] for row in rows}
+        return np.unique(rows)
 
     # ---- state --------------------------------------------------------------------------
 

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from qdrant_client import models
 from threadpoolctl import threadpool_limits
 
 from models.alignment import linear_cka, procrustes
@@ -40,6 +39,7 @@ from monitoring.drift import DriftConfig, DriftMonitor
 from streams.qdrant_store import (
     AsyncQdrantStore,
     ItemRecord,
+    PointRow,
     SessionRecord,
     UpsertBuffer,
     build_item_points,
@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["Learner", "attribute_tokens", "load_attributes"]
 
 log = logging.getLogger(__name__)
+
+DRIFT_UPDATE_SECONDS = 1.0  # how often the drift monitor takes the queued vector updates
 
 
 # One examples record: ("topic:partition", offset, its examples).
@@ -72,8 +74,8 @@ class Published:
     fusion and point building are per-item work that would otherwise stall the event loop)."""
 
     loss: float
-    items: list[tuple[str, models.PointStruct]]
-    sessions: list[tuple[str, models.PointStruct]]
+    items: list[tuple[str, PointRow]]
+    sessions: list[tuple[str, PointRow]]
 
 
 class Learner:
@@ -125,8 +127,9 @@ class Learner:
         self._runner: asyncio.Task[None] | None = None
         self._busy = False  # the runner is between taking a batch and finishing it
         self.published: dict[str, np.ndarray] = {}  # unit vector last sent to Qdrant, per item
-        self.stale: set[str] = set()  # moved since last published, not clicked: see _due_items
+        self.stale = np.zeros(0, dtype=bool)  # per item row: moved, not clicked, not yet published
         self._last_sweep = time.monotonic()
+        self._last_drift = 0.0
         self.rotation: np.ndarray | None = None  # onto the serving version, see align_to_serving
         # Static sources per item (docs/static.md): the built bundle's vectors, plus the items
         # the catalogue agent encoded since (journalled beside the checkpoint, restored on start).
@@ -189,7 +192,7 @@ class Learner:
         """On the learner thread: every known item, and the catalogue items the behaviour
         model never met (static sources only)."""
         ids = self.trainer.item_encoder.item_ids()
-        self.trainer.changed_items()  # drained: every item is published here
+        self.trainer.item_encoder.changed_rows()  # drained: every item is published here
         items = self._material_changes(ids, set(ids))
         known = set(ids)
         unseen = {item_id: None for item_id in self.static.ids() if item_id not in known}
@@ -429,8 +432,11 @@ class Learner:
             items.update(step.items)
             sessions.update(step.sessions)
             losses.append(step.loss)
-        # Once per round, not per step: the alignment sums and predictability gauges.
-        self.drift.after_step(self.published, self.event_counts)
+        # At most once a second, not per step: the alignment sums take the queued updates in
+        # one batch (they are linear, so nothing is lost) and the gauges are scraped no faster.
+        if time.monotonic() - self._last_drift >= DRIFT_UPDATE_SECONDS:
+            self.drift.after_step(self.published, self.event_counts)
+            self._last_drift = time.monotonic()
         users = {e["session_id"]: e["user_id"] for e in examples}
         return self._published(float(np.mean(losses)) if losses else 0.0, items, sessions, users)
 
@@ -510,15 +516,22 @@ class Learner:
         sampled negative), on MovieLens nearly every item every step; those are collected and
         swept once per ``upsert_refresh_seconds``, so the sink writes each of them at most that
         often instead of once per step."""
-        new = set(self.trainer.item_encoder.item_vocab.keys()[known_before:])
-        always = clicked | new
-        self.stale |= self.trainer.changed_items()
-        self.stale -= always
+        encoder = self.trainer.item_encoder
+        vocab = encoder.item_vocab
+        if len(self.stale) < len(vocab):  # one flag per item row, grown with the table
+            self.stale = np.concatenate([self.stale, np.zeros(2 * len(vocab) - len(self.stale), dtype=bool)])
+        self.stale[encoder.changed_rows()] = True
+        always_rows = [row for item in clicked if (row := vocab.get(item)) is not None]
+        always_rows.extend(range(known_before, len(vocab)))  # new to the model
+        self.stale[always_rows] = False
+        always = {vocab.key(row) for row in always_rows}
         now = time.monotonic()
         if now - self._last_sweep < self.settings.upsert_refresh_seconds:
             return sorted(always), always
-        swept, self.stale, self._last_sweep = self.stale, set(), now
-        return sorted(always | swept), always
+        swept = np.flatnonzero(self.stale).tolist()
+        self.stale[:] = False
+        self._last_sweep = now
+        return sorted(always | {vocab.key(row) for row in swept}), always
 
     def _served(self, vectors: np.ndarray) -> np.ndarray:
         return vectors if self.rotation is None else vectors @ self.rotation

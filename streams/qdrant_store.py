@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, Self, TypeVar
 
 import numpy as np
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
@@ -61,6 +61,7 @@ __all__ = [
     "ItemHit",
     "ItemNotFound",
     "ItemRecord",
+    "PointRow",
     "UpsertBuffer",
     "QdrantStore",
     "SessionRecord",
@@ -131,6 +132,16 @@ class ItemRecord:
     model_version: int = 0
     updated_at: float = 0.0
     event_count: int = 0
+
+
+class PointRow(NamedTuple):
+    """A validated point ready to be written: what :func:`build_item_points` and
+    :func:`build_session_points` make. Lighter than a pydantic ``PointStruct`` (same field
+    names); the sink writes rows in column form (``models.Batch``)."""
+
+    id: str
+    vector: dict[str, list[float]]
+    payload: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +266,7 @@ def build_item_point(record: ItemRecord, dim: int) -> models.PointStruct:
 
 def build_item_points(
     records: Sequence[ItemRecord], dim: int
-) -> tuple[list[tuple[str, models.PointStruct]], list[tuple[str, str]]]:
+) -> tuple[list[tuple[str, PointRow]], list[tuple[str, str]]]:
     """:func:`build_item_point` for many records at once, the vector checks done on stacked
     matrices: ``(points as (item id, point), rejected as (item id, reason))``. A bad record is
     rejected alone; the others still get their points."""
@@ -295,17 +306,13 @@ def build_item_points(
         except ValueError as error:
             rejected[record.item_id] = str(error)
             continue
-        # Validated above: pydantic's per-field validation of every float is skipped.
-        point = models.PointStruct.model_construct(
-            id=point_id("item", record.item_id), vector=vectors, payload=payload
-        )
-        points.append((record.item_id, point))
+        points.append((record.item_id, PointRow(point_id("item", record.item_id), vectors, payload)))
     return points, list(rejected.items())
 
 
 def build_session_points(
     records: Sequence[SessionRecord], dim: int
-) -> tuple[list[tuple[str, models.PointStruct]], list[tuple[str, str]]]:
+) -> tuple[list[tuple[str, PointRow]], list[tuple[str, str]]]:
     """:func:`build_session_point` for many records: ``(points as (session id, point),
     rejected as (session id, reason))``."""
     keys = [r.session_id for r in records]
@@ -323,10 +330,12 @@ def build_session_points(
         if not math.isfinite(payload["updated_at"]):
             rejected[record.session_id] = "updated_at is not finite"
             continue
-        point = models.PointStruct.model_construct(
-            id=point_id("session", record.session_id), vector={SESSION_VECTOR: row}, payload=payload
+        points.append(
+            (
+                record.session_id,
+                PointRow(point_id("session", record.session_id), {SESSION_VECTOR: row}, payload),
+            )
         )
-        points.append((record.session_id, point))
     return points, list(rejected.items())
 
 
@@ -454,11 +463,28 @@ def _ensure_plan(schemas: Mapping[str, Mapping[str, models.VectorParams]]) -> _P
         _check_schema(name, vectors, (yield _Call("get_collection", {"collection_name": name})))
 
 
-def _upsert_plan(collection: str, points: Sequence[models.PointStruct]) -> _Plan[int]:
-    if points:
+def _as_batches(points: Sequence[models.PointStruct | PointRow]) -> list[models.Batch]:
+    """The points in column form, one batch per set of named vectors (an upsert replaces each
+    point whole, so a batch must not give a point a vector it lacks). qdrant-client inspects
+    every element of a point list; a columnar batch is written ~20% faster in local mode."""
+    groups: dict[tuple[str, ...], list[models.PointStruct | PointRow]] = {}
+    for point in points:
+        groups.setdefault(tuple(sorted(point.vector)), []).append(point)  # type: ignore[arg-type]
+    return [
+        models.Batch.model_construct(
+            ids=[p.id for p in group],
+            vectors={name: [p.vector[name] for p in group] for name in names},  # type: ignore[index]
+            payloads=[p.payload for p in group],
+        )
+        for names, group in groups.items()
+    ]
+
+
+def _upsert_plan(collection: str, points: Sequence[models.PointStruct | PointRow]) -> _Plan[int]:
+    for batch in _as_batches(points):
         # wait=True: when the call returns the points are applied and searchable, which is
         # what a flush promises.
-        yield _Call("upsert", {"collection_name": collection, "points": list(points), "wait": True})
+        yield _Call("upsert", {"collection_name": collection, "points": batch, "wait": True})
     return len(points)
 
 
@@ -788,7 +814,7 @@ class AsyncQdrantStore(_StoreBase):
     async def _run(self, plan: _Plan[_T]) -> _T:
         return await _drive_async(plan, self._invoker)
 
-    async def upsert_points(self, collection: CollectionKind, points: list[models.PointStruct]) -> int:
+    async def upsert_points(self, collection: CollectionKind, points: Sequence[PointRow]) -> int:
         """Write points already built (and so validated) by build_item_point or
         build_session_point, e.g. off the event loop by the learner."""
         return await self._run(_upsert_plan(self.collections[collection], points))
@@ -856,7 +882,7 @@ class AsyncQdrantStore(_StoreBase):
 class _Pending:
     seq: int  # the oldest add() folded into this entry: flush() waits until it is written
     since: float  # loop time of that add(): the time-based flush deadline runs from here
-    point: models.PointStruct
+    point: PointRow
 
 
 class UpsertBuffer:
@@ -936,9 +962,12 @@ class UpsertBuffer:
         """Accept an item record; awaits while the buffer is full. Raises ValueError on a bad
         record."""
         # Validate now, so a bad record fails its producer instead of poisoning a batch.
-        await self.add_points([(record.item_id, build_item_point(record, self.store.dim))])
+        points, rejected = build_item_points([record], self.store.dim)
+        if rejected:
+            raise ValueError(f"item {record.item_id!r}: {rejected[0][1]}")
+        await self.add_points(points)
 
-    async def add_points(self, points: Sequence[tuple[str, models.PointStruct]], now: bool = False) -> None:
+    async def add_points(self, points: Sequence[tuple[str, PointRow]], now: bool = False) -> None:
         """Accept (key, point) pairs already built by :func:`build_item_points` or
         :func:`build_session_points` (e.g. on the learner thread); awaits while the buffer is
         full. ``now``: these points are a complete batch of their own (a learner round), so

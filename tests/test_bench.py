@@ -24,7 +24,7 @@ def test_quick_bench_prints_every_row(settings: Settings, tmp_path: Path) -> Non
         ("pipeline", "sessionized (ingest -> sessions)"),
         ("pipeline", "end to end (-> learner -> Qdrant)"),
         ("learner", "trainer.learn only"),
-        ("learner", "learner step (score+train+select)"),
+        ("learner", "learner round (score+train+select+points)"),
         ("learner", "learner + Qdrant sink (memory)"),
         ("sink", "UpsertBuffer, local :memory:"),
         ("sink", "UpsertBuffer, local path (disk)"),

@@ -106,7 +106,8 @@ class FaultyClient(QdrantClient):
         if self.fail_left > 0:
             self.fail_left -= 1
             raise ConnectionError("injected fault")
-        self.upsert_sizes.append(len(points))
+        # onevec sends columnar batches (models.Batch), a caller may send a point list.
+        self.upsert_sizes.append(len(points.ids) if isinstance(points, models.Batch) else len(points))
         return super().upsert(collection_name, points, **kwargs)
 
     def create_collection(self, collection_name: str, **kwargs: Any) -> bool:
