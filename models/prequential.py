@@ -116,7 +116,8 @@ def target_ranks(
     # Never counted as ranking above the target: the target itself and the prefix's items.
     if exclude is None:
         excluded = [
-            np.fromiter(filter(None.__ne__, map(vocab.get, prefixes[i])), dtype=np.int64) for i in scored
+            np.array([row for row in map(vocab.get, prefixes[i]) if row is not None], dtype=np.int64)
+            for i in scored
         ]
     else:
         excluded = [np.asarray(exclude[i], dtype=np.int64) for i in scored]

@@ -42,6 +42,7 @@ __all__ = [
     "EXAMPLES_EMITTED",
     "HTTP_INGEST_REQUESTS",
     "PROCESSING_SECONDS",
+    "PRODUCE_RETRIES",
     "BATCH_EVENTS",
     "SESSIONS_CLOSED",
     "SESSIONS_OPEN",
@@ -75,6 +76,11 @@ BATCH_EVENTS = Histogram(
     "Events per micro-batch in a stage (small under light load, up to the batch size under backlog).",
     ["stage"],
     buckets=(1, 4, 16, 64, 256, 1024, 4096),
+)
+PRODUCE_RETRIES = Counter(
+    "onevec_produce_retries",
+    "Records sent again because the broker did not acknowledge them (unreachable, timed out).",
+    ["topic"],
 )
 HTTP_INGEST_REQUESTS = Counter(
     "onevec_http_ingest_requests", "POST /events requests, by HTTP status.", ["status"]

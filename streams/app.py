@@ -12,22 +12,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import faust
-from faust.types import EventT, StreamT
+from faust.types import EventT, StreamT, TopicT
 from kafka import KafkaConsumer, TopicPartition
 
 from monitoring import metrics
 from streams.catalog import validate_catalog_record
 from streams.events import Event, Rejection, ValidationLimits, session_key, validate_event
-from streams.example_records import chunked, decode_examples, encode_examples
+from streams.example_records import decode_examples, encode_examples
 from streams.faust_fixes import apply_faust_fixes
 from streams.learner import Learner, load_attributes
-from streams.qdrant_store import AsyncQdrantStore
+from streams.qdrant_store import AsyncQdrantStore, backoff_delay
 from streams.session_table import ChangelogBatchStore
 from streams.sessions import SessionBook, SessionWindow
 from streams.settings import Settings
@@ -40,6 +42,18 @@ log = logging.getLogger(__name__)
 REASON_HEADER = "onevec-reason"
 DETAIL_HEADER = "onevec-detail"
 LAG_INTERVAL_SECONDS = 2.0  # how often consumer lag per stage is measured
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One record to produce (see :meth:`OnevecApp.deliver`)."""
+
+    topic: TopicT
+    value: Any
+    key: bytes | None = None
+    partition: int | None = None
+    headers: list[tuple[str, bytes]] | None = None
+    value_serializer: str | None = None  # None: the topic's own
 
 
 class OnevecApp:
@@ -111,67 +125,73 @@ class OnevecApp:
         self.faust.agent(self.examples, name="learn")(self._learn)
         self.faust.agent(self.catalog, name="catalog")(self._catalog)
         self._store_ready = asyncio.Event()  # the catalogue agent writes only after publish_all
+        self._rng = random.Random()  # send-retry jitter
         self.faust.task(self._run_learner)
         self.faust.timer(interval=LAG_INTERVAL_SECONDS)(self._report_lag)
         self.faust.on_before_shutdown.connect(self._on_shutdown)
         self.faust.on_partitions_assigned.connect(self._on_assigned)
         self.faust.on_partitions_revoked.connect(self._on_revoked)
 
-    async def send_dead_letter(
-        self, key: bytes | None, value: bytes, rejection: Rejection, stage: str, force: bool = False
-    ) -> Awaitable[Any]:
-        """Send to the dead-letter topic; returns the delivery future (``force``: now, not
-        attached to the current event's commit)."""
+    def dead_letter(self, key: bytes | None, value: bytes, rejection: Rejection, stage: str) -> Outgoing:
+        """The dead-letter record of a rejected input (counted here): its original bytes, and
+        the reason, detail and stage as headers."""
         metrics.EVENTS_REJECTED.labels(stage=stage, reason=rejection.reason).inc()
-        return await self.dlq.send(
-            key=key,
-            value=value,
-            headers=[
-                (REASON_HEADER, rejection.reason.encode()),
-                (DETAIL_HEADER, rejection.detail.encode()),
-                ("onevec-stage", stage.encode()),
-            ],
-            force=force,
-        )
+        headers = [
+            (REASON_HEADER, rejection.reason.encode()),
+            (DETAIL_HEADER, rejection.detail.encode()),
+            ("onevec-stage", stage.encode()),
+        ]
+        return Outgoing(self.dlq, value, key, headers=headers)
 
-    async def send_click(self, event: Event) -> None:
-        """Used by HTTP ingestion: a validated event onto the clicks topic, keyed by session."""
-        await self.clicks.send(key=session_key(event).encode(), value=event.to_json())
+    async def send_dead_letter(
+        self, key: bytes | None, value: bytes, rejection: Rejection, stage: str
+    ) -> None:
+        """Send a rejected input to the dead-letter topic and wait until it is written."""
+        await self.deliver([self.dead_letter(key, value, rejection, stage)])
+
+    def click(self, event: Event) -> Outgoing:
+        """A validated event as a clicks record, keyed by session (HTTP ingestion)."""
+        return Outgoing(self.clicks, event.to_json(), session_key(event).encode())
 
     async def _sessionize(self, stream: StreamT[bytes]) -> None:
         # Micro-batches: the session table is written through a ChangelogBatchStore (one
         # changelog record per changed session per batch) and examples go out as one record
-        # per partition, instead of two produce calls per event. Faust acks a batch's events
-        # when the next batch is requested, i.e. after _sessionize_batch has returned.
+        # per partition, instead of two produce calls per event. Acks are manual (noack_take):
+        # a batch's events are acked only once everything it produced was acknowledged by the
+        # broker, so a crash or a shutdown mid-batch leaves them to be delivered again (Faust's
+        # take_events would ack them even when the batch failed).
         settings = self.settings
-        async for events in stream.take_events(
+        async for events in stream.noack_take(
             settings.sessionize_batch_size, within=settings.sessionize_batch_within_seconds
         ):
             started = time.perf_counter()
-            await self._sessionize_batch(events)
+            await self._sessionize_batch(cast(Sequence[EventT[bytes]], events))
+            for event in events:
+                await stream.ack(cast(EventT[bytes], event))
             metrics.PROCESSING_SECONDS.labels(stage="sessionize").observe(time.perf_counter() - started)
             metrics.BATCH_EVENTS.labels(stage="sessionize").observe(len(events))
 
     async def _sessionize_batch(self, events: Sequence[EventT[bytes]]) -> None:
         """Validate, apply to the sessions, send; returns once every record the batch produced
-        is acknowledged by the broker, so acking (and committing) its input loses nothing."""
-        sends: list[Awaitable[Any]] = []
+        is acknowledged by the broker."""
+        outgoing: list[Outgoing] = []
         examples: dict[int, list[dict[str, Any]]] = {}
         accepted: Counter[str] = Counter()
         duplicates = 0
         for event in events:
             raw = event.value if isinstance(event.value, bytes) else b""
+            message = event.message
             try:
                 result = validate_event(raw, self.limits)
+                if not isinstance(result, Rejection):
+                    example, closed = self.book.process(result, message.partition, message.offset)
             except Exception as error:  # noqa: BLE001 - a bug must not stop the stream
-                log.exception("validator crashed")
-                result = Rejection("internal_error", f"validator failed: {error!r}")
+                log.exception("sessionize failed on %s:%d", message.partition, message.offset)
+                result = Rejection("internal_error", f"sessionize failed: {error!r}")
             if isinstance(result, Rejection):
-                sends.append(await self.send_dead_letter(event.key, raw, result, stage="stream", force=True))
+                outgoing.append(self.dead_letter(event.key, raw, result, stage="stream"))
                 continue
             accepted[result.event_type.value] += 1
-            message = event.message
-            example, closed = self.book.process(result, message.partition, message.offset)
             duplicates += example.duplicate
             # The click's Kafka timestamp rides along: the learner's freshness clock starts there.
             examples.setdefault(message.partition, []).append(
@@ -179,26 +199,62 @@ class OnevecApp:
             )
             for session in closed:
                 metrics.SESSIONS_CLOSED.labels(reason=session.reason).inc()
-                sends.append(
-                    await self.sessions_closed.send(
-                        key=session.session_id.encode(), value=session.to_dict(), force=True
-                    )
+                outgoing.append(
+                    Outgoing(self.sessions_closed, session.to_dict(), session.session_id.encode())
                 )
         self.session_store.flush()
         for partition, batch in examples.items():
-            for chunk in chunked(batch, self.settings.examples_per_record):
-                sends.append(
-                    await self.examples.send(
-                        key=None, value=encode_examples(chunk), partition=partition, force=True
-                    )
-                )
-        if sends:
-            await asyncio.gather(*sends)
+            for value in encode_examples(batch, self.settings.examples_record_max_bytes):
+                outgoing.append(Outgoing(self.examples, value, partition=partition, value_serializer="raw"))
+        await self.deliver(outgoing)
         for event_type, count in accepted.items():
             metrics.EVENTS_ACCEPTED.labels(event_type=event_type).inc(count)
         metrics.EVENTS_DUPLICATE.inc(duplicates)
         metrics.EXAMPLES_EMITTED.inc(sum(accepted.values()))
         metrics.SESSIONS_OPEN.set(self.book.open_sessions())
+
+    async def deliver(self, records: list[Outgoing], timeout: float | None = None) -> None:
+        """Send the records and return once the broker acknowledged every one. A record whose
+        send failed (broker unreachable, request timed out) is sent again after a backoff, for
+        as long as it takes: an agent waits meanwhile (back-pressure) instead of acking input
+        whose output was never written. With ``timeout``, TimeoutError after that many seconds
+        (records already acknowledged stay written)."""
+        async with asyncio.timeout(timeout):
+            await self._deliver(records)
+
+    async def _deliver(self, records: list[Outgoing]) -> None:
+        pending, attempt = records, 0
+        while pending:
+            # Handed to the producer one by one, in order (a partition's records keep their
+            # order), then all acknowledgements awaited together.
+            futures = [await self._send(r) for r in pending]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            failed = [(r, e) for r, e in zip(pending, results, strict=True) if isinstance(e, Exception)]
+            if not failed:
+                return
+            attempt += 1
+            for record, _ in failed:
+                metrics.PRODUCE_RETRIES.labels(topic=record.topic.get_topic_name()).inc()
+            log.warning("%d records not acknowledged (%r); sending them again", len(failed), failed[0][1])
+            await asyncio.sleep(backoff_delay(attempt, 0.1, 5.0, self._rng))
+            pending = [record for record, _ in failed]
+
+    async def _send(self, record: Outgoing) -> Awaitable[Any]:
+        """Hand a record to the producer; returns its acknowledgement (a failure to hand it
+        over comes back as a failed acknowledgement, to be retried like one)."""
+        try:
+            return await record.topic.send(
+                key=record.key,
+                value=record.value,
+                partition=record.partition,
+                headers=record.headers,
+                value_serializer=record.value_serializer,
+                force=True,  # now, not attached to the current event's commit: we wait for it here
+            )
+        except Exception as error:  # noqa: BLE001 - e.g. the producer is reconnecting
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(error)
+            return failed
 
     async def _learn(self, stream: StreamT[dict[str, Any]]) -> None:
         async for event in stream.events():

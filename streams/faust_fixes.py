@@ -1,19 +1,36 @@
-"""Targeted corrections to faust-streaming 0.15.3, applied when the app is built.
+"""Targeted corrections to faust-streaming 0.15.3 (and to its use against Tansu), applied
+when the app is built.
 
-1. After a rebalance, ``Recovery._resume_streams`` resumes the input partitions and only then
-   seeks them to their committed offsets. Records the fetcher hands out in between are rewound
-   past by the seek and never acked, so Faust's commit for that partition stops for good and
-   those events wait for the next rebalance (seen here: 10-35 of 4,000 events stuck after a
-   restart under load). Seeking first, then resuming, closes the window. The rest of the
-   method is Faust's, unchanged.
-2. Against Tansu (the embedded broker), ``ListOffsets(latest)`` answers the base offset of a
+1. Seek before resume. After a rebalance Faust resumes the input (stream) partitions and only
+   then seeks them to their committed offsets: ``Recovery.on_recovery_completed`` (the path of
+   every app with a table, as ours: the session table) and ``Recovery._resume_streams`` (apps
+   without tables). By then the consumer flow and the agents' flow control are already running
+   (table recovery resumed them), so during the seek the fetcher hands out records from the
+   position before the seek. When the seek lands, the rest of that batch keeps being delivered
+   past the sought offset, Faust marks the offsets in between as a gap (done), the records
+   fetched again from the sought offset are dropped as already read, and resuming the flow
+   control clears the agents' queues: records still queued there are neither processed nor
+   acked, yet committed past. Seen here: two workers, B joins and A leaves, 18 events (three
+   runs of 5-8 offsets on three partitions, the ones handed out during B's seek) never reached
+   the examples topic. Seeking first, then resuming the partitions and the flow with no await
+   in between, closes the window. The rest of both methods is Faust's, unchanged.
+2. Records fetched before a seek. The consumer thread reads Faust's set of active partitions
+   while Faust changes it, so a batch can carry records of partitions that were paused when it
+   was fetched (seen: 300 records of a paused partition, fetched just before its seek). Faust
+   filters such records only as it iterates the batch; if the partition is resumed (after its
+   seek) while the batch is still being iterated, those records, from before the seek, would
+   be delivered with the same effect as above. So each batch remembers how many seeks its
+   partitions had when it was fetched, and stops delivering a partition's records once that
+   partition has been sought again: the seek moved the fetch position back, so the same
+   records are fetched again.
+3. Against Tansu (the embedded broker), ``ListOffsets(latest)`` answers the base offset of a
    partition's last *record batch* + 1, not the offset after its last record (measured: 13
    records in two batches of 10 and 3 report an end offset of 11). Faust's table recovery
    reads each changelog partition up to that "highwater", so the tail of the last batch
    would be lost on a restart. ``Recovery._build_highwaters`` is corrected by reading that
    last batch and taking its last offset. (Before this correction the worker's producer sent
    one record per batch, which made every send a broker round trip.)
-3. Faust creates its worker consumer with ``fetch_max_wait_ms=1500``. Against Tansu, aiokafka's
+4. Faust creates its worker consumer with ``fetch_max_wait_ms=1500``. Against Tansu, aiokafka's
    fetch is then answered only when that wait expires, even when a record arrives meanwhile
    (measured: a click took 1.2 s to reach Qdrant on an idle worker, 0.75 s of it the examples
    hop; kafka-python's fetch against the same broker returns within 5 ms). Against Tansu the
@@ -25,9 +42,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
+from aiokafka.consumer.fetcher import Fetcher
 from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
@@ -67,6 +85,92 @@ async def _resume_streams_seek_first(self: Recovery, generation_id: int = 0) -> 
     self.tables.on_standbys_ready()
     app.on_rebalance_end()
     self.log.info("Worker ready")
+
+
+async def _on_recovery_completed_seek_first(self: Recovery, generation_id: int = 0) -> None:
+    app = self.app
+    consumer = app.consumer
+    self.log.info("Restore complete!")
+    await app.on_rebalance_complete.send()
+    self._set_recovery_ended()
+    callback_coros = [
+        asyncio.ensure_future(
+            table.on_recovery_completed(self.actives_for_table[table], self.standbys_for_table[table])
+        )
+        for table in self.tables.values()
+    ]
+    if callback_coros:
+        await asyncio.wait(callback_coros)
+    assignment = consumer.assignment()
+    if app.consumer_generation_id != generation_id:
+        self.log.warning(
+            f"Recovery rebalancing again app id {app.consumer_generation_id} param {generation_id}"
+        )
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+    # No await from here to resume_flow: nothing is delivered between the seek and the resume.
+    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    self.completed.set()
+    self.log.dev("Resume stream partitions")
+    app.flow_control.resume()
+    consumer.resume_flow()
+    await cast(Any, app)._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    if not app.assignor.assigned_standbys():
+        self.tables.on_standbys_ready()
+    app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+def _seek_counts(fetcher: Fetcher) -> dict[Any, int]:
+    counts = getattr(fetcher, "_onevec_seeks", None)
+    if counts is None:
+        counts = fetcher._onevec_seeks = {}  # type: ignore[attr-defined]
+    return cast(dict[Any, int], counts)
+
+
+_fetcher_seek_to = Fetcher.seek_to
+
+
+def _seek_to_counted(self: Fetcher, tp: Any, offset: int) -> None:
+    counts = _seek_counts(self)
+    counts[tp] = counts.get(tp, 0) + 1
+    _fetcher_seek_to(self, tp, offset)
+
+
+class _UntilSought(list):  # type: ignore[type-arg]
+    """A partition's fetched records that stop at the partition's next seek."""
+
+    def __init__(self, records: list[Any], counts: dict[Any, int], tp: Any) -> None:
+        super().__init__(records)
+        self._counts, self._tp, self._mark = counts, tp, counts.get(tp, 0)
+
+    def __iter__(self) -> Iterator[Any]:
+        for record in list.__iter__(self):
+            if self._counts.get(self._tp, 0) != self._mark:
+                return  # sought since the fetch: the position moved back, these come again
+            yield record
+
+
+_fetch_records = AIOKafkaConsumerThread._fetch_records
+
+
+async def _fetch_records_until_sought(
+    self: AIOKafkaConsumerThread,
+    consumer: Any,
+    active_partitions: Any,
+    timeout: float | None = None,
+    max_records: int | None = None,
+) -> Any:
+    # Runs on the consumer thread, like the seeks: no seek can fall between the fetcher handing
+    # the records out and the mark taken here.
+    records = await _fetch_records(
+        self, consumer, active_partitions, timeout=timeout, max_records=max_records
+    )
+    counts = _seek_counts(consumer._fetcher)
+    return {tp: _UntilSought(batch, counts, tp) for tp, batch in records.items()}
 
 
 def last_record_offsets(
@@ -132,6 +236,9 @@ def _worker_consumer_with_fetch_wait(fetch_max_wait_ms: int) -> Any:
 
 def apply_faust_fixes(settings: Settings | None = None) -> None:
     Recovery._resume_streams = _resume_streams_seek_first  # type: ignore[method-assign]
+    Recovery.on_recovery_completed = _on_recovery_completed_seek_first  # type: ignore[method-assign]
+    Fetcher.seek_to = _seek_to_counted  # type: ignore[method-assign]
+    AIOKafkaConsumerThread._fetch_records = _fetch_records_until_sought  # type: ignore[method-assign]
     tansu = settings is not None and (settings.embedded or settings.tansu)
     if tansu:
         assert settings is not None

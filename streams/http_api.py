@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 __all__ = ["register_routes", "split_body"]
 
 MAX_REPORTED_ERRORS = 100
+HTTP_DELIVERY_SECONDS = 30.0  # then 503: the broker did not take the body's events in time
+BROKER_UNAVAILABLE = (
+    "the broker did not acknowledge the events in time; send the body again (events already "
+    "written are recognised as duplicates downstream)"
+)
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 UNAUTHORISED = {"error": "missing or wrong bearer token"}
@@ -85,8 +90,10 @@ def register_routes(onevec: OnevecApp) -> None:
         metrics.HTTP_INGEST_REQUESTS.labels(status=str(response.status)).inc()
         return response
 
-    def answer(view: View, status: int, payload: dict[str, Any]) -> Response:
-        return counted(view.json(payload, status=status))
+    def answer(
+        view: View, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> Response:
+        return counted(view.json(payload, status=status, headers=headers))
 
     def authorised(request: Request) -> bool:
         """True when the request may pass: no token is configured, the method is a read and
@@ -123,16 +130,21 @@ def register_routes(onevec: OnevecApp) -> None:
             raws = split_body(body)
             if isinstance(raws, Rejection):
                 return answer(self, 400, {"error": raws.detail, "reason": raws.reason})
-            accepted, errors = 0, []
+            accepted, errors, records = 0, [], []
             for index, raw in enumerate(raws):
                 result = validate_event(raw, limits)
                 if isinstance(result, Rejection):
-                    await onevec.send_dead_letter(None, raw, result, stage="http")
+                    records.append(onevec.dead_letter(None, raw, result, stage="http"))
                     if len(errors) < MAX_REPORTED_ERRORS:
                         errors.append({"index": index, "reason": result.reason, "detail": result.detail})
                     continue
-                await onevec.send_click(result)
+                records.append(onevec.click(result))
                 accepted += 1
+            # 200 means the broker has every event (and every dead letter): waited for here.
+            try:
+                await onevec.deliver(records, timeout=HTTP_DELIVERY_SECONDS)
+            except TimeoutError:
+                return answer(self, 503, {"error": BROKER_UNAVAILABLE}, headers={"Retry-After": "5"})
             rejected = len(raws) - accepted
             return answer(self, 200, {"accepted": accepted, "rejected": rejected, "errors": errors})
 

@@ -285,6 +285,9 @@ class Learner:
                 found["behaviour"] = behaviour
         counts = [self.event_counts[item_id] for item_id in ids]
         unified = self.unified_many(sources, np.asarray(counts, dtype=np.float64))
+        # An all-zero row: nothing known about the item yet (a catalogue item with no attribute
+        # token and no click has a zero vector). Not an error, and nothing to publish.
+        known = np.abs(unified).max(axis=1) > 0 if len(unified) else np.zeros(0, dtype=bool)
         version = self.trainer.steps
         return [
             ItemRecord(
@@ -295,7 +298,8 @@ class Learner:
                 updated_at=now,
                 event_count=count,
             )
-            for item_id, found, fused, count in zip(ids, sources, unified, counts, strict=True)
+            for item_id, found, fused, count, usable in zip(ids, sources, unified, counts, known, strict=True)
+            if usable
         ]
 
     async def checkpoint(self) -> None:

@@ -69,7 +69,9 @@ class Settings(BaseSettings):
     # record per changed session: the per-event produce round trips were the pipeline's cost.
     sessionize_batch_size: int = Field(default=1000, ge=1)
     sessionize_batch_within_seconds: float = Field(default=0.05, gt=0)
-    examples_per_record: int = Field(default=500, ge=1)  # bounds an examples record's size
+    # An examples record's JSON stays under this (a batch is split): below the broker's and the
+    # producer's 1 MiB message limits, whatever the ids' lengths.
+    examples_record_max_bytes: int = Field(default=512 * 1024, ge=1024)
 
     # Learner and Qdrant sink.
     catalog: str = ""  # dataset name or catalogue file whose attributes feed the item encoder

@@ -29,7 +29,6 @@ from tests.kafka_helpers import read_examples
 from tests.reliability.proxies import TcpProxy, tansu_behind
 from tests.reliability.reconcile import (
     MALFORMED,
-    example_end_offsets,
     movielens_slice,
     produce,
     reconcile_qdrant,
@@ -139,10 +138,10 @@ def test_broker_unreachable_mid_replay_then_back(settings_factory, tmp_path) -> 
                     assert len(crashes) <= 2, f"worker keeps crashing: {crashes}"
                     workers.append(WorkerProcess(settings, url).start(ready_timeout=90))
                     continue
-                examples = example_end_offsets(settings)
-                if sum(end + 1 for end in examples.values()) >= len(events) and not uncovered_examples(
-                    settings, [settings.data_dir]
-                ):
+                # Every event has its example (records hold micro-batches of examples) ...
+                emitted = len(read_examples(settings, len(events), timeout=5, settle=0))
+                # ... and the learner's last checkpoint covers every examples record.
+                if emitted >= len(events) and not uncovered_examples(settings, [settings.data_dir]):
                     break
                 assert time.monotonic() < deadline, "the pipeline did not catch up after the outage"
                 time.sleep(2)
@@ -150,9 +149,7 @@ def test_broker_unreachable_mid_replay_then_back(settings_factory, tmp_path) -> 
             wait_for(lambda: workers[-1].metrics().get("onevec_upsert_buffer_pending_points", 1) == 0, "sink")
             workers[-1].stop()
             reconcile_qdrant(result, events, [settings.qdrant_path], settings.model_dim)
-            flagged = sum(
-                example["duplicate"] for example in read_examples(settings, result.examples)
-            )
+            flagged = sum(example["duplicate"] for example in read_examples(settings, result.examples))
             result.notes.update(
                 {
                     "outage s": 10,

@@ -6,7 +6,7 @@ import json
 import urllib.error
 import urllib.request
 
-from tests.kafka_helpers import read_topic, wait_processed
+from tests.kafka_helpers import read_examples, read_topic, wait_processed
 
 
 def get_status(url: str) -> int:
@@ -59,7 +59,7 @@ def test_http_ingest_end_to_end(settings, start_worker) -> None:
     assert (status, answer["accepted"], reasons) == (200, 0, ["bad_json", "bad_json", "invalid_field"])
 
     samples = wait_processed(worker, 3)  # the stream stage sees the three accepted events
-    examples = [json.loads(r.value) for r in read_topic(settings, settings.examples_topic, 3)]
+    examples = read_examples(settings, 3)
     assert [(e["item_id"], e["prefix"]) for e in sorted(examples, key=lambda e: e["timestamp"])] == [
         ("a", []),
         ("b", ["a"]),

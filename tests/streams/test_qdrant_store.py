@@ -26,9 +26,9 @@ from streams.qdrant_store import (
     CollectionSchemaError,
     ItemNotFound,
     ItemRecord,
-    UpsertBuffer,
     QdrantStore,
     SessionRecord,
+    UpsertBuffer,
     backoff_delay,
     point_id,
 )
