@@ -31,7 +31,7 @@ from streams.faust_fixes import apply_faust_fixes
 from streams.learner import Learner, load_attributes
 from streams.qdrant_store import AsyncQdrantStore, backoff_delay
 from streams.session_table import ChangelogBatchStore
-from streams.sessions import SessionBook, SessionWindow
+from streams.sessions import ClosedSession, Example, SessionBook, SessionWindow
 from streams.settings import Settings
 from streams.topics import bootstrap_servers
 
@@ -181,17 +181,12 @@ class OnevecApp:
         for event in events:
             raw = event.value if isinstance(event.value, bytes) else b""
             message = event.message
-            try:
-                result = validate_event(raw, self.limits)
-                if not isinstance(result, Rejection):
-                    example, closed = self.book.process(result, message.partition, message.offset)
-            except Exception as error:  # noqa: BLE001 - a bug must not stop the stream
-                log.exception("sessionize failed on %s:%d", message.partition, message.offset)
-                result = Rejection("internal_error", f"sessionize failed: {error!r}")
+            result = self._apply(raw, message.partition, message.offset)
             if isinstance(result, Rejection):
                 outgoing.append(self.dead_letter(event.key, raw, result, stage="stream"))
                 continue
-            accepted[result.event_type.value] += 1
+            example, closed = result
+            accepted[example.event_type] += 1
             duplicates += example.duplicate
             # The click's Kafka timestamp rides along: the learner's freshness clock starts there.
             examples.setdefault(message.partition, []).append(
@@ -212,6 +207,19 @@ class OnevecApp:
         metrics.EVENTS_DUPLICATE.inc(duplicates)
         metrics.EXAMPLES_EMITTED.inc(sum(accepted.values()))
         metrics.SESSIONS_OPEN.set(self.book.open_sessions())
+
+    def _apply(
+        self, raw: bytes, partition: int, offset: int
+    ) -> tuple[Example, list[ClosedSession]] | Rejection:
+        """One click: validated, then applied to its session; a rejection says why not."""
+        try:
+            event = validate_event(raw, self.limits)
+            if isinstance(event, Rejection):
+                return event
+            return self.book.process(event, partition, offset)
+        except Exception as error:  # noqa: BLE001 - a bug must not stop the stream
+            log.exception("sessionize failed on partition %d offset %d", partition, offset)
+            return Rejection("internal_error", f"sessionize failed: {error!r}")
 
     async def deliver(self, records: list[Outgoing], timeout: float | None = None) -> None:
         """Send the records and return once the broker acknowledged every one. A record whose

@@ -67,9 +67,7 @@ __all__ = [
     "SessionRecord",
     "StoredItem",
     "backoff_delay",
-    "build_item_point",
     "build_item_points",
-    "build_session_point",
     "build_session_points",
     "payload_filter",
     "point_id",
@@ -88,7 +86,7 @@ SESSION_VECTOR = "session"
 #   would make Qdrant renormalise the vectors on write and change the ranking.
 # * unified is the fused vector, L2-normalised by the fuser, so Dot == cosine on it; Dot keeps
 #   the stored vector identical to what the model produced (drift / Procrustes read it back),
-#   and build_item_point() rejects a unified vector that is not unit length so the two cannot
+#   and build_item_points() rejects a unified vector that is not unit length so the two cannot
 #   silently diverge. Session vectors query this space by inner product (recommend()).
 # * text (denoising autoencoder codes) and image (Siamese/triplet on normalised embeddings)
 #   compare directions only: Cosine, whatever norm the encoder happens to emit.
@@ -232,44 +230,21 @@ def _checked_rows(
         if not ok:
             rejected[keys[i]] = f"vector {name!r} contains NaN or infinity"
         elif unit and abs(norm - 1.0) > _UNIT_NORM_TOLERANCE:
-            rejected[keys[i]] = f"vector {name!r} has norm {norm:.4f}, not 1"
+            rejected[keys[i]] = (
+                f"vector {name!r} has norm {norm:.4f}; it must be L2-normalised (the collection "
+                "uses Dot, which equals cosine only on unit vectors)"
+            )
         else:
             rows[i] = row
     return rows, rejected
 
 
-def build_item_point(record: ItemRecord, dim: int) -> models.PointStruct:
-    """Validate an item record and turn it into its Qdrant point (raises ValueError)."""
-    unknown = set(record.vectors) - set(ITEM_VECTORS)
-    if unknown:
-        raise ValueError(f"item {record.item_id!r}: unknown vector names {sorted(unknown)}")
-    if not record.vectors:
-        raise ValueError(f"item {record.item_id!r} has no vector")
-    vectors = {name: _as_vector(name, v, dim) for name, v in record.vectors.items()}
-    if "unified" in vectors:
-        norm = math.hypot(*vectors["unified"])
-        if abs(norm - 1.0) > _UNIT_NORM_TOLERANCE:
-            raise ValueError(
-                f"item {record.item_id!r}: unified vector has norm {norm:.4f}; it must be "
-                "L2-normalised (the collection uses Dot, which equals cosine only on unit vectors)"
-            )
-    payload = {
-        "item_id": record.item_id,
-        "attributes": dict(record.attributes),
-        "model_version": int(record.model_version),
-        "updated_at": float(record.updated_at),
-        "event_count": int(record.event_count),
-    }
-    _check_payload(record.item_id, payload)
-    return models.PointStruct(id=point_id("item", record.item_id), vector=vectors, payload=payload)
-
-
 def build_item_points(
     records: Sequence[ItemRecord], dim: int
 ) -> tuple[list[tuple[str, PointRow]], list[tuple[str, str]]]:
-    """:func:`build_item_point` for many records at once, the vector checks done on stacked
-    matrices: ``(points as (item id, point), rejected as (item id, reason))``. A bad record is
-    rejected alone; the others still get their points."""
+    """Validate item records and turn them into points: ``(points as (item id, point), rejected
+    as (item id, reason))``. The vector checks run on stacked matrices; a bad record is rejected
+    alone, the others still get their points."""
     rejected: dict[str, str] = {}
     lists: list[dict[str, list[float]]] = [{} for _ in records]
     for name in sorted({name for r in records for name in r.vectors}):
@@ -313,7 +288,7 @@ def build_item_points(
 def build_session_points(
     records: Sequence[SessionRecord], dim: int
 ) -> tuple[list[tuple[str, PointRow]], list[tuple[str, str]]]:
-    """:func:`build_session_point` for many records: ``(points as (session id, point),
+    """Validate session records and turn them into points: ``(points as (session id, point),
     rejected as (session id, reason))``."""
     keys = [r.session_id for r in records]
     rows, rejected = _checked_rows(SESSION_VECTOR, keys, [r.vector for r in records], dim)
@@ -339,20 +314,14 @@ def build_session_points(
     return points, list(rejected.items())
 
 
-def build_session_point(record: SessionRecord, dim: int) -> models.PointStruct:
-    """Validate a session record and turn it into its Qdrant point (raises ValueError)."""
-    payload = {
-        "session_id": record.session_id,
-        "user_id": record.user_id,
-        "updated_at": float(record.updated_at),
-        "items": list(record.items),
-    }
-    _check_payload(record.session_id, payload)
-    return models.PointStruct(
-        id=point_id("session", record.session_id),
-        vector={SESSION_VECTOR: _as_vector(SESSION_VECTOR, record.vector, dim)},
-        payload=payload,
-    )
+def _all_or_error(built: tuple[list[tuple[str, PointRow]], list[tuple[str, str]]]) -> list[PointRow]:
+    """The points of a build, or ValueError naming the first rejected record: nothing is
+    written when one record is bad."""
+    points, rejected = built
+    if rejected:
+        key, reason = rejected[0]
+        raise ValueError(f"{key!r}: {reason}")
+    return [point for _, point in points]
 
 
 def _attribute_condition(key: str, value: str) -> models.Condition:
@@ -599,11 +568,12 @@ class _StoreBase:
         )
 
     def _upsert_items_plan(self, records: Iterable[ItemRecord]) -> _Plan[int]:
-        points = [build_item_point(r, self.dim) for r in records]
-        return _upsert_plan(self.collections["items"], points)
+        return _upsert_plan(
+            self.collections["items"], _all_or_error(build_item_points(list(records), self.dim))
+        )
 
     def _upsert_sessions_plan(self, records: Iterable[SessionRecord]) -> _Plan[int]:
-        points = [build_session_point(r, self.dim) for r in records]
+        points = _all_or_error(build_session_points(list(records), self.dim))
         return _upsert_plan(self.collections["sessions"], points)
 
     def _delete_items_plan(self, item_ids: Sequence[str]) -> _Plan[None]:
@@ -815,8 +785,8 @@ class AsyncQdrantStore(_StoreBase):
         return await _drive_async(plan, self._invoker)
 
     async def upsert_points(self, collection: CollectionKind, points: Sequence[PointRow]) -> int:
-        """Write points already built (and so validated) by build_item_point or
-        build_session_point, e.g. off the event loop by the learner."""
+        """Write points already built (and so validated) by build_item_points or
+        build_session_points, e.g. off the event loop by the learner."""
         return await self._run(_upsert_plan(self.collections[collection], points))
 
     async def ensure_collections(self) -> None:
@@ -962,10 +932,8 @@ class UpsertBuffer:
         """Accept an item record; awaits while the buffer is full. Raises ValueError on a bad
         record."""
         # Validate now, so a bad record fails its producer instead of poisoning a batch.
-        points, rejected = build_item_points([record], self.store.dim)
-        if rejected:
-            raise ValueError(f"item {record.item_id!r}: {rejected[0][1]}")
-        await self.add_points(points)
+        point = _all_or_error(build_item_points([record], self.store.dim))[0]
+        await self.add_points([(record.item_id, point)])
 
     async def add_points(self, points: Sequence[tuple[str, PointRow]], now: bool = False) -> None:
         """Accept (key, point) pairs already built by :func:`build_item_points` or
