@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["register_routes", "split_body"]
 
 MAX_REPORTED_ERRORS = 100
-HTTP_DELIVERY_SECONDS = 30.0  # then 503: the broker did not take the body's events in time
 BROKER_UNAVAILABLE = (
     "the broker did not acknowledge the events in time; send the body again (events already "
     "written are recognised as duplicates downstream)"
@@ -142,7 +141,7 @@ def register_routes(onevec: OnevecApp) -> None:
                 accepted += 1
             # 200 means the broker has every event (and every dead letter): waited for here.
             try:
-                await onevec.deliver(records, timeout=HTTP_DELIVERY_SECONDS)
+                await onevec.deliver(records, timeout=onevec.settings.http_delivery_timeout_seconds)
             except TimeoutError:
                 return answer(self, 503, {"error": BROKER_UNAVAILABLE}, headers={"Retry-After": "5"})
             rejected = len(raws) - accepted

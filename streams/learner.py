@@ -129,6 +129,8 @@ class Learner:
         self.published: dict[str, np.ndarray] = {}  # unit vector last sent to Qdrant, per item
         self.stale = np.zeros(0, dtype=bool)  # per item row: moved, not clicked, not yet published
         self._last_sweep = time.monotonic()
+        self._sweeping = False  # a sweep is spread over rounds (see _due_items)
+        self._sweep_from = 0
         self._last_drift = 0.0
         self.rotation: np.ndarray | None = None  # onto the serving version, see align_to_serving
         # Static sources per item (docs/static.md): the built bundle's vectors, plus the items
@@ -530,12 +532,19 @@ class Learner:
         self.stale[always_rows] = False
         always = {vocab.key(row) for row in always_rows}
         now = time.monotonic()
-        if now - self._last_sweep < self.settings.upsert_refresh_seconds:
+        if not self._sweeping and now - self._last_sweep < self.settings.upsert_refresh_seconds:
             return sorted(always), always
-        swept = np.flatnonzero(self.stale).tolist()
-        self.stale[:] = False
-        self._last_sweep = now
-        return sorted(always | {vocab.key(row) for row in swept}), always
+        # A sweep takes at most upsert_sweep_items per round, from where the last round stopped,
+        # so a large catalogue is swept over several rounds instead of in one burst of points.
+        stale = np.flatnonzero(self.stale)
+        order = np.concatenate([stale[stale >= self._sweep_from], stale[stale < self._sweep_from]])
+        swept = order[: self.settings.upsert_sweep_items]
+        self.stale[swept] = False
+        self._sweep_from = int(swept[-1]) + 1 if len(swept) else 0
+        self._sweeping = len(swept) < len(order)
+        if not self._sweeping:
+            self._last_sweep = now
+        return sorted(always | {vocab.key(row) for row in swept.tolist()}), always
 
     def _served(self, vectors: np.ndarray) -> np.ndarray:
         return vectors if self.rotation is None else vectors @ self.rotation

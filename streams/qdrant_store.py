@@ -165,7 +165,7 @@ class StoredItem:
     payload: dict[str, Any]
 
 
-@functools.lru_cache(maxsize=1 << 20)
+@functools.lru_cache(maxsize=1 << 16)
 def point_id(kind: Literal["item", "session"], key: str) -> str:
     """Deterministic point id, so a redelivered record overwrites instead of duplicating.
     (Cached: the learner re-publishes the same items over and over.)"""

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # token, a sampled negative) are swept this often, so the sink writes each at most once per
     # sweep instead of once per learner step.
     upsert_refresh_seconds: float = Field(default=5.0, ge=0)
+    # A sweep re-publishes at most this many items per learner round (a large catalogue is swept
+    # over several rounds: bounded memory and sink load).
+    upsert_sweep_items: int = Field(default=2048, ge=1)
     # Share of examples the live prequential HR@20 / MRR@20 is measured on (test-then-train:
     # a ranking over every item per example, the learner's largest cost after training).
     prequential_sample_rate: float = Field(default=1.0, gt=0, le=1)
@@ -123,6 +126,9 @@ class Settings(BaseSettings):
     min_event_time: float = 631_152_000.0  # 1990-01-01: older is a broken clock, not a click
     max_clock_skew_seconds: float = 86_400.0  # events from further in the future are rejected
     max_http_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # POST /events answers 200 only once the broker acknowledged every event of the body; after
+    # this long without that it answers 503 (send again: duplicates are recognised downstream).
+    http_delivery_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # Security, all off by default (embedded broker, local Qdrant, loopback listeners). Secrets
     # are SecretStr: they print as '**********' in reprs, logs and tracebacks.

@@ -1,9 +1,11 @@
-"""Reading topics and waiting on workers, for tests."""
+"""Reading topics, posting events to workers and waiting on them, for tests."""
 
 from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
@@ -68,6 +70,18 @@ def read_examples(
         return len(examples) >= expect and (until is None or until(examples))
 
     return flat(read_topic(settings, settings.examples_topic, 0, timeout, settle, until=enough))
+
+
+def post_events(
+    url: str, body: bytes, headers: dict[str, str] | None = None, timeout: float = 60.0
+) -> tuple[int, dict]:
+    """POST a body to a worker's /events: (status, JSON answer), error statuses included."""
+    request = urllib.request.Request(f"{url}/events", data=body, method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
 
 
 def wait_processed(worker: WorkerProcess, total: int, timeout: float = 180.0) -> dict[str, float]:

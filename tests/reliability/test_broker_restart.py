@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -25,7 +26,7 @@ from streams.settings import Settings
 from streams.topics import ensure_topics
 from streams.worker import WorkerProcess
 from tests.conftest import isolated_settings
-from tests.kafka_helpers import read_examples
+from tests.kafka_helpers import post_events, read_examples
 from tests.reliability.proxies import TcpProxy, tansu_behind
 from tests.reliability.reconcile import (
     MALFORMED,
@@ -183,3 +184,34 @@ def crash_reason(worker: WorkerProcess) -> str:
             line = next(line for line in text.splitlines() if marker in line)
             return line.strip()[-160:]
     return "exited without an error line"
+
+
+def test_http_ingest_answers_503_while_the_broker_is_unreachable(settings_factory, tmp_path) -> None:
+    """POST /events answers 200 only once the broker holds the body's events: while the broker
+    is unreachable it answers 503 (send again) instead of accepting events it cannot write, and
+    the same body sent again once it is back is accepted and reaches the examples topic."""
+    plain_port = free_port()
+    with TcpProxy(plain_port) as proxy, tansu_behind(proxy, plain_port) as url:
+        settings = settings_factory(url, tmp_path).model_copy(update={"http_delivery_timeout_seconds": 3.0})
+        worker = WorkerProcess(settings, url).start(ready_timeout=90)
+        try:
+            body = b"\n".join(
+                json.dumps(
+                    {"user_id": "u", "item_id": f"i{n}", "event_type": "click", "timestamp": 1e9 + n}
+                ).encode()
+                for n in range(5)
+            )
+            proxy.down()
+            started = time.monotonic()
+            status, answer = post_events(worker.base_url, body)
+            waited = time.monotonic() - started
+            proxy.up()
+            assert status == 503, answer
+            assert 3.0 <= waited < 30, waited
+            status, answer = post_events(worker.base_url, body)
+            assert (status, answer["accepted"]) == (200, 5)
+            examples = read_examples(settings, 5, timeout=120)
+            assert {e["item_id"] for e in examples} >= {f"i{n}" for n in range(5)}
+            print(f"\nbroker unreachable: 503 after {waited:.1f}s; after it came back: 200, 5 accepted")
+        finally:
+            worker.stop()

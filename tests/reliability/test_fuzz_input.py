@@ -9,11 +9,8 @@ clear status codes (400, never 500), and the size limits hold.
 
 from __future__ import annotations
 
-import json
 import math
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 
 import numpy as np
@@ -27,7 +24,7 @@ from streams.events import MAX_ID_CHARS, Event, Rejection, ValidationLimits, val
 from streams.producer import EventProducer
 from streams.topics import bootstrap_servers
 from streams.worker import metric_total
-from tests.kafka_helpers import read_examples, read_topic
+from tests.kafka_helpers import post_events, read_examples, read_topic
 from tests.reliability.fuzz_strategies import (
     CATALOG_REASONS,
     REASONS,
@@ -117,15 +114,6 @@ def test_hostile_catalogue_json_is_a_rejection(raw: bytes, reason: str) -> None:
     assert isinstance(result, Rejection) and (result.reason, bool(result.detail)) == (reason, True)
 
 
-def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{url}/events", data=body, method="POST", headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def as_line(raw: bytes) -> bytes | None:
     """A record as one JSON-lines line (None when it cannot be one: blank after removing
     line breaks, which JSON lines cannot carry)."""
@@ -148,7 +136,7 @@ def test_fuzzed_http_and_stream_inputs_reconcile_with_the_dlq(settings, start_wo
         nonlocal accepted_http, bodies
         bodies += 1
         lines = [line for line in map(as_line, batch) if line is not None]
-        status, answer = post(worker.base_url, b"\n".join([fence, *lines, fence]))
+        status, answer = post_events(worker.base_url, b"\n".join([fence, *lines, fence]))
         assert status == 200, answer
         now = time.time()
         outcomes = [validate_event(line, LIMITS, now=now) for line in lines]
@@ -225,13 +213,13 @@ def test_fuzzed_http_and_stream_inputs_reconcile_with_the_dlq(settings, start_wo
 def test_http_limits_and_status_codes(settings, start_worker) -> None:
     worker = start_worker(max_event_bytes=LIMIT, max_http_body_bytes=8192)
     good = dumps({"user_id": 1, "item_id": 2, "event_type": "click", "timestamp": 1.6e9})
-    assert post(worker.base_url, good)[0] == 200
-    assert post(worker.base_url, b"")[0] == 400  # empty
-    assert post(worker.base_url, b"[" + good + b",")[0] == 400  # broken JSON array
-    assert post(worker.base_url, b"\n".join([good] * 200))[0] == 413  # body over the limit
-    status, answer = post(worker.base_url, b"[" + dumps({"pad": "x" * 3000}) + b"]")
+    assert post_events(worker.base_url, good)[0] == 200
+    assert post_events(worker.base_url, b"")[0] == 400  # empty
+    assert post_events(worker.base_url, b"[" + good + b",")[0] == 400  # broken JSON array
+    assert post_events(worker.base_url, b"\n".join([good] * 200))[0] == 413  # body over the limit
+    status, answer = post_events(worker.base_url, b"[" + dumps({"pad": "x" * 3000}) + b"]")
     assert (status, answer["rejected"], answer["errors"][0]["reason"]) == (200, 1, "oversize")
-    status, answer = post(worker.base_url, b"\xff\xfe" + good)
+    status, answer = post_events(worker.base_url, b"\xff\xfe" + good)
     assert (status, answer["errors"][0]["reason"]) == (200, "bad_encoding")
     samples = worker.metrics()
     assert samples["onevec_http_ingest_requests_total{status=413}"] == 1
