@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,8 +27,30 @@ __all__ = ["EmbeddedBroker", "free_port", "wait_for_port"]
 log = logging.getLogger(__name__)
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port free now, chosen below the kernel's ephemeral range. A port handed out by
+    bind(0) lies inside that range, so a process started later (a worker, Prometheus) could
+    find it taken by any outgoing connection opened meanwhile (seen: a worker's web port
+    taken between choosing it and starting the worker)."""
+    low, _ = _ephemeral_range()
+    candidates = list(range(max(1024, low - 12_000), low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # all busy: any free port
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

@@ -177,7 +177,8 @@ def window_signals(
     Items are compared on the reference's item sample that still has a current vector (an
     item's vector is never removed, so that is all of them). ``cosine_change`` is the mean of
     ``cosine_changes`` (1 - cos between an item's previous and new published vector, one per
-    upsert in the window), 0.0 when nothing was upserted.
+    sampled upsert in the window: clicked or new items, see ``observe_update``), 0.0 when
+    there was none.
     """
     rows = [row for row, item in enumerate(reference.ids) if item in current]
     ids = [reference.ids[row] for row in rows]
@@ -332,7 +333,7 @@ class DriftMonitor:
         self.examples_seen = 0
         self.window_started = time.monotonic()
         self.cosine_changes: list[float] = []
-        self._updates: list[tuple[str, np.ndarray | None, np.ndarray]] = []
+        self._updates: list[tuple[str, np.ndarray | None, np.ndarray, bool]] = []
         self.last_signals: dict[str, float] = {}
         self.events: Counter[tuple[str, str]] = Counter()
         self.windows = 0
@@ -349,16 +350,23 @@ class DriftMonitor:
 
     # -- fed by the learner ------------------------------------------------------------
 
-    def observe_update(self, item_id: str, old: np.ndarray | None, new: np.ndarray) -> None:
+    def observe_update(
+        self, item_id: str, old: np.ndarray | None, new: np.ndarray, sampled: bool = True
+    ) -> None:
         """One item's served unit vector changed from ``old`` (None: first publish) to ``new``.
-        Only queued here; applied in one batch per micro-batch (see :meth:`_apply_updates`)."""
-        self._updates.append((item_id, old, new))
+        Only queued here; applied in one batch per micro-batch (see :meth:`_apply_updates`).
+        ``sampled=False``: the item was published *because* it moved more than some minimum
+        (a sweep of items nobody clicked); it updates the alignment sums but not
+        ``cosine_change``, whose mean it would bias upwards (a window of only such upserts
+        would read at least that minimum, on a stationary stream too)."""
+        self._updates.append((item_id, old, new, sampled))
 
     def _apply_updates(self) -> None:
         """The queued upserts into the cosine changes and the alignment sums, as matrix products
         (the running sums are linear, so the order of the updates does not matter)."""
-        updates, self._updates = self._updates, []
-        moved = [(old, new) for _, old, new in updates if old is not None]
+        updates = [(item_id, old, new) for item_id, old, new, _ in self._updates]
+        moved = [(old, new) for _, old, new, sampled in self._updates if sampled and old is not None]
+        self._updates = []
         if moved:
             olds, news = np.stack([o for o, _ in moved]), np.stack([n for _, n in moved])
             self.cosine_changes.extend((1.0 - np.einsum("ij,ij->i", olds, news)).tolist())

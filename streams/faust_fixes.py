@@ -1,36 +1,29 @@
 """Targeted corrections to faust-streaming 0.15.3 (and to its use against Tansu), applied
 when the app is built.
 
-1. Seek before resume. After a rebalance Faust resumes the input (stream) partitions and only
-   then seeks them to their committed offsets: ``Recovery.on_recovery_completed`` (the path of
-   every app with a table, as ours: the session table) and ``Recovery._resume_streams`` (apps
-   without tables). By then the consumer flow and the agents' flow control are already running
-   (table recovery resumed them), so during the seek the fetcher hands out records from the
-   position before the seek. When the seek lands, the rest of that batch keeps being delivered
-   past the sought offset, Faust marks the offsets in between as a gap (done), the records
-   fetched again from the sought offset are dropped as already read, and resuming the flow
-   control clears the agents' queues: records still queued there are neither processed nor
-   acked, yet committed past. Seen here: two workers, B joins and A leaves, 18 events (three
-   runs of 5-8 offsets on three partitions, the ones handed out during B's seek) never reached
-   the examples topic. Seeking first, then resuming the partitions and the flow with no await
-   in between, closes the window. The rest of both methods is Faust's, unchanged.
-2. Records fetched before a seek. The consumer thread reads Faust's set of active partitions
-   while Faust changes it, so a batch can carry records of partitions that were paused when it
-   was fetched (seen: 300 records of a paused partition, fetched just before its seek). Faust
-   filters such records only as it iterates the batch; if the partition is resumed (after its
-   seek) while the batch is still being iterated, those records, from before the seek, would
-   be delivered with the same effect as above. So each batch remembers how many seeks its
+1. Records fetched before a seek. After a rebalance Faust resumes the input partitions and then
+   seeks them to their committed offsets (``Recovery.on_recovery_completed``, the path of every
+   app with a table, as ours). The consumer thread reads Faust's set of active partitions while
+   Faust changes it, so a batch fetched around that time can carry records from the position
+   before the seek (seen: 300 records of a paused partition, fetched just before its seek).
+   Delivered after the seek landed, they run past the sought offset: Faust marks the offsets in
+   between as a gap (done), drops the records fetched again from the sought offset as already
+   read, and its commit moves past records nobody processed. Seen here: two workers, B joins
+   and A leaves, 7-18 of 3,000 events (runs of 5-8 offsets on a few partitions) never reached
+   the examples topic, in about 1 run of 5. So each batch remembers how many seeks its
    partitions had when it was fetched, and stops delivering a partition's records once that
    partition has been sought again: the seek moved the fetch position back, so the same
-   records are fetched again.
-3. Against Tansu (the embedded broker), ``ListOffsets(latest)`` answers the base offset of a
+   records are fetched again. (Swapping the seek and the resume in ``on_recovery_completed``
+   also closed the window, but a worker restarted after kill -9 then sometimes never fetched
+   again: 1 run of 4 stalled; this correction alone passed 24 rebalance and 17 kill -9 runs.)
+2. Against Tansu (the embedded broker), ``ListOffsets(latest)`` answers the base offset of a
    partition's last *record batch* + 1, not the offset after its last record (measured: 13
    records in two batches of 10 and 3 report an end offset of 11). Faust's table recovery
    reads each changelog partition up to that "highwater", so the tail of the last batch
    would be lost on a restart. ``Recovery._build_highwaters`` is corrected by reading that
    last batch and taking its last offset. (Before this correction the worker's producer sent
    one record per batch, which made every send a broker round trip.)
-4. Faust creates its worker consumer with ``fetch_max_wait_ms=1500``. Against Tansu, aiokafka's
+3. Faust creates its worker consumer with ``fetch_max_wait_ms=1500``. Against Tansu, aiokafka's
    fetch is then answered only when that wait expires, even when a record arrives meanwhile
    (measured: a click took 1.2 s to reach Qdrant on an idle worker, 0.75 s of it the examples
    hop; kafka-python's fetch against the same broker returns within 5 ms). Against Tansu the
@@ -60,68 +53,6 @@ log = logging.getLogger(__name__)
 
 _ORIGINAL_BUILD_HIGHWATERS = Recovery._build_highwaters
 _ORIGINAL_CREATE_WORKER_CONSUMER = AIOKafkaConsumerThread._create_worker_consumer
-
-
-async def _resume_streams_seek_first(self: Recovery, generation_id: int = 0) -> None:
-    app = self.app
-    consumer = app.consumer
-    await app.on_rebalance_complete.send()
-    assignment = consumer.assignment()
-    if app.consumer_generation_id != generation_id:
-        self.log.warning("Recovery rebalancing again")
-        return
-    if assignment:
-        self.log.info("Seek stream partitions to committed offsets.")
-        await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
-        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
-    else:
-        self.log.info("Resuming streams with empty assignment")
-    self.completed.set()
-    self.log.info("Resuming flow...")
-    app.flow_control.resume()
-    consumer.resume_flow()
-    await cast(Any, app)._fetcher.maybe_start()
-    self.tables.on_actives_ready()
-    self.tables.on_standbys_ready()
-    app.on_rebalance_end()
-    self.log.info("Worker ready")
-
-
-async def _on_recovery_completed_seek_first(self: Recovery, generation_id: int = 0) -> None:
-    app = self.app
-    consumer = app.consumer
-    self.log.info("Restore complete!")
-    await app.on_rebalance_complete.send()
-    self._set_recovery_ended()
-    callback_coros = [
-        asyncio.ensure_future(
-            table.on_recovery_completed(self.actives_for_table[table], self.standbys_for_table[table])
-        )
-        for table in self.tables.values()
-    ]
-    if callback_coros:
-        await asyncio.wait(callback_coros)
-    assignment = consumer.assignment()
-    if app.consumer_generation_id != generation_id:
-        self.log.warning(
-            f"Recovery rebalancing again app id {app.consumer_generation_id} param {generation_id}"
-        )
-        return
-    if assignment:
-        self.log.info("Seek stream partitions to committed offsets.")
-        await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
-    # No await from here to resume_flow: nothing is delivered between the seek and the resume.
-    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
-    self.completed.set()
-    self.log.dev("Resume stream partitions")
-    app.flow_control.resume()
-    consumer.resume_flow()
-    await cast(Any, app)._fetcher.maybe_start()
-    self.tables.on_actives_ready()
-    if not app.assignor.assigned_standbys():
-        self.tables.on_standbys_ready()
-    app.on_rebalance_end()
-    self.log.info("Worker ready")
 
 
 def _seek_counts(fetcher: Fetcher) -> dict[Any, int]:
@@ -235,13 +166,9 @@ def _worker_consumer_with_fetch_wait(fetch_max_wait_ms: int) -> Any:
 
 
 def apply_faust_fixes(settings: Settings | None = None) -> None:
-    Recovery._resume_streams = _resume_streams_seek_first  # type: ignore[method-assign]
-    Recovery.on_recovery_completed = _on_recovery_completed_seek_first  # type: ignore[method-assign]
     Fetcher.seek_to = _seek_to_counted  # type: ignore[method-assign]
     AIOKafkaConsumerThread._fetch_records = _fetch_records_until_sought  # type: ignore[method-assign]
-    tansu = settings is not None and (settings.embedded or settings.tansu)
-    if tansu:
-        assert settings is not None
+    if settings is not None and (settings.embedded or settings.tansu):
         Recovery._build_highwaters = _tansu_build_highwaters(settings)  # type: ignore[method-assign]
         AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer_with_fetch_wait(  # type: ignore[method-assign]
             settings.tansu_fetch_max_wait_ms

@@ -16,6 +16,7 @@ loses no learned state.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -30,7 +31,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from models.alignment import linear_cka, procrustes
-from models.fusion import click_scaled_weights, fuse, fuse_batch
+from models.fusion import click_scaled_weights, fuse_batch
 from models.prequential import PrequentialScore, target_ranks
 from models.static_vectors import CatalogJournal, StaticModels, StaticVectors, load_bundle
 from models.trainer import OnlineTrainer
@@ -55,6 +56,7 @@ __all__ = ["Learner", "attribute_tokens", "load_attributes"]
 log = logging.getLogger(__name__)
 
 DRIFT_UPDATE_SECONDS = 1.0  # how often the drift monitor takes the queued vector updates
+IDLE_TICK_SECONDS = 1.0  # without examples, upkeep (sweep, drift, checkpoint) runs this often
 
 
 # One examples record: ("topic:partition", offset, its examples).
@@ -228,12 +230,13 @@ class Learner:
         await self._write_catalog_item(item_id, behaviour)
 
     async def _write_catalog_item(self, item_id: str, behaviour: np.ndarray | None) -> bool:
-        if behaviour is None and not self.static.sources(item_id):
+        records = self._item_records({item_id: behaviour}, time.time())
+        if not records:  # no source at all
             # A pending upsert of the item is written first, or it could land after the delete.
             await self.buffer.flush()
             await self.store.delete_items([item_id])
             return False
-        await self.buffer.add(self._item_record(item_id, behaviour, time.time()))
+        await self.buffer.add(records[0])
         metrics.ITEMS_UPSERTED.set(self.buffer.upserted_points)
         return True
 
@@ -262,31 +265,17 @@ class Learner:
             return None
         return self._served(self.trainer.encode_items([item.item_id]))[0]
 
-    def _item_record(self, item_id: str, behaviour: np.ndarray | None, now: float) -> ItemRecord:
-        """An item's whole point: its behaviour vector (if any) and static sources, fused over
-        the sources it really has."""
-        sources = self.static.sources(item_id)
-        if behaviour is not None:
-            sources["behaviour"] = behaviour
-        count = self.event_counts[item_id]
-        return ItemRecord(
-            item_id=item_id,
-            vectors={"unified": self.unified(sources, count), **sources},
-            attributes=self.attributes.get(item_id, {}),
-            model_version=self.trainer.steps,
-            updated_at=now,
-            event_count=count,
-        )
-
     def _item_records(self, items: dict[str, np.ndarray | None], now: float) -> list[ItemRecord]:
-        """:meth:`_item_record` for many items, fused in one batch."""
+        """The whole points of these items (item -> behaviour vector, None if the model does not
+        know it): behaviour and static sources, fused over the sources each really has, in one
+        batch. An item with no source at all gets no record."""
         ids = list(items)
         sources = [self.static.sources(item_id) for item_id in ids]
         for found, behaviour in zip(sources, items.values(), strict=True):
             if behaviour is not None:
                 found["behaviour"] = behaviour
         counts = [self.event_counts[item_id] for item_id in ids]
-        unified = self.unified_many(sources, np.asarray(counts, dtype=np.float64))
+        unified = self.unified(sources, np.asarray(counts, dtype=np.float64))
         # An all-zero row: nothing known about the item yet (a catalogue item with no attribute
         # token and no click has a zero vector). Not an error, and nothing to publish.
         known = np.abs(unified).max(axis=1) > 0 if len(unified) else np.zeros(0, dtype=bool)
@@ -353,14 +342,14 @@ class Learner:
 
     async def run(self) -> None:
         self._runner = asyncio.current_task()
-        interval = self.settings.checkpoint_interval_seconds
         while True:
             try:
-                first = await asyncio.wait_for(self.queue.get(), timeout=interval)
+                first = await asyncio.wait_for(self.queue.get(), timeout=IDLE_TICK_SECONDS)
             except TimeoutError:
-                # Idle: make sure what was learned since the last checkpoint is on disk.
-                if self._dirty:
-                    await self.checkpoint()
+                try:
+                    await self._idle()
+                except Exception:  # noqa: BLE001 - e.g. Qdrant down: the next tick tries again
+                    log.exception("idle upkeep failed")
                 continue
             self._busy = True
             try:
@@ -374,6 +363,30 @@ class Learner:
                 metrics.LEARNER_ERRORS.inc()
             finally:
                 self._busy = False
+
+    async def _idle(self) -> None:
+        """No examples for a tick: what rounds otherwise do on the way. Items that only moved
+        are still swept into Qdrant when due, drift windows still close, and what was learned
+        since the last checkpoint goes to disk once ``checkpoint_interval_seconds`` passed."""
+        published = await self._in_thread(self._upkeep)
+        if published.items:
+            await self._upsert(published, [])
+        interval = self.settings.checkpoint_interval_seconds
+        if self._dirty and time.monotonic() - self._last_checkpoint >= interval:
+            await self.checkpoint()
+
+    def _upkeep(self) -> Published:
+        """On the learner thread: the due sweep and the drift update, without a training step."""
+        items = self._material_changes(*self._due_items(set(), len(self.trainer.item_encoder.item_vocab)))
+        self._update_drift()
+        return self._published(0.0, items, {}, {})
+
+    def _update_drift(self) -> None:
+        # At most once a second, not per step: the alignment sums take the queued updates in
+        # one batch (they are linear, so nothing is lost) and the gauges are scraped no faster.
+        if time.monotonic() - self._last_drift >= DRIFT_UPDATE_SECONDS:
+            self.drift.after_step(self.published, self.event_counts)
+            self._last_drift = time.monotonic()
 
     async def _fill_batch(self, first: Record) -> list[Record]:
         """Records for one learning round: what is queued, until ``learner_batch_size``
@@ -427,22 +440,23 @@ class Learner:
             await self.checkpoint()
 
     def _learn(self, examples: list[dict[str, Any]]) -> Published:
-        """On the learner thread: micro-batches of ``learner_batch_size`` examples, each
+        """On the learner thread: micro-batches of about ``learner_batch_size`` examples, each
         scored and learned; then the points of what changed, latest vectors only."""
-        size = self.settings.learner_batch_size
+        # A round is whole records (their offsets are what a checkpoint covers), so it rarely
+        # is a multiple of the batch size. Equal steps, as many as full batches would make:
+        # a small remainder step would move the model as far as a full one (the loss is a
+        # mean), and such extra steps made a stationary replay look like drift.
+        steps = max(1, round(len(examples) / self.settings.learner_batch_size))
+        bounds = np.linspace(0, len(examples), steps + 1).round().astype(int)
         items: dict[str, np.ndarray] = {}
         sessions: dict[str, tuple[list[str], np.ndarray]] = {}
         losses = []
-        for start in range(0, len(examples), size):
-            step = self._step(examples[start : start + size])
+        for start, end in itertools.pairwise(bounds.tolist()):
+            step = self._step(examples[start:end])
             items.update(step.items)
             sessions.update(step.sessions)
             losses.append(step.loss)
-        # At most once a second, not per step: the alignment sums take the queued updates in
-        # one batch (they are linear, so nothing is lost) and the gauges are scraped no faster.
-        if time.monotonic() - self._last_drift >= DRIFT_UPDATE_SECONDS:
-            self.drift.after_step(self.published, self.event_counts)
-            self._last_drift = time.monotonic()
+        self._update_drift()
         users = {e["session_id"]: e["user_id"] for e in examples}
         return self._published(float(np.mean(losses)) if losses else 0.0, items, sessions, users)
 
@@ -575,7 +589,7 @@ class Learner:
         for i in np.flatnonzero(due):
             item_id, unit = changed[i], units[i].copy()  # a copy: a row view would keep all of units alive
             publish[item_id] = vectors[i]
-            self.drift.observe_update(item_id, lasts[i], unit)
+            self.drift.observe_update(item_id, lasts[i], unit, sampled=item_id in always)
             self.published[item_id] = unit
         return publish
 
@@ -601,17 +615,10 @@ class Learner:
                 if event_time is not None:
                     metrics.FRESHNESS_SECONDS.labels(since="event").observe(max(0.0, now - event_time))
 
-    def unified(self, sources: dict[str, np.ndarray], clicks: int) -> np.ndarray:
-        """Fuse the sources an item really has; with static sources present, a rarely
-        clicked item leans on them (behaviour weight grows with its clicks)."""
-        weights: dict[str, Any] = dict(self.settings.fusion_weights)
-        if len(sources) > 1:
-            weights = click_scaled_weights(weights, clicks, self.settings.clicks_for_full_weight)
-        return fuse(sources, weights)
-
-    def unified_many(self, sources: list[dict[str, np.ndarray]], clicks: np.ndarray) -> np.ndarray:
-        """:meth:`unified` of many items in one ``fuse_batch``: (n, dim), a zero row for an item
-        with no source at all."""
+    def unified(self, sources: list[dict[str, np.ndarray]], clicks: np.ndarray) -> np.ndarray:
+        """Unified vectors of many items (sources per item, clicks per item) in one ``fuse_batch``:
+        (n, dim), a zero row for an item with no source at all. With static sources present, a
+        rarely clicked item leans on them (behaviour's weight grows with its clicks)."""
         dim = self.settings.model_dim
         fused = np.zeros((len(sources), dim), dtype=np.float32)
         names = sorted({name for found in sources for name in found})

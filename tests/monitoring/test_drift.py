@@ -137,6 +137,17 @@ def test_monitor_warms_up_rotates_on_demand_tracks_predictability(clustered: dic
     expected = centred_alignment(vectors, rows)
     assert monitor.trackers["genre"].alignment() == pytest.approx(expected, rel=1e-6)
 
+    # Swept items (published because they moved past a minimum) feed the alignment sums, not
+    # the cosine change: a window of only those reads 0.0, not at least that minimum.
+    for item in items[:40]:
+        new = unit((published[item] + rng.normal(scale=0.5, size=16))[None])[0]
+        monitor.observe_update(item, published[item], new, sampled=False)
+        published[item] = new
+    signals = monitor.after_step(published, {})
+    assert signals is not None and signals["cosine_change"] == 0.0
+    vectors = np.stack([published[i] for i in items])
+    assert monitor.trackers["genre"].alignment() == pytest.approx(centred_alignment(vectors, rows), rel=1e-6)
+
     taken = monitor.reference.taken_at
     monitor.request_rotation()
     monitor.after_step(published, {})

@@ -4,6 +4,7 @@ how a new model version is aligned to the served one, and how state survives a r
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,32 @@ def test_never_clicked_item_with_attributes_is_published(tmp_path: Path, example
     genres = set(attributes[cold]["genre"])
     shared = sum(bool(genres & set(h.payload["attributes"].get("genre", []))) for h in hits)
     assert shared >= 7, f"only {shared}/10 neighbours share a genre with the cold item"
+
+
+@pytest.mark.parametrize(("records", "steps"), [([300], 1), ([200, 250, 150], 2), ([40], 1), ([700, 330], 4)])
+def test_a_round_takes_as_many_steps_as_full_batches_would(
+    tmp_path: Path, examples: list[dict], records: list[int], steps: int
+) -> None:
+    """Records arrive in whatever sizes sessionize batched; a round of them is cut into equal
+    steps of about the batch size (256), never a full batch plus a small remainder step."""
+
+    async def scenario() -> tuple[int, list[int]]:
+        store = AsyncQdrantStore(dim=32, path=tmp_path / "qdrant")
+        await store.ensure_collections()
+        learner = make_learner(tmp_path, 0, store)
+        sizes: list[int] = []
+        step = learner._step
+        learner._step = lambda batch: sizes.append(len(batch)) or step(batch)  # type: ignore[method-assign]
+        before = learner.trainer.steps
+        bounds = np.cumsum([0, *records])
+        await learner._process(
+            [("examples:0", i, examples[a:b]) for i, (a, b) in enumerate(itertools.pairwise(bounds))]
+        )
+        await learner.buffer.flush()
+        await store.close()
+        return learner.trainer.steps - before, sizes
+
+    taken, sizes = asyncio.run(scenario())
+    assert taken == steps
+    assert sum(sizes) == sum(records)
+    assert max(sizes) - min(sizes) <= 1
