@@ -63,7 +63,7 @@ SATURATION_DRAIN_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class BenchSizes:
-    pipeline_events: int = 10_000
+    pipeline_events: int = 40_000  # the no-op ceiling drains 10k in <1 s: too short to time well
     learner_examples: int = 10_000
     sink_points: int = 20_000
     sink_disk_points: int = 2_000
