@@ -394,13 +394,14 @@ class Learner:
         not with Faust's take(), which holds a partial batch until another record arrives.)"""
         records = [first]
         size = len(first[2])
+        batch = self.settings.learner_batch_size
         deadline = time.monotonic() + self.settings.learner_batch_within_seconds
-        while size < self.settings.learner_batch_size:
+        while size < batch * self.settings.learner_round_batches:
             try:
                 record = self.queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or size >= batch:  # waits only to fill one batch
                     break
                 try:
                     record = await asyncio.wait_for(self.queue.get(), timeout=remaining)

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # for cores it cannot get made tensor ops ~10x slower (docs/performance.md).
     learner_torch_threads: int = Field(default=1, ge=0)
     learner_queue_batches: int = Field(default=8, ge=1)
+    # Under backlog a round takes up to this many queued batches at once (never waiting for
+    # them): its points, drift update and sweep are done once for all its steps.
+    learner_round_batches: int = Field(default=4, ge=1)
     upsert_batch_points: int = Field(default=256, ge=1)
     # The learner hands over a whole step's items at once, so a short age limit still writes
     # full batches; a long one only adds latency.

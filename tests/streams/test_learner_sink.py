@@ -129,3 +129,23 @@ def test_a_round_takes_as_many_steps_as_full_batches_would(
     assert taken == steps
     assert sum(sizes) == sum(records)
     assert max(sizes) - min(sizes) <= 1
+
+
+def test_a_round_takes_what_is_queued_up_to_its_batches(tmp_path: Path, examples: list[dict]) -> None:
+    """Under backlog a round takes queued records up to ``learner_round_batches`` batches (its
+    points are built once for all its steps); with one batch in hand it waits for no more."""
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        store = AsyncQdrantStore(dim=32, path=tmp_path / "qdrant")
+        learner = make_learner(tmp_path, 0, store)
+        assert learner.settings.learner_round_batches * learner.settings.learner_batch_size == 1024
+        for offset in range(8):  # a backlog: 8 records of 200 examples
+            await learner.submit(("examples:0", offset, examples[200 * offset : 200 * (offset + 1)]))
+        backlog = [offset for _, offset, _ in await learner._fill_batch(await learner.queue.get())]
+        rest = [offset for _, offset, _ in await learner._fill_batch(await learner.queue.get())]
+        await store.close()
+        return backlog, rest
+
+    backlog, rest = asyncio.run(scenario())
+    assert backlog == [0, 1, 2, 3, 4, 5]  # 1,200 examples: the first count past 1,024
+    assert rest == [6, 7]  # 400 examples, more than a batch: the queue is empty, no wait
