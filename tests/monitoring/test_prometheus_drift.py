@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from monitoring.drift_scenario import ScenarioRun, run_drift_scenario
 from monitoring.prometheus_server import ALERTS_FILE, PrometheusServer, prometheus_binary
 from streams.settings import Settings
 from streams.worker import WorkerProcess, metric_total
+from tests.kafka_helpers import post_events
 
 DASHBOARDS = sorted((Path(ALERTS_FILE).parents[1] / "grafana" / "dashboards").glob("*.json"))
 METRIC_NAME = re.compile(r"\b(onevec_[a-z0-9_]+)")
@@ -37,12 +37,6 @@ if prometheus_binary() is None:
         "prometheus binary not installed (Debian package `prometheus`; .ci/run installs it)",
         allow_module_level=True,
     )
-
-
-def post_events(worker: WorkerProcess, body: bytes) -> dict[str, Any]:
-    request = urllib.request.Request(f"{worker.base_url}/events", data=body, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
-        return json.loads(response.read())
 
 
 def panel_exprs() -> list[tuple[str, str]]:
@@ -62,8 +56,8 @@ def scenario(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -
         if name != "drifted" or prometheus is None:
             return
         # Some bad input and HTTP ingestion, so the dead-letter and HTTP panels have data too.
-        answer = post_events(worker, b'{"user_id": "u1"}\nnot json\n')
-        assert answer["rejected"] == 2
+        status, answer = post_events(worker.base_url, b'{"user_id": "u1"}\nnot json\n', timeout=30)
+        assert (status, answer["rejected"]) == (200, 2)
         deadline = time.monotonic() + 30
         while metric_total(worker.metrics(), "onevec_events_rejected_total") < 2:
             assert time.monotonic() < deadline, "rejections never counted"

@@ -36,7 +36,7 @@ from streams.settings import Settings
 from streams.topics import bootstrap_servers, ensure_topics
 from streams.worker import WorkerProcess, metric_total
 from tests.conftest import isolated_settings
-from tests.kafka_helpers import wait_processed
+from tests.kafka_helpers import post_events, wait_processed
 from tests.reliability.proxies import TcpProxy, tansu_behind, tls_server_context
 
 SECRETS = {
@@ -159,12 +159,7 @@ def tls_broker(certificate) -> Iterator[str]:
 
 def post(url: str, body: bytes, token: str | None = None) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    request = urllib.request.Request(f"{url}/events", data=body, method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
+    return post_events(url, body, headers, timeout=30)[0]
 
 
 def test_worker_over_tls_with_token_and_no_secret_in_logs_or_metrics(
