@@ -10,7 +10,6 @@ treats a repeated example as harmless.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -91,7 +90,9 @@ class OnevecApp:
         }
         self.clicks = self.faust.topic(settings.clicks_topic, **raw)
         self.dlq = self.faust.topic(settings.dlq_topic, **raw)
-        self.examples = self.faust.topic(settings.examples_topic, value_serializer="json")
+        # Raw bytes: decode_examples reads them, so a record that is not JSON is dead-lettered
+        # like any other foreign record instead of being dropped by Faust's deserializer.
+        self.examples = self.faust.topic(settings.examples_topic, value_serializer="raw")
         self.sessions_closed = self.faust.topic(settings.sessions_topic, value_serializer="json")
         self.catalog = self.faust.topic(settings.catalog_topic, **raw)
         self.session_table = self.faust.Table(
@@ -264,14 +265,18 @@ class OnevecApp:
             failed.set_exception(error)
             return failed
 
-    async def _learn(self, stream: StreamT[dict[str, Any]]) -> None:
+    async def _learn(self, stream: StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message
             try:
-                examples = decode_examples(event.value)
+                raw = event.value if isinstance(event.value, bytes) else b""
+                examples = decode_examples(raw)
             except ValueError as error:
-                # Only onevec writes this topic; a foreign record is skipped, loudly.
-                log.error("skipping examples record %s:%d: %s", message.partition, message.offset, error)
+                # Only onevec writes this topic: a foreign record is dead-lettered (counted, with
+                # its original bytes and the reason), not learned and not a stop.
+                log.error("examples record %s:%d dead-lettered: %s", message.partition, message.offset, error)
+                rejection = Rejection("bad_examples_record", str(error))
+                await self.send_dead_letter(message.key, raw, rejection, stage="learn")
                 continue
             await self.learner.submit((f"{message.topic}:{message.partition}", message.offset, examples))
 
@@ -392,9 +397,13 @@ def read_committed_gap(
             while reader.position(tp) < end and empty_polls < 5:
                 records = reader.poll(timeout_ms=1000).get(tp, [])
                 empty_polls = 0 if records else empty_polls + 1
-                gap.extend(
-                    (key, r.offset, decode_examples(json.loads(r.value))) for r in records if r.offset < end
-                )
+                for record in records:
+                    if record.offset >= end:
+                        continue
+                    try:
+                        gap.append((key, record.offset, decode_examples(record.value)))
+                    except ValueError as error:  # the agent dead-lettered it when it took it
+                        log.error("examples record %s:%d not learned: %s", key, record.offset, error)
     finally:
         group.close()
         reader.close()

@@ -28,9 +28,14 @@ def encode_examples(examples: Sequence[dict[str, Any]], max_bytes: int) -> list[
     return encode_examples(examples[:half], max_bytes) + encode_examples(examples[half:], max_bytes)
 
 
-def decode_examples(value: Any) -> list[dict[str, Any]]:
-    """The examples of one record (its JSON already decoded). A record of an older onevec (one
-    bare example per record) is read as a batch of one, so a rolling upgrade needs no migration."""
+def decode_examples(raw: bytes) -> list[dict[str, Any]]:
+    """The examples of one record value (ValueError when it is not one). A record of an older
+    onevec (one bare example per record) is read as a batch of one, so a rolling upgrade needs
+    no migration."""
+    try:
+        value = json.loads(raw)
+    except ValueError as error:  # not UTF-8, or not JSON
+        raise ValueError(f"not an examples record: {error}") from None
     if isinstance(value, dict) and isinstance(value.get("examples"), list):
         return value["examples"]
     if isinstance(value, dict) and "item_id" in value:

@@ -63,7 +63,7 @@ def read_examples(
     least ``expect`` examples arrived and ``until`` holds on them."""
 
     def flat(records: list[ConsumerRecord]) -> list[dict]:
-        return [e for r in records for e in decode_examples(json.loads(r.value))]
+        return [e for r in records for e in decode_examples(r.value)]
 
     def enough(records: list[ConsumerRecord]) -> bool:
         examples = flat(records)
