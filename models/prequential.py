@@ -68,7 +68,7 @@ def target_ranks(
     chunk_items: int = 65_536,
     sessions: np.ndarray | None = None,
     matrix: np.ndarray | None = None,
-    exclude: Sequence[np.ndarray] | None = None,
+    exclude: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[int | None]:
     """Rank (1-based, None beyond ``k``) of each target among all known items, scored by the
     inner product with its session vector, the prefix's own items excluded. One matrix
@@ -80,7 +80,7 @@ def target_ranks(
     step computed *before* updating, so the model is scored as it was before it learned. Items
     beyond ``matrix``'s rows (added by that step) count as unseen. ``exclude`` gives each
     prefix's item rows when the caller has them already (the step mapped them), instead of
-    looking every prefix item up again."""
+    looking every prefix item up again: (prefix position, item row) pairs."""
     if not prefixes:
         return []
     vocab = trainer.item_encoder.item_vocab  # rows of the item matrix
@@ -113,28 +113,31 @@ def target_ranks(
             target_scores[inside] = block[rows[inside], own[inside] - start]
             if len(starts) == 1:
                 kept[start] = block
-    # Never counted as ranking above the target: the target itself and the prefix's items.
+    # Never counted as ranking above the target: the prefix's items (the target is not above
+    # itself). They are cleared in the "above the target" mask; the score block is not copied.
     if exclude is None:
         excluded = [
             np.array([row for row in map(vocab.get, prefixes[i]) if row is not None], dtype=np.int64)
             for i in scored
         ]
+        which = np.repeat(rows, [len(rows_of) for rows_of in excluded])
+        excluded_rows = np.concatenate([np.zeros(0, dtype=np.int64), *excluded])
     else:
-        excluded = [np.asarray(exclude[i], dtype=np.int64) for i in scored]
-    lengths = [len(rows_of) for rows_of in excluded]
-    skip_row = np.concatenate([np.arange(len(scored)), np.repeat(np.arange(len(scored)), lengths)])
-    skip_column = np.concatenate([own, *excluded])
-    inside_matrix = skip_column < known  # items the step added are not in the matrix
-    skip_row, skip_column = skip_row[inside_matrix], skip_column[inside_matrix]
+        which, excluded_rows = (np.asarray(a, dtype=np.int64) for a in exclude)
+    position = np.full(len(prefixes), -1, dtype=np.int64)  # prefix -> its row among the scored
+    position[rows] = np.arange(len(scored))
+    mine = (position[which] >= 0) & (excluded_rows < known)  # items the step added are not ranked
+    skip_row, skip_column = position[which[mine]], excluded_rows[mine]
     above = np.zeros(len(scored), dtype=np.int64)
     for start in starts:
-        # Rows of the scored examples only. Items tied with the target (equal vectors) are
-        # not above it; with several chunks rounding may still split such a tie differently.
+        # Items tied with the target (equal vectors) are not above it; with several chunks
+        # rounding may still split such a tie differently.
         full = kept.pop(start, None)
-        block = (sessions @ matrix[start : start + chunk_items].T if full is None else full)[rows]
-        inside = (skip_column >= start) & (skip_column < start + block.shape[1])
-        block[skip_row[inside], skip_column[inside] - start] = -np.inf
-        above += (block > target_scores[:, None]).sum(1)
+        block = sessions @ matrix[start : start + chunk_items].T if full is None else full
+        higher = (block if len(rows) == len(block) else block[rows]) > target_scores[:, None]
+        inside = (skip_column >= start) & (skip_column < start + higher.shape[1])
+        higher[skip_row[inside], skip_column[inside] - start] = False
+        above += np.count_nonzero(higher, axis=1)
     for position, i in enumerate(scored):
         rank = int(above[position]) + 1
         ranks[i] = rank if rank <= k else None

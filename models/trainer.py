@@ -70,11 +70,22 @@ class OnlineTrainer:
         self.steps += 1
         return LearnedStep(loss.item(), sessions.numpy(), prepared.prefix.numpy(), prepared.lengths.numpy())
 
-    def prefix_rows(self, step: LearnedStep, position: int, prefix: Sequence[str]) -> np.ndarray:
-        """The item rows of one record's whole prefix: from the step when it read all of it."""
-        if len(prefix) <= self.config.max_prefix:
-            return step.prefix[position, : step.lengths[position]]
-        return np.asarray(self.item_encoder.known_rows(prefix), dtype=np.int64)
+    def prefix_pairs(
+        self, step: LearnedStep, positions: Sequence[int], prefixes: Sequence[Sequence[str]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The item rows of these records' whole prefixes as (index into ``positions``, item row)
+        pairs: read off the step's padded prefix matrix in one go, except for prefixes longer than
+        the window the step read (looked up)."""
+        chosen = np.asarray(positions, dtype=np.int64)
+        lengths = step.lengths[chosen]
+        where, column = np.nonzero(np.arange(step.prefix.shape[1])[None, :] < lengths[:, None])
+        which, rows = [where], [step.prefix[chosen[where], column]]
+        for index, prefix in enumerate(prefixes):
+            if len(prefix) > self.config.max_prefix:
+                known = np.asarray(self.item_encoder.known_rows(prefix), dtype=np.int64)
+                which.append(np.full(len(known), index, dtype=np.int64))
+                rows.append(known)
+        return np.concatenate(which), np.concatenate(rows).astype(np.int64, copy=False)
 
     def encode_items(self, item_ids: Sequence[str]) -> np.ndarray:
         return self.item_encoder.encode_items(item_ids)

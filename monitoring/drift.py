@@ -368,7 +368,7 @@ class DriftMonitor:
         moved = [(old, new) for _, old, new, sampled in self._updates if sampled and old is not None]
         self._updates = []
         if moved:
-            olds, news = np.stack([o for o, _ in moved]), np.stack([n for _, n in moved])
+            olds, news = np.array([o for o, _ in moved]), np.array([n for _, n in moved])
             self.cosine_changes.extend((1.0 - np.einsum("ij,ij->i", olds, news)).tolist())
         for space in self.spaces:
             labelled = [(space.rows[i], old, new) for i, old, new in updates if i in space.rows]
@@ -376,11 +376,11 @@ class DriftMonitor:
             changed = [(row, old, new) for row, old, new in labelled if old is not None]
             tracker = self.trackers[space.name]
             if added:
-                tracker.add_many(np.stack([n for _, n in added]), np.stack([r for r, _ in added]))
+                tracker.add_many(np.array([n for _, n in added]), np.array([r for r, _ in added]))
             if changed:
-                rows = np.stack([r for r, _, _ in changed])
+                rows = np.array([r for r, _, _ in changed])
                 tracker.replace_many(
-                    np.stack([o for _, o, _ in changed]), np.stack([n for _, _, n in changed]), rows
+                    np.array([o for _, o, _ in changed]), np.array([n for _, _, n in changed]), rows
                 )
 
     def observe_step(self, loss: float | None, hits: Sequence[bool], examples: int) -> None:

@@ -64,13 +64,6 @@ Record = tuple[str, int, list[dict[str, Any]]]
 
 
 @dataclass
-class StepResult:
-    loss: float
-    items: dict[str, np.ndarray]  # changed item -> behaviour vector
-    sessions: dict[str, tuple[list[str], np.ndarray]]  # session -> (items, live vector)
-
-
-@dataclass
 class Published:
     """What one learning round hands to Qdrant, built on the learner thread (validation,
     fusion and point building are per-item work that would otherwise stall the event loop)."""
@@ -412,15 +405,18 @@ class Learner:
         return records
 
     async def learn_records(self, records: list[Record]) -> None:
-        """Learn examples records directly, in rounds of at least ``learner_batch_size``
-        examples: for records that do not come through the queue (those taken after the
-        last checkpoint)."""
+        """Learn examples records directly, for records that do not come through the queue
+        (those taken after the last checkpoint). They are a backlog, so they go in rounds as
+        large as a queued backlog makes (see :meth:`_fill_batch`)."""
+        most = self.settings.learner_batch_size * self.settings.learner_round_batches
         group: list[Record] = []
+        size = 0
         for record in records:
             group.append(record)
-            if sum(len(examples) for _, _, examples in group) >= self.settings.learner_batch_size:
+            size += len(record[2])
+            if size >= most:
                 await self._process(group)
-                group = []
+                group, size = [], 0
         if group:
             await self._process(group)
 
@@ -442,24 +438,33 @@ class Learner:
 
     def _learn(self, examples: list[dict[str, Any]]) -> Published:
         """On the learner thread: micro-batches of about ``learner_batch_size`` examples, each
-        scored and learned; then the points of what changed, latest vectors only."""
+        scored and learned; then, once per round, the points of what changed."""
         # A round is whole records (their offsets are what a checkpoint covers), so it rarely
         # is a multiple of the batch size. Equal steps, as many as full batches would make:
         # a small remainder step would move the model as far as a full one (the loss is a
         # mean), and such extra steps made a stationary replay look like drift.
         steps = max(1, round(len(examples) / self.settings.learner_batch_size))
         bounds = np.linspace(0, len(examples), steps + 1).round().astype(int)
-        items: dict[str, np.ndarray] = {}
-        sessions: dict[str, tuple[list[str], np.ndarray]] = {}
-        losses = []
-        for start, end in itertools.pairwise(bounds.tolist()):
-            step = self._step(examples[start:end])
-            items.update(step.items)
-            sessions.update(step.sessions)
-            losses.append(step.loss)
+        known_before = len(self.trainer.item_encoder.item_vocab)
+        losses = [self._step(examples[start:end]) for start, end in itertools.pairwise(bounds.tolist())]
+        for example in examples:
+            if not example.get("duplicate"):
+                self.event_counts[example["item_id"]] += 1
+        # Sessions and items are encoded once per round, after its last step: a round's points
+        # carry the latest vectors only, and the drift monitor sees exactly what Qdrant gets.
+        sessions = {e["session_id"]: [*e["prefix"], e["item_id"]] for e in examples}
+        session_vectors = self._served(self.trainer.encode_sessions(list(sessions.values())))
+        clicked = {e["item_id"] for e in examples}
+        items = self._material_changes(*self._due_items(clicked, known_before))
         self._update_drift()
         users = {e["session_id"]: e["user_id"] for e in examples}
-        return self._published(float(np.mean(losses)) if losses else 0.0, items, sessions, users)
+        live = zip(sessions.items(), session_vectors, strict=True)
+        return self._published(
+            float(np.mean(losses)) if losses else 0.0,
+            items,
+            {sid: (kept, vector) for (sid, kept), vector in live},
+            users,
+        )
 
     def _published(
         self,
@@ -487,9 +492,9 @@ class Learner:
             log.error("session %r not published: %s", sid, reason)
         return Published(loss=loss, items=item_points, sessions=session_points)
 
-    def _step(self, examples: list[dict[str, Any]]) -> StepResult:
+    def _step(self, examples: list[dict[str, Any]]) -> float:
         """Learn (train) and score (test) with the model as it was before the step; runs on
-        the learner thread."""
+        the learner thread. Returns the step's loss."""
         # The training forward pass computes every prefix's session vector with the model as
         # it was before the step: scoring reuses those and the item vectors taken before it.
         fresh = [e for e in examples if not e.get("duplicate")]  # the rows of those vectors
@@ -500,34 +505,22 @@ class Learner:
         known_before = len(self.trainer.item_encoder.item_vocab)
         matrix = self.trainer.item_encoder.item_matrix().numpy() if scored and known_before else None
         step = self.trainer.learn_with_sessions(examples)
-        loss = step.loss
+        prefixes = [fresh[i]["prefix"] for i in scored]
         ranks = target_ranks(
             self.trainer,
-            [fresh[i]["prefix"] for i in scored],
+            prefixes,
             [fresh[i]["item_id"] for i in scored],
             sessions=step.sessions[scored],
             matrix=matrix,
-            exclude=[self.trainer.prefix_rows(step, i, fresh[i]["prefix"]) for i in scored],
+            exclude=self.trainer.prefix_pairs(step, scored, prefixes),
         )
         for rank in ranks:
             self.score.add(rank)
         metrics.PREQUENTIAL_SCORED.set(self.score.scored)
         metrics.PREQUENTIAL_HITS.set(self.score.hits)
         metrics.PREQUENTIAL_RR.set(self.score.reciprocal_rank)
-        for example in examples:
-            if not example.get("duplicate"):
-                self.event_counts[example["item_id"]] += 1
-        clicked = {e["item_id"] for e in examples}
-        sessions = {e["session_id"]: [*e["prefix"], e["item_id"]] for e in examples}
-        session_ids = list(sessions)
-        session_vectors = self._served(self.trainer.encode_sessions([sessions[sid] for sid in session_ids]))
-        items = self._material_changes(*self._due_items(clicked, known_before))
-        self.drift.observe_step(loss, [rank is not None for rank in ranks], len(examples))
-        return StepResult(
-            loss=loss,
-            items=items,
-            sessions={sid: (sessions[sid], v) for sid, v in zip(session_ids, session_vectors, strict=True)},
-        )
+        self.drift.observe_step(step.loss, [rank is not None for rank in ranks], len(examples))
+        return step.loss
 
     def _due_items(self, clicked: set[str], known_before: int) -> tuple[list[str], set[str]]:
         """(items to consider publishing, items to publish whatever they moved).
@@ -583,7 +576,7 @@ class Learner:
         seen = np.flatnonzero(~due)
         if len(seen):
             # One batched cosine for all published items instead of one numpy call per item.
-            previous = np.stack([lasts[i] for i in seen])
+            previous = np.array([lasts[i] for i in seen])
             moved = 1.0 - np.einsum("ij,ij->i", units[seen], previous) > self.settings.upsert_min_change
             due[seen[moved]] = True
         publish = {}
@@ -629,7 +622,7 @@ class Learner:
         for name in names:
             matrix = np.zeros((len(sources), dim), dtype=np.float32)
             rows = [row for row, found in enumerate(sources) if name in found]
-            matrix[rows] = np.stack([sources[row][name] for row in rows])
+            matrix[rows] = np.array([sources[row][name] for row in rows])
             matrices[name] = matrix
         weights: dict[str, Any] = dict(self.settings.fusion_weights)
         several = np.array([len(found) > 1 for found in sources])

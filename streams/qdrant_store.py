@@ -223,7 +223,7 @@ def _checked_rows(
     good = [i for i, v in enumerate(values) if v.shape == (dim,)]
     if not good:
         return rows, rejected
-    matrix = np.stack([values[i] for i in good])
+    matrix = np.array([values[i] for i in good])
     finite = np.isfinite(matrix).all(axis=1)
     norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
     for i, row, ok, norm in zip(good, matrix.tolist(), finite, norms, strict=True):
