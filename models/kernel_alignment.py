@@ -18,11 +18,13 @@ vector and adds the new one, in O(d^2 + d c) and independent of the number of it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 __all__ = ["AlignmentTracker", "centred_alignment", "label_matrix"]
+
+_CHUNK = 65_536  # rows converted to float64 at a time by the batch updates
 
 Label = int | Sequence[float] | np.ndarray
 
@@ -175,28 +177,33 @@ class AlignmentTracker:
 
     def add_many(self, vectors: np.ndarray, labels: np.ndarray) -> None:
         """Count k new items at once: (k, d) vectors and (k, c) 0/1 label rows."""
-        e, y = self._rows(vectors, labels)
-        self.sum_e += e.sum(0)
-        self.sum_y += y.sum(0)
-        self.ee += e.T @ e
-        self.ey += e.T @ y
-        self.yy += y.T @ y
-        self.n += len(e)
+        for e, y in self._chunks(vectors, labels):
+            self.sum_e += e.sum(0)
+            self.sum_y += y.sum(0)
+            self.ee += e.T @ e
+            self.ey += e.T @ y
+            self.yy += y.T @ y
+            self.n += len(e)
 
     def replace_many(self, old: np.ndarray, new: np.ndarray, labels: np.ndarray) -> None:
         """k items' vectors changed from ``old`` to ``new`` (both (k, d)); labels (k, c) unchanged."""
-        old_e, y = self._rows(old, labels)
-        new_e, _ = self._rows(new, labels)
-        self.sum_e += (new_e - old_e).sum(0)
-        self.ee += new_e.T @ new_e - old_e.T @ old_e
-        self.ey += (new_e - old_e).T @ y
+        if len(old) != len(new):
+            raise ValueError(f"{len(old)} old vectors but {len(new)} new ones")
+        for (old_e, y), (new_e, _) in zip(self._chunks(old, labels), self._chunks(new, labels), strict=True):
+            self.sum_e += (new_e - old_e).sum(0)
+            self.ee += new_e.T @ new_e - old_e.T @ old_e
+            self.ey += (new_e - old_e).T @ y
 
-    def _rows(self, vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        e = np.asarray(vectors, dtype=np.float64).reshape(-1, self.dim)
-        y = np.asarray(labels, dtype=np.float64).reshape(-1, self.num_labels)
-        if len(e) != len(y):
-            raise ValueError(f"{len(e)} vectors but {len(y)} label rows")
-        return e, y
+    def _chunks(self, vectors: np.ndarray, labels: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(vectors, labels) as float64 blocks of at most ``_CHUNK`` rows: the float64 copies of a
+        whole catalogue (1M x 100 labels) would be gigabytes."""
+        vectors = np.asarray(vectors).reshape(-1, self.dim)
+        labels = np.asarray(labels).reshape(-1, self.num_labels)
+        if len(vectors) != len(labels):
+            raise ValueError(f"{len(vectors)} vectors but {len(labels)} label rows")
+        for start in range(0, len(vectors), _CHUNK):
+            end = start + _CHUNK
+            yield vectors[start:end].astype(np.float64), labels[start:end].astype(np.float64)
 
     def alignment(self) -> float:
         """The current centred alignment, in [0, 1] (0.0 with fewer than two items)."""

@@ -302,9 +302,11 @@ class LabelSpace:
                 values[item_id] = found
         frequent = Counter(v for vs in values.values() for v in vs).most_common(max_classes)
         self.classes = {value: column for column, (value, _) in enumerate(frequent)}
+        # 0/1 rows as uint8, not float64: one per labelled item, so at 1M items the difference
+        # is 700 MB per label (the tracker converts a chunk at a time).
         self.rows: dict[str, np.ndarray] = {}
         for item_id, found in values.items():
-            row = np.zeros(len(self.classes))
+            row = np.zeros(len(self.classes), dtype=np.uint8)
             columns = [self.classes[v] for v in found if v in self.classes]
             if columns:
                 row[columns] = 1.0
@@ -455,7 +457,7 @@ class DriftMonitor:
             labelled = [item_id for item_id in current if item_id in space.rows]
             if labelled:
                 tracker.add_many(
-                    np.stack([current[i] for i in labelled]), np.stack([space.rows[i] for i in labelled])
+                    np.array([current[i] for i in labelled]), np.array([space.rows[i] for i in labelled])
                 )
             self.trackers[space.name] = tracker
         log.warning(

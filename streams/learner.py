@@ -498,11 +498,15 @@ class Learner:
         # The training forward pass computes every prefix's session vector with the model as
         # it was before the step: scoring reuses those and the item vectors taken before it.
         fresh = [e for e in examples if not e.get("duplicate")]  # the rows of those vectors
-        rate = self.settings.prequential_sample_rate
-        scored = [
-            i for i, e in enumerate(fresh) if e.get("prefix") and (rate >= 1 or self._rng.random() < rate)
-        ]
         known_before = len(self.trainer.item_encoder.item_vocab)
+        rate = self.settings.prequential_sample_rate
+        budget = self.settings.prequential_item_budget
+        # Whole steps are sampled above the budget: an unscored step needs no item matrix.
+        scored = []
+        if known_before <= budget or self._rng.random() < budget / known_before:
+            scored = [
+                i for i, e in enumerate(fresh) if e.get("prefix") and (rate >= 1 or self._rng.random() < rate)
+            ]
         matrix = self.trainer.item_encoder.item_matrix().numpy() if scored and known_before else None
         step = self.trainer.learn_with_sessions(examples)
         prefixes = [fresh[i]["prefix"] for i in scored]

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     # Share of examples the live prequential HR@20 / MRR@20 is measured on (test-then-train:
     # a ranking over every item per example, the learner's largest cost after training).
     prequential_sample_rate: float = Field(default=1.0, gt=0, le=1)
+    # Catalogue size up to which every learner step is scored. Above it a step is scored with
+    # probability budget / known items (every example alike, so HR/MRR stay unbiased): a
+    # step's ranking and its full item matrix grow with the catalogue, and at 1M items they
+    # were most of a learner step. Scoring then costs about the same per example at any size.
+    prequential_item_budget: int = Field(default=50_000, ge=1)
     checkpoint_interval_seconds: float = Field(default=30.0, gt=0)
     fusion_weights: dict[str, float] = {"behaviour": 1.0, "text": 1.0, "image": 1.0}
     clicks_for_full_weight: float = Field(default=20.0, gt=0)  # behaviour's full share in fusion

@@ -97,7 +97,11 @@ def test_degenerate_inputs_give_zero_and_bad_inputs_raise() -> None:
         AlignmentTracker(3, 2).remove(np.ones(3), 0)
 
 
-def test_batched_updates_equal_single_ones() -> None:
+@pytest.mark.parametrize("chunk", [7, 65_536])
+def test_batched_updates_equal_single_ones(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """Also when the batch is converted in several chunks (uint8 labels, as the drift monitor
+    keeps them)."""
+    monkeypatch.setattr(kernel_alignment, "_CHUNK", chunk)
     rng = np.random.default_rng(6)
     vectors, labels = rng.normal(size=(50, 5)), label_matrix(rng.integers(0, 3, size=50), 3)
     moved = vectors + rng.normal(scale=0.3, size=vectors.shape)
@@ -105,8 +109,8 @@ def test_batched_updates_equal_single_ones() -> None:
     for vector, new, row in zip(vectors, moved, labels, strict=True):
         single.add(vector, row)
         single.replace(vector, new, row)
-    batched.add_many(vectors, labels)
-    batched.replace_many(vectors, moved, labels)
+    batched.add_many(vectors, labels.astype(np.uint8))
+    batched.replace_many(vectors, moved, labels.astype(np.uint8))
     assert batched.n == single.n == 50
     assert batched.alignment() == pytest.approx(single.alignment(), rel=1e-9)
     assert batched.alignment() == pytest.approx(centred_alignment(moved, labels), rel=1e-9)

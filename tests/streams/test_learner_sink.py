@@ -149,3 +149,29 @@ def test_a_round_takes_what_is_queued_up_to_its_batches(tmp_path: Path, examples
     backlog, rest = asyncio.run(scenario())
     assert backlog == [0, 1, 2, 3, 4, 5]  # 1,200 examples: the first count past 1,024
     assert rest == [6, 7]  # 400 examples, more than a batch: the queue is empty, no wait
+
+
+def test_prequential_scores_whole_steps_above_the_item_budget(tmp_path: Path, examples: list[dict]) -> None:
+    """Up to ``prequential_item_budget`` known items every step is scored; above it, whole steps
+    are sampled with probability budget / known items (no item matrix for the others)."""
+
+    def scored_steps(budget: int) -> tuple[int, int, list[int]]:
+        path = tmp_path / f"budget-{budget}"
+        settings = Settings(data_dir=path, model_dim=32, prequential_item_budget=budget)
+        learner = Learner(settings, AsyncQdrantStore(dim=32), None)
+        per_step: list[int] = []
+        for start in range(0, 10_240, 256):
+            before = learner.score.scored
+            learner._learn(examples[start : start + 256])
+            per_step.append(learner.score.scored - before)
+        return learner.score.scored, len(learner.trainer.item_encoder.item_vocab), per_step
+
+    everything, known, all_steps = scored_steps(10_000)
+    assert known < 10_000 and all(all_steps[1:])  # under the budget: every step scored
+    sampled, _, steps = scored_steps(300)
+    # The first step starts from an empty model (nothing known, nothing ranked); after it
+    # the catalogue is past 300 items, so about 300/known of the steps are scored.
+    chosen = [i for i, n in enumerate(steps) if n]
+    assert 0 < sampled < everything / 2, (sampled, everything)
+    assert all(steps[i] == all_steps[i] for i in chosen), "a scored step scores all its examples"
+    assert 2 <= len(chosen) <= 25, chosen
