@@ -356,7 +356,8 @@ class DriftMonitor:
         self, item_id: str, old: np.ndarray | None, new: np.ndarray, sampled: bool = True
     ) -> None:
         """One item's served unit vector changed from ``old`` (None: first publish) to ``new``.
-        Only queued here; applied in one batch per micro-batch (see :meth:`_apply_updates`).
+        Only queued here; applied in one batch by the next :meth:`after_step` (see
+        :meth:`_apply_updates`).
         ``sampled=False``: the item was published *because* it moved more than some minimum
         (a sweep of items nobody clicked); it updates the alignment sums but not
         ``cosine_change``, whose mean it would bias upwards (a window of only such upserts

@@ -389,7 +389,7 @@ class Learner:
         size = len(first[2])
         batch = self.settings.learner_batch_size
         deadline = time.monotonic() + self.settings.learner_batch_within_seconds
-        while size < batch * self.settings.learner_round_batches:
+        while size < self.settings.learner_round_examples:
             try:
                 record = self.queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -408,13 +408,12 @@ class Learner:
         """Learn examples records directly, for records that do not come through the queue
         (those taken after the last checkpoint). They are a backlog, so they go in rounds as
         large as a queued backlog makes (see :meth:`_fill_batch`)."""
-        most = self.settings.learner_batch_size * self.settings.learner_round_batches
         group: list[Record] = []
         size = 0
         for record in records:
             group.append(record)
             size += len(record[2])
-            if size >= most:
+            if size >= self.settings.learner_round_examples:
                 await self._process(group)
                 group, size = [], 0
         if group:

@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     def static_path(self) -> Path:
         return self.static_dir or self.data_dir / "static"
 
+    @property
+    def learner_round_examples(self) -> int:
+        """Most examples a learner round takes from a backlog (then it stops adding records)."""
+        return self.learner_batch_size * self.learner_round_batches
+
     # Drift and predictability monitoring (monitoring/drift.py, docs/monitoring.md).
     drift_window_seconds: float = Field(default=60.0, gt=0)
     drift_reference_seconds: float = Field(default=3600.0, ge=0)  # reference rotation; 0 = on demand only
