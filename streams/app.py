@@ -62,7 +62,7 @@ class OnevecApp:
         self.settings = settings
         servers = ";".join(f"kafka://{s}" for s in bootstrap_servers(settings, broker_url))
         self.faust = faust.App(
-            settings.app_id,
+            settings.group_id,
             broker=servers,
             store="memory://",
             autodiscover=False,
@@ -95,39 +95,48 @@ class OnevecApp:
         self.examples = self.faust.topic(settings.examples_topic, value_serializer="raw")
         self.sessions_closed = self.faust.topic(settings.sessions_topic, value_serializer="json")
         self.catalog = self.faust.topic(settings.catalog_topic, **raw)
-        self.session_table = self.faust.Table(
-            "sessions",
-            default=None,
-            partitions=settings.partitions,
-            # JSON keys: str keys come back as str after changelog recovery (raw gives bytes).
-            schema=faust.Schema(key_serializer="json", value_serializer="json"),
-        )
-        self.session_store = ChangelogBatchStore(self.session_table)
-        self.book = SessionBook(
-            self.session_store,
-            SessionWindow(
-                gap=settings.session_gap_seconds,
-                max_items=settings.max_session_items,
-                max_open=settings.max_open_sessions,
-            ),
-        )
+        # Which half of the pipeline this process runs (Settings.role): each part below
+        # exists only in the role that uses it, so a learn worker never joins the session
+        # table's changelog and an ingest worker never opens Qdrant.
+        self.session_table: Any = None
+        self.learner: Learner | None = None
         self.partitions: set[int] = set()
-        self.store = AsyncQdrantStore(
-            dim=settings.model_dim,
-            url=settings.qdrant_url or None,
-            api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-            https=settings.qdrant_https,
-            path=None if settings.qdrant_url or not settings.qdrant_path else settings.qdrant_path,
-        )
-        attributes = load_attributes(settings.catalog) if settings.catalog else {}
-        self.learner = Learner(settings, self.store, attributes)
-        self._covered_offsets = self.learner.restore()  # example offsets the checkpoint covers
-        self.faust.agent(self.clicks, name="sessionize")(self._sessionize)
-        self.faust.agent(self.examples, name="learn")(self._learn)
-        self.faust.agent(self.catalog, name="catalog")(self._catalog)
-        self._store_ready = asyncio.Event()  # the catalogue agent writes only after publish_all
+        # The partitions a worker reports as its own (readiness): its first stage's input.
+        self.input_topic = settings.clicks_topic if settings.runs_sessions else settings.examples_topic
+        if settings.runs_sessions:
+            self.session_table = self.faust.Table(
+                "sessions",
+                default=None,
+                partitions=settings.partitions,
+                # JSON keys: str keys come back as str after changelog recovery (raw gives bytes).
+                schema=faust.Schema(key_serializer="json", value_serializer="json"),
+            )
+            self.session_store = ChangelogBatchStore(self.session_table)
+            self.book = SessionBook(
+                self.session_store,
+                SessionWindow(
+                    gap=settings.session_gap_seconds,
+                    max_items=settings.max_session_items,
+                    max_open=settings.max_open_sessions,
+                ),
+            )
+            self.faust.agent(self.clicks, name="sessionize")(self._sessionize)
+        if settings.runs_learner:
+            self.store = AsyncQdrantStore(
+                dim=settings.model_dim,
+                url=settings.qdrant_url or None,
+                api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+                https=settings.qdrant_https,
+                path=None if settings.qdrant_url or not settings.qdrant_path else settings.qdrant_path,
+            )
+            attributes = load_attributes(settings.catalog) if settings.catalog else {}
+            self.learner = Learner(settings, self.store, attributes)
+            self._covered_offsets = self.learner.restore()  # example offsets the checkpoint covers
+            self.faust.agent(self.examples, name="learn")(self._learn)
+            self.faust.agent(self.catalog, name="catalog")(self._catalog)
+            self._store_ready = asyncio.Event()  # the catalogue agent writes only after publish_all
+            self.faust.task(self._run_learner)
         self._rng = random.Random()  # send-retry jitter
-        self.faust.task(self._run_learner)
         self.faust.timer(interval=LAG_INTERVAL_SECONDS)(self._report_lag)
         self.faust.on_before_shutdown.connect(self._on_shutdown)
         self.faust.on_partitions_assigned.connect(self._on_assigned)
@@ -325,14 +334,17 @@ class OnevecApp:
         queue in between counts as lag)."""
         consumer = self.faust.consumer
         committed = self.faust.monitor.tp_committed_offsets
-        lag = {"sessionize": 0, "learn": 0}
+        # Only the stages this worker runs: a split deployment's other worker reports the rest.
+        lag = ({"sessionize": 0} if self.settings.runs_sessions else {}) | (
+            {"learn": 0} if self.learner is not None else {}
+        )
         for tp in consumer.assignment():
             end = consumer.highwater(tp)
             if end is None:
                 continue
             if tp.topic == self.settings.clicks_topic:
                 done, stage = committed.get(tp) or 0, "sessionize"
-            elif tp.topic == self.settings.examples_topic:
+            elif tp.topic == self.settings.examples_topic and self.learner is not None:
                 done, stage = self.learner.offsets.get(f"{tp.topic}:{tp.partition}", -1) + 1, "learn"
             else:
                 continue
@@ -341,10 +353,11 @@ class OnevecApp:
             metrics.CONSUMER_LAG.labels(stage=stage).set(value)
 
     async def _on_shutdown(self, sender: Any, **_: Any) -> None:
-        await self.learner.close()
+        if self.learner is not None:
+            await self.learner.close()
 
     async def _on_assigned(self, sender: Any, assigned: set[Any], **_: Any) -> None:
-        self.partitions |= {tp.partition for tp in assigned if tp.topic == self.settings.clicks_topic}
+        self.partitions |= {tp.partition for tp in assigned if tp.topic == self.input_topic}
         # Readiness (what WorkerProcess.wait_ready waits for) is reported once Faust has
         # restored the tables and sought the streams to their committed offsets.
         recovery = self.faust.tables.recovery
@@ -357,9 +370,10 @@ class OnevecApp:
 
     async def _on_revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
         for tp in revoked:
-            if tp.topic == self.settings.clicks_topic:
+            if tp.topic == self.input_topic:
                 self.partitions.discard(tp.partition)
-                self.book.forget_partition(tp.partition)
+                if self.settings.runs_sessions:
+                    self.book.forget_partition(tp.partition)
         metrics.WORKER_PARTITIONS.set(len(self.partitions))
 
 
@@ -380,7 +394,7 @@ def read_committed_gap(
     servers = bootstrap_servers(settings)
     security = settings.kafka_client_options()
     group = KafkaConsumer(
-        bootstrap_servers=servers, group_id=settings.app_id, enable_auto_commit=False, **security
+        bootstrap_servers=servers, group_id=settings.group_id, enable_auto_commit=False, **security
     )
     reader = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, **security)
     gap: list[tuple[str, int, list[dict[str, Any]]]] = []

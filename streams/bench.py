@@ -577,27 +577,83 @@ def _bench_settings(settings: Settings, broker_url: str, data_dir: Path) -> Sett
     )
 
 
+# The worker layouts the stream sections run: one process with both halves, and the split
+# (Settings.role) that gives the sessions and the learner a core and an interpreter each.
+LAYOUTS: tuple[tuple[str, ...], ...] = (("all",), ("ingest", "learn"))
+
+
+def _layout_label(roles: tuple[str, ...]) -> str:
+    return "" if roles == ("all",) else f", {' + '.join(roles)} workers"
+
+
+class _Workers:
+    """The worker processes of one layout, on one broker: metrics are summed over them and
+    lookups go to the one that runs the learner."""
+
+    def __init__(self, settings: Settings, roles: tuple[str, ...]) -> None:
+        from streams.worker import WorkerProcess
+
+        self.workers = [
+            WorkerProcess(settings.model_copy(update={"role": role}), settings.broker_url) for role in roles
+        ]
+        self.learner = self.workers[-1]  # "all" or "learn"
+
+    @property
+    def base_url(self) -> str:
+        return self.learner.base_url
+
+    @property
+    def log_path(self) -> str:
+        return ", ".join(str(worker.log_path) for worker in self.workers)
+
+    def start(self, ready_timeout: float) -> None:
+        for worker in self.workers:
+            worker.start(ready_timeout=ready_timeout)
+
+    def metrics(self) -> dict[str, float]:
+        summed: dict[str, float] = {}
+        for worker in self.workers:
+            for name, value in worker.metrics().items():
+                summed[name] = summed.get(name, 0.0) + value
+        return summed
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
 def bench_stream(ctx: _Context, pipeline: bool, freshness: bool) -> None:
     from deploy.embedded_broker import EmbeddedBroker
 
     embedded = EmbeddedBroker(host=ctx.settings.bind_host) if ctx.settings.embedded else None
     with embedded if embedded is not None else contextlib.nullcontext(), tempfile.TemporaryDirectory() as tmp:
         broker_url = embedded.url if embedded is not None else ctx.settings.broker_url
-        settings = _bench_settings(ctx.settings, broker_url, Path(tmp) / "data")
-        _run_stream(ctx, settings, pipeline, freshness)
+        noop: list[float] = []  # measured once, on the first layout's topic: the same events
+        for number, roles in enumerate(LAYOUTS):
+            # Topics and an app id of its own per layout: the second starts from nothing too.
+            settings = _bench_settings(ctx.settings, broker_url, Path(tmp) / f"data-{number}")
+            _run_stream(ctx, settings, roles, noop, pipeline, freshness)
 
 
-def _run_stream(ctx: _Context, settings: Settings, pipeline: bool, freshness: bool) -> None:
+def _run_stream(
+    ctx: _Context,
+    settings: Settings,
+    roles: tuple[str, ...],
+    noop: list[float],
+    pipeline: bool,
+    freshness: bool,
+) -> None:
     from streams.datasets import load_events
     from streams.producer import EventProducer
     from streams.replay import replay
     from streams.topics import bootstrap_servers, ensure_topics
-    from streams.worker import WorkerProcess, metric_total
+    from streams.worker import metric_total
 
     ensure_topics(settings)
     events = load_events(DATASET, settings.session_gap_seconds)
     count = ctx.sizes.pipeline_events
-    worker = WorkerProcess(settings, settings.broker_url)
+    label = _layout_label(roles)
+    worker = _Workers(settings, roles)
     worker.start(ready_timeout=120)
     try:
         if pipeline:
@@ -605,25 +661,26 @@ def _run_stream(ctx: _Context, settings: Settings, pipeline: bool, freshness: bo
                 produce_started = time.monotonic()
                 produce_seconds = replay(events.head(count), producer)
             first, sessionized, learned = _wait_pipeline(worker, count, produce_started, timeout=900)
-            ctx.console.log(f"pipeline: produced {count:,} in {produce_seconds:.1f}s")
-            noop = _noop_rate(settings, count)
+            ctx.console.log(f"pipeline{label}: produced {count:,} in {produce_seconds:.1f}s")
+            if not noop:
+                noop.append(_noop_rate(settings, count))
             ctx.add(
                 BenchRow(
                     "pipeline",
-                    "sessionized (ingest -> sessions)",
+                    f"sessionized (ingest -> sessions){label}",
                     count / (sessionized - first),
                     "ev/s",
-                    noop,
+                    noop[0],
                     note=f"{count:,} MovieLens events; ceiling: no-op Faust agent, same topic",
                 )
             )
             ctx.add(
                 BenchRow(
                     "pipeline",
-                    "end to end (-> learner -> Qdrant)",
+                    f"end to end (-> learner -> Qdrant){label}",
                     count / (learned - first),
                     "ev/s",
-                    noop,
+                    noop[0],
                     goal=">= 0.5",
                     note=f"producer ran at {count / produce_seconds:,.0f} ev/s",
                 )
@@ -640,8 +697,8 @@ def _run_stream(ctx: _Context, settings: Settings, pipeline: bool, freshness: bo
                     + ("" if keeps_up else "; SATURATED")
                 )
                 goal = "< 2" if rate == 1_000 else ""
-                ctx.add(BenchRow("freshness", f"p50 at {rate:,} ev/s", result["p50"], "s", note=note))
-                ctx.add(BenchRow("freshness", f"p99 at {rate:,} ev/s", result["p99"], "s", goal=goal))
+                ctx.add(BenchRow("freshness", f"p50 at {rate:,} ev/s{label}", result["p50"], "s", note=note))
+                ctx.add(BenchRow("freshness", f"p99 at {rate:,} ev/s{label}", result["p99"], "s", goal=goal))
                 if not keeps_up:
                     break
                 _drain(worker, metric_total, timeout=120)

@@ -50,11 +50,16 @@ def staged_progress(bar: Progress) -> Callable[[str, int, int], None]:
 
 
 @app.command()
-def worker() -> None:
-    """Run a worker (sessionize agent, HTTP ingest, /metrics) until interrupted."""
+def worker(
+    role: Annotated[
+        str | None,
+        typer.Option(help="all | ingest | learn (default: ONEVEC_ROLE, else all); see docs/operations.md."),
+    ] = None,
+) -> None:
+    """Run a worker (sessionize agent, learner, HTTP ingest and lookups, /metrics) until interrupted."""
     from streams.worker import run_worker
 
-    run_worker(load_settings())
+    run_worker(load_settings(**({"role": role} if role else {})))
 
 
 @app.command()

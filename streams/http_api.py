@@ -115,6 +115,25 @@ def register_routes(onevec: OnevecApp) -> None:
         def unauthorised(self) -> Response:
             return self.json(UNAUTHORISED, status=401, headers=BEARER_CHALLENGE)
 
+    class RoleView(GuardedView):
+        """A route that needs one half of the pipeline (Settings.role): on a worker without it,
+        a 404 that names the role to ask instead of a bare one."""
+
+        needs: str = "sessions"
+
+        async def dispatch(self, request: Any) -> Any:
+            part = onevec.session_table if self.needs == "sessions" else onevec.learner
+            runs = part is not None
+            if not runs:
+                other = "ingest" if self.needs == "sessions" else "learn"
+                role = onevec.settings.role
+                error = f"this worker (role={role}) does not run the {self.needs}; ask a {other} worker"
+                return self.json({"error": error}, status=404)
+            return await super().dispatch(request)
+
+    class LearnerView(RoleView):
+        needs = "learner"
+
     @app.page("/events")
     class EventsView(GuardedView):
         def unauthorised(self) -> Response:
@@ -154,7 +173,7 @@ def register_routes(onevec: OnevecApp) -> None:
             return self.bytes(generate_latest(), content_type=METRICS_CONTENT_TYPE)
 
     @app.page("/sessions/{key}")
-    class SessionView(GuardedView):
+    class SessionView(RoleView):
         async def get(self, request: Request, key: str) -> Response:
             state = onevec.session_table.get(key)
             if state is None or state.get("tombstone"):
@@ -162,7 +181,7 @@ def register_routes(onevec: OnevecApp) -> None:
             return self.json({k: v for k, v in state.items() if k not in ("seen", "previous")})
 
     @app.page("/similar/{item_id}")
-    class SimilarView(GuardedView):
+    class SimilarView(LearnerView):
         async def get(self, request: Request, item_id: str) -> Response:
             k = parse_k(request.query.get("k", "10"))
             if k is None:
@@ -175,7 +194,7 @@ def register_routes(onevec: OnevecApp) -> None:
             return self.json({"item_id": item_id, "similar": [hit_json(h) for h in hits]})
 
     @app.page("/items/{item_id}")
-    class ItemView(GuardedView):
+    class ItemView(LearnerView):
         async def get(self, request: Request, item_id: str) -> Response:
             stored = await onevec.store.get_item(item_id)
             if stored is None:
@@ -185,12 +204,15 @@ def register_routes(onevec: OnevecApp) -> None:
             )
 
     @app.page("/recommend")
-    class RecommendView(GuardedView):
+    class RecommendView(LearnerView):
         async def get(self, request: Request) -> Response:
             k = parse_k(request.query.get("k", "20"))
             if k is None:
                 return self.json({"error": K_ERROR}, status=400)
             if "session" in request.query:
+                if onevec.session_table is None:
+                    error = "this worker (role=learn) keeps no sessions: give ?items=a,b,c"
+                    return self.json({"error": error}, status=400)
                 state = onevec.session_table.get(request.query["session"])
                 if state is None or state.get("tombstone"):
                     return self.json({"error": "no open session with that id on this worker"}, status=404)
@@ -211,7 +233,7 @@ def register_routes(onevec: OnevecApp) -> None:
             )
 
     @app.page("/stats")
-    class StatsView(GuardedView):
+    class StatsView(LearnerView):
         async def get(self, request: Request) -> Response:
             return self.json(
                 {
@@ -228,7 +250,7 @@ def register_routes(onevec: OnevecApp) -> None:
             )
 
     @app.page("/drift")
-    class DriftView(GuardedView):
+    class DriftView(LearnerView):
         """GET: the last drift window, thresholds, detector events, predictability.
         POST: take a new drift reference snapshot at the end of the next window (on demand)."""
 
@@ -242,4 +264,5 @@ def register_routes(onevec: OnevecApp) -> None:
     @app.page("/healthz")
     class HealthView(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok", "partitions": sorted(onevec.partitions)})
+            role, partitions = onevec.settings.role, sorted(onevec.partitions)
+            return self.json({"status": "ok", "role": role, "partitions": partitions})

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     # The broker is Tansu (set automatically for the embedded one): use short group timeouts.
     tansu: bool = False
     app_id: str = "onevec"
+    # What this worker runs. "all": sessions and the learner in one process. On a machine with
+    # more than one core, "ingest" (sessions, the session table, HTTP ingest) and "learn" (the
+    # learner, the Qdrant sink and the lookups) run as two processes on the same broker, so the
+    # two halves stop sharing one interpreter lock (docs/performance.md).
+    role: Literal["all", "ingest", "learn"] = "all"
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     clicks_topic: str = "onevec-clicks"
@@ -188,6 +193,20 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return not self.broker_url
+
+    @property
+    def group_id(self) -> str:
+        """The Faust app id, which is the consumer group. A learn worker has its own group: it
+        must get every examples partition, not share them with the ingest workers."""
+        return f"{self.app_id}-learn" if self.role == "learn" else self.app_id
+
+    @property
+    def runs_sessions(self) -> bool:
+        return self.role != "learn"
+
+    @property
+    def runs_learner(self) -> bool:
+        return self.role != "ingest"
 
     @cached_property
     def faust_broker_options(self) -> dict[str, float]:

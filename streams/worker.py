@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 def run_worker(settings: Settings) -> None:
     """Run the Faust worker until SIGTERM/SIGINT. Starts an embedded broker if none is set."""
     broker: EmbeddedBroker | None = None
+    if settings.embedded and settings.role != "all":
+        # Each process would start its own broker: the two halves would never meet.
+        raise SystemExit(
+            f"ONEVEC_ROLE={settings.role} needs ONEVEC_BROKER_URL: a broker shared with the other role"
+        )
     if settings.embedded:
         broker = EmbeddedBroker(host=settings.bind_host).start()
         settings = settings.model_copy(update={"broker_url": broker.url, "tansu": True})
