@@ -5,10 +5,17 @@ its checkpoint and loses nothing."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
 import urllib.parse
+import urllib.request
+
+import pytest
+from pydantic import ValidationError
 
 from streams.datasets import load_events
-from streams.worker import WorkerProcess, metric_total
+from streams.settings import Settings
+from streams.worker import WorkerProcess, metric_total, run_worker
 from tests.reliability.reconcile import uncovered_examples, wait_for
 from tests.streams.test_learning_e2e import replay, wait_metric
 
@@ -38,7 +45,10 @@ def test_ingest_and_learn_workers_run_the_pipeline_together(settings, start_work
     assert learn.get_json(f"/sessions/{session}") is None
     item = urllib.parse.quote(str(last["item_id"]))
     assert "unified" in learn.get_json(f"/items/{item}")["vectors"]
-    assert ingest.get_json(f"/items/{item}") is None
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{ingest.base_url}/items/{item}", timeout=10)
+    assert refused.value.code == 404
+    assert "ask a learn worker" in json.loads(refused.value.read())["error"]
     ranked = learn.get_json(f"/recommend?items={item}&k=5")["recommended"]
     assert len(ranked) == 5
 
@@ -53,3 +63,15 @@ def test_ingest_and_learn_workers_run_the_pipeline_together(settings, start_work
     wait_metric(second, "onevec_examples_learned_total", SECOND)
     wait_for(lambda: uncovered_examples(settings, [settings.data_dir]) == 0, "checkpoint covers all", 60)
     assert second.get_json("/stats")["prequential"]["scored"] > 0
+
+
+def test_a_split_role_refuses_the_embedded_broker(tmp_path) -> None:
+    # Each process would start a broker of its own, and the two halves would never meet.
+    settings = Settings(role="ingest", broker_url="", data_dir=tmp_path)
+    with pytest.raises(SystemExit, match="ONEVEC_BROKER_URL"):
+        run_worker(settings)
+
+
+def test_an_unknown_role_is_a_clear_settings_error() -> None:
+    with pytest.raises(ValidationError, match="role"):
+        Settings(role="sessions")
