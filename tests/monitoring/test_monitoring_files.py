@@ -48,6 +48,41 @@ def test_promtool_checks_rules(promtool: str) -> None:
     assert "SUCCESS" in result.stdout
 
 
+# promtool unit test of OnevecNotLearning with split roles (ONEVEC_ROLE): an ingest worker
+# accepts every event and learns none, the learn worker learns them. Healthy for the first
+# 20 minutes; then the learn worker stops learning while events keep arriving.
+NOT_LEARNING_TEST = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'onevec_events_accepted_total{{job="onevec",instance="ingest-0",event_type="click"}}'
+        values: '0+100x60'
+      - series: 'onevec_examples_learned_total{{job="onevec",instance="ingest-0"}}'
+        values: '0x60'
+      - series: 'onevec_examples_learned_total{{job="onevec",instance="learn-0"}}'
+        values: '0+100x20 2000x40'
+    alert_rule_test:
+      - eval_time: 18m
+        alertname: OnevecNotLearning
+        exp_alerts: []
+      - eval_time: 40m
+        alertname: OnevecNotLearning
+        exp_alerts:
+          - exp_labels: {{severity: critical, job: onevec}}
+            exp_annotations:
+              summary: "Job onevec receives events but learns nothing"
+"""
+
+
+def test_not_learning_alert_judges_a_job_not_an_ingest_worker(promtool: str, tmp_path: Path) -> None:
+    tests = tmp_path / "not_learning_test.yml"
+    tests.write_text(NOT_LEARNING_TEST.format(rules=json.dumps(str(ALERTS_FILE))))
+    result = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_promtool_checks_config(promtool: str) -> None:
     config = PROMETHEUS_DIR / "prometheus.yml"
     result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
