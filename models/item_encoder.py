@@ -21,6 +21,8 @@ match, so neither weights nor optimiser state are lost on growth.
 
 from __future__ import annotations
 
+import itertools
+
 from array import array
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -158,7 +160,7 @@ class ItemEncoder:
         prefixes = [e.prefix[-max_prefix:] for e in examples]
         lengths = np.fromiter(map(len, prefixes), dtype=np.int64, count=len(prefixes))
         # One vocabulary pass over the targets, then every prefix item.
-        flat = [item for prefix in prefixes for item in prefix]
+        flat = list(itertools.chain.from_iterable(prefixes))
         rows = self._rows("item", [e.item_id for e in examples] + flat)
         targets = rows[: len(examples)]
         # Users only exist for bpr: with sgns a user table would grow and never be trained.

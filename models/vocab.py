@@ -19,7 +19,10 @@ class Vocabulary:
         self._rows: dict[str, int] = {}
 
     def index(self, key: str) -> int:
-        """The row of ``key``, adding it if new."""
+        """The row of ``key``, adding it if new. Keys are strings: any other id (an int item
+        id of a user's own records) is the row of its ``str``."""
+        if not isinstance(key, str):
+            key = str(key)
         row = self._rows.get(key)
         if row is None:
             row = len(self._keys)
@@ -30,7 +33,11 @@ class Vocabulary:
     def index_many(self, keys: list[str]) -> list[int]:
         """The rows of ``keys``, adding the new ones in order of first appearance (one pass of
         C-level dict lookups; a method call per key was most of a batch's preparation)."""
-        rows = list(map(self._rows.get, keys))
+        try:
+            rows = list(map(self._rows.get, keys))
+        except TypeError:  # an unhashable id (e.g. a list inside a foreign record): its str
+            keys = [key if isinstance(key, str) else str(key) for key in keys]
+            rows = list(map(self._rows.get, keys))
         if None in rows:
             rows = [row if row is not None else self.index(key) for key, row in zip(keys, rows, strict=True)]
         return rows  # type: ignore[return-value]

@@ -27,6 +27,29 @@ def test_vocabulary_grows_without_collisions_and_round_trips_through_json() -> N
         restored.load_state_dict({"keys": ["a", "a"]})
 
 
+def test_non_string_ids_are_the_rows_of_their_strings() -> None:
+    # Records from users' own files may carry int ids in a prefix (parsing keeps prefix items
+    # as given, for speed): they must land on the same rows as their strings, never new ones.
+    vocab = Vocabulary()
+    assert vocab.index_many(["7", 8, "9"]) == [0, 1, 2]
+    assert vocab.index_many([7, "8", 9, 7]) == [0, 1, 2, 0]
+    assert vocab.index_many([["a"], "x"]) == [3, 4]  # unhashable: its str, not a crash
+    assert vocab.keys() == ["7", "8", "9", "['a']", "x"]
+
+
+def test_int_prefix_items_train_like_their_strings() -> None:
+    from models.trainer import OnlineTrainer
+
+    as_ints, as_strings = OnlineTrainer(), OnlineTrainer()
+    records = [
+        {"user_id": 1, "item_id": str(i % 5), "prefix": [j % 5 for j in range(i)]} for i in range(1, 9)
+    ]
+    loss_ints = as_ints.learn(records)
+    loss_strings = as_strings.learn([{**r, "prefix": [str(p) for p in r["prefix"]]} for r in records])
+    assert loss_ints == pytest.approx(loss_strings)
+    assert as_ints.item_encoder.item_vocab.keys() == as_strings.item_encoder.item_vocab.keys()
+
+
 def sparse_step(optimizer: RowAdam, table: nn.Parameter, rows: list[int], seed: int) -> None:
     target = torch.randn(len(rows), table.shape[1], generator=torch.Generator().manual_seed(seed))
     F.embedding(torch.tensor(rows), table, sparse=True).mul(target).sum().backward()
