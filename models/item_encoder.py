@@ -22,7 +22,6 @@ match, so neither weights nor optimiser state are lost on growth.
 from __future__ import annotations
 
 import itertools
-
 from array import array
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from models.config import ModelConfig
 from models.optim import RowAdam
 from models.vocab import Vocabulary
 
-__all__ = ["Batch", "ItemEncoder"]
+__all__ = ["Batch", "BatchVectors", "ItemEncoder"]
 
 _TABLES = ("item", "token", "user")
 _TOUCHED_MERGE = 256  # lookups kept before their touched rows and tokens are merged
@@ -53,6 +52,14 @@ class Batch:
     lengths: Tensor  # (B,) real prefix length of each example (0 allowed)
     negatives: Tensor  # (K,) item rows sampled from unigram^0.75, shared by the batch
     users: Tensor | None  # (B,) user rows; only the bpr objective has users
+
+
+@dataclass(frozen=True, slots=True)
+class BatchVectors:
+    """A batch's item vectors from one differentiable lookup, shared by both losses."""
+
+    prefix: Tensor  # (B, L, dim): the prefix items' vectors, zeros at the padding
+    candidates: Tensor  # (B + K, dim): the targets', then the negatives' vectors
 
 
 class ItemEncoder:
@@ -252,13 +259,28 @@ class ItemEncoder:
         self._bag_live = len(self._bag_flat)
         self._bag_tensors = None
 
-    def loss(self, batch: Batch) -> Tensor:
-        """The configured item objective on ``batch`` (a 0-d tensor)."""
-        if self.config.objective == "bpr":
-            return self._bpr_loss(batch)
-        return self._sgns_loss(batch)
+    def batch_vectors(self, batch: Batch) -> BatchVectors:
+        """Every item vector a training step reads (prefixes, targets, negatives) from one
+        lookup: one unique, one embedding bag and one sparse gradient per table instead of one
+        per use (the SGNS context and targets are prefix and target vectors already)."""
+        real = torch.arange(batch.prefix.shape[1])[None, :] < batch.lengths[:, None]
+        # Only real positions are looked up: a padding row would get a (zero-gradient) step.
+        prefix_rows = batch.prefix[real]
+        looked_up = self.vectors(torch.cat([prefix_rows, batch.targets, batch.negatives]))
+        prefix = torch.zeros(*batch.prefix.shape, self.config.dim)
+        prefix[real] = looked_up[: len(prefix_rows)]
+        return BatchVectors(prefix=prefix, candidates=looked_up[len(prefix_rows) :])
 
-    def _sgns_loss(self, batch: Batch) -> Tensor:
+    def loss(self, batch: Batch, vectors: BatchVectors | None = None) -> Tensor:
+        """The configured item objective on ``batch`` (a 0-d tensor); ``vectors`` are the
+        batch's looked-up vectors when the caller has them (one lookup for both losses)."""
+        if vectors is None:
+            vectors = self.batch_vectors(batch)
+        if self.config.objective == "bpr":
+            return self._bpr_loss(batch, vectors)
+        return self._sgns_loss(batch, vectors)
+
+    def _sgns_loss(self, batch: Batch, vectors: BatchVectors) -> Tensor:
         # Context = the `window` newest prefix items, each paired with the target.
         positions = torch.arange(batch.prefix.shape[1])
         start = (batch.lengths - self.config.window).clamp(min=0)
@@ -266,10 +288,12 @@ class ItemEncoder:
         example, position = in_window.nonzero(as_tuple=True)
         if example.numel() == 0:
             return torch.zeros(())
-        context = self.vectors(batch.prefix[example, position])
+        size = len(batch.targets)
+        context = vectors.prefix[example, position]  # distinct (example, position) pairs
         target_rows = batch.targets[example]
-        target = self.vectors(target_rows)
-        negatives = self.vectors(batch.negatives)
+        # index_select, not [example]: its backward accumulates repeated rows deterministically.
+        target = vectors.candidates.index_select(0, example)
+        negatives = vectors.candidates[size:]
         positive = (context * target).sum(-1)
         negative = context @ negatives.T
         # A sampled "negative" that is the target itself is not a negative. Averaged over
@@ -279,11 +303,12 @@ class ItemEncoder:
         negative_loss = (F.softplus(negative) * real).sum(-1) / real.sum(-1).clamp(min=1)
         return (F.softplus(-positive) + negative_loss).mean()
 
-    def _bpr_loss(self, batch: Batch) -> Tensor:
+    def _bpr_loss(self, batch: Batch, vectors: BatchVectors) -> Tensor:
         assert batch.users is not None, "batch was prepared without users"
         users = F.embedding(batch.users, self.tables["user"], sparse=True)
-        positive = (users * self.vectors(batch.targets)).sum(-1, keepdim=True)
-        negative = users @ self.vectors(batch.negatives).T
+        size = len(batch.targets)
+        positive = (users * vectors.candidates[:size]).sum(-1, keepdim=True)
+        negative = users @ vectors.candidates[size:].T
         real = (batch.negatives[None, :] != batch.targets[:, None]).float()
         return ((F.softplus(negative - positive) * real).sum(-1) / real.sum(-1).clamp(min=1)).mean()
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from models.base import parse_examples, top_k
 from models.config import ModelConfig
-from models.item_encoder import Batch, ItemEncoder
+from models.item_encoder import Batch, BatchVectors, ItemEncoder
 
 __all__ = ["SessionEncoder"]
 
@@ -81,17 +81,16 @@ class SessionEncoder:
         """Sampled softmax (logQ-corrected) over the batch's targets plus the negatives."""
         return self.loss_and_sessions(batch)[0]
 
-    def loss_and_sessions(self, batch: Batch) -> tuple[Tensor, Tensor]:
+    def loss_and_sessions(self, batch: Batch, vectors: BatchVectors | None = None) -> tuple[Tensor, Tensor]:
         """The loss, and the batch's session vectors (detached): what the model *before* this
         step predicts from each prefix, which prequential scoring reuses instead of running
-        the session network a second time."""
-        real = torch.arange(batch.prefix.shape[1])[None, :] < batch.lengths[:, None]
-        prefix = torch.zeros(*batch.prefix.shape, self.config.dim)
-        # Only real positions are looked up: a padding row would get a (zero-gradient) step.
-        prefix[real] = self.item_encoder.vectors(batch.prefix[real])
-        sessions = self.net(prefix, batch.lengths)
+        the session network a second time. ``vectors``: the batch's looked-up item vectors,
+        when the caller shares one lookup with the item loss."""
+        if vectors is None:
+            vectors = self.item_encoder.batch_vectors(batch)
+        sessions = self.net(vectors.prefix, batch.lengths)
         candidates = torch.cat([batch.targets, batch.negatives])
-        logits = sessions @ self.item_encoder.vectors(candidates).T
+        logits = sessions @ vectors.candidates.T
         logits = logits - self.item_encoder.candidate_log_q(batch)
         # Another example's target (or a sampled negative) equal to this example's target
         # is a true positive, not a negative: mask it out, keeping only the diagonal.

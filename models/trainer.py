@@ -62,9 +62,10 @@ class OnlineTrainer:
             empty = np.zeros((0, 1), dtype=np.int64)
             return LearnedStep(0.0, np.zeros((0, self.config.dim), dtype=np.float32), empty, empty[:, 0])
         prepared = self.item_encoder.prepare(examples)
-        loss, sessions = self.session_encoder.loss_and_sessions(prepared)
+        vectors = self.item_encoder.batch_vectors(prepared)  # one lookup for both losses
+        loss, sessions = self.session_encoder.loss_and_sessions(prepared, vectors)
         if self.config.item_loss_weight:
-            loss = loss + self.config.item_loss_weight * self.item_encoder.loss(prepared)
+            loss = loss + self.config.item_loss_weight * self.item_encoder.loss(prepared, vectors)
         loss.backward()
         self.item_encoder.step(self.session_encoder.named_parameters())
         self.steps += 1

@@ -64,7 +64,7 @@ SATURATION_DRAIN_SECONDS = 2.0
 @dataclass(frozen=True)
 class BenchSizes:
     pipeline_events: int = 40_000  # the no-op ceiling drains 10k in <1 s: too short to time well
-    learner_examples: int = 10_000
+    learner_examples: int = 30_000  # several rounds of learner_round_batches (16) x 256
     sink_points: int = 20_000
     sink_disk_points: int = 2_000
     freshness_rates: tuple[int, ...] = (200, 1_000, 2_000, 5_000)
@@ -274,10 +274,12 @@ def bench_learner(ctx: _Context) -> None:
         # (_fill_batch): learner_round_batches micro-batches, stepped one by one.
         seconds = {"raw": 0.0, "trainer": 0.0, "single": 0.0, "backlog": 0.0}
         timed = 0
-        for first in range(0, len(batches), per_round):
-            group = batches[first : first + per_round]
+        for first in [0, *range(WARMUP_BATCHES, len(batches), per_round)]:
+            # The first WARMUP_BATCHES batches warm every variant up, untimed.
+            end = WARMUP_BATCHES if first == 0 else first + per_round
+            group = batches[first:end]
             for name, steps in (
-                ("raw", raw_steps[first : first + per_round]),
+                ("raw", raw_steps[first:end]),
                 ("trainer", [functools.partial(trainer.learn, batch) for batch in group]),
                 ("single", [functools.partial(single._learn, batch) for batch in group]),
                 ("backlog", [functools.partial(backlog._learn, [e for batch in group for e in batch])]),
@@ -285,9 +287,9 @@ def bench_learner(ctx: _Context) -> None:
                 started = time.perf_counter()
                 for step in steps:
                     step()
-                if first >= WARMUP_BATCHES:
+                if first > 0:
                     seconds[name] += time.perf_counter() - started
-            if first >= WARMUP_BATCHES:
+            if first > 0:
                 timed += sum(map(len, group))
         sink_seconds = asyncio.run(
             _learner_with_sink(settings.model_copy(update={"data_dir": Path(tmp)}), attributes, examples)

@@ -23,9 +23,13 @@ def test_quick_bench_prints_every_row(settings: Settings, tmp_path: Path) -> Non
     expected = {
         ("pipeline", "sessionized (ingest -> sessions)"),
         ("pipeline", "end to end (-> learner -> Qdrant)"),
+        # The same pipeline split over an ingest and a learn worker (Settings.role).
+        ("pipeline", "sessionized (ingest -> sessions), ingest + learn workers"),
+        ("pipeline", "end to end (-> learner -> Qdrant), ingest + learn workers"),
+        ("freshness", "p99 at 200 ev/s, ingest + learn workers"),
         ("learner", "trainer.learn only"),
         ("learner", "learner round of 1 micro-batch (score+train+select+points)"),
-        ("learner", "learner under backlog: rounds of 4 micro-batches"),
+        ("learner", f"learner under backlog: rounds of {settings.learner_round_batches} micro-batches"),
         ("learner", "learner + Qdrant sink (memory)"),
         ("sink", "UpsertBuffer, local :memory:"),
         ("sink", "UpsertBuffer, local path (disk)"),

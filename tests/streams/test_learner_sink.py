@@ -138,7 +138,8 @@ def test_a_round_takes_what_is_queued_up_to_its_batches(tmp_path: Path, examples
     async def scenario() -> tuple[list[int], list[int]]:
         store = AsyncQdrantStore(dim=32, path=tmp_path / "qdrant")
         learner = make_learner(tmp_path, 0, store)
-        assert learner.settings.learner_round_batches * learner.settings.learner_batch_size == 1024
+        learner.settings = learner.settings.model_copy(update={"learner_round_batches": 4})
+        assert learner.settings.learner_round_examples == 1024
         for offset in range(8):  # a backlog: 8 records of 200 examples
             await learner.submit(("examples:0", offset, examples[200 * offset : 200 * (offset + 1)]))
         backlog = [offset for _, offset, _ in await learner._fill_batch(await learner.queue.get())]
