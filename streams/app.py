@@ -101,6 +101,9 @@ class OnevecApp:
         self.session_table: Any = None
         self.learner: Learner | None = None
         self.partitions: set[int] = set()
+        # Set once the learner has created the collections and published the catalogue: the
+        # catalogue agent writes, and the lookups answer, only after that.
+        self.store_ready = asyncio.Event()
         # The partitions a worker reports as its own (readiness): its first stage's input.
         self.input_topic = settings.clicks_topic if settings.runs_sessions else settings.examples_topic
         if settings.runs_sessions:
@@ -134,7 +137,6 @@ class OnevecApp:
             self._covered_offsets = self.learner.restore()  # example offsets the checkpoint covers
             self.faust.agent(self.examples, name="learn")(self._learn)
             self.faust.agent(self.catalog, name="catalog")(self._catalog)
-            self._store_ready = asyncio.Event()  # the catalogue agent writes only after publish_all
             self.faust.task(self._run_learner)
         self._rng = random.Random()  # send-retry jitter
         self.faust.timer(interval=LAG_INTERVAL_SECONDS)(self._report_lag)
@@ -296,7 +298,7 @@ class OnevecApp:
             if event.value is None:
                 # A tombstone: the item left the catalogue, its static vectors go (docs/static.md).
                 if event.key:
-                    await self._store_ready.wait()
+                    await self.store_ready.wait()
                     await self.learner.remove_catalog(bytes(event.key).decode("utf-8", "replace"))
                 continue
             raw = event.value if isinstance(event.value, bytes) else b""
@@ -305,7 +307,7 @@ class OnevecApp:
             if isinstance(result, Rejection):
                 await self.send_dead_letter(event.key, raw, result, stage="catalog")
                 continue
-            await self._store_ready.wait()
+            await self.store_ready.wait()
             if await self.learner.upsert_catalog(result):
                 metrics.CATALOG_ITEMS_ENCODED.inc()
 
@@ -313,7 +315,7 @@ class OnevecApp:
         await self.store.ensure_collections()
         await self.learner.align_to_serving()
         await self.learner.publish_all()
-        self._store_ready.set()
+        self.store_ready.set()
         await self._learn_since_checkpoint()
         await self.learner.run()
 
@@ -366,6 +368,8 @@ class OnevecApp:
 
     async def _report_partitions_when_ready(self, recovery: Any) -> None:
         await recovery.completed.wait()
+        if self.learner is not None:
+            await self.store_ready.wait()  # ready includes lookups that answer (not 503)
         metrics.WORKER_PARTITIONS.set(len(self.partitions))
 
     async def _on_revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:

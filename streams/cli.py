@@ -71,7 +71,9 @@ def broker(
 
     settings = load_settings()
     with EmbeddedBroker(host=settings.bind_host, port=port) as embedded:
-        console.print(f"embedded broker: export ONEVEC_BROKER_URL={embedded.url}  (Ctrl-C stops)")
+        # ONEVEC_TANSU: a worker then uses the short group timeouts Tansu needs (README).
+        exports = f"ONEVEC_BROKER_URL={embedded.url} ONEVEC_TANSU=true"
+        console.print(f"embedded broker: export {exports}  (Ctrl-C stops)")
         try:
             while True:
                 time.sleep(3600)

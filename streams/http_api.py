@@ -33,6 +33,7 @@ BROKER_UNAVAILABLE = (
     "written are recognised as duplicates downstream)"
 )
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
+LEARNER_STARTING = "the learner is starting (Qdrant collections, catalogue); ask again shortly"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 UNAUTHORISED = {"error": "missing or wrong bearer token"}
 BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="onevec"'}  # RFC 6750: say which scheme
@@ -129,6 +130,9 @@ def register_routes(onevec: OnevecApp) -> None:
                 role = onevec.settings.role
                 error = f"this worker (role={role}) does not run the {self.needs}; ask a {other} worker"
                 return self.json({"error": error}, status=404)
+            if self.needs == "learner" and not onevec.store_ready.is_set():
+                # Before the learner has created the collections and published the catalogue.
+                return self.json({"error": LEARNER_STARTING}, status=503, headers={"Retry-After": "2"})
             return await super().dispatch(request)
 
     class LearnerView(RoleView):
