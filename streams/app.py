@@ -28,7 +28,7 @@ from streams.events import Event, Rejection, ValidationLimits, session_key, vali
 from streams.example_records import decode_examples, encode_examples
 from streams.faust_fixes import apply_faust_fixes
 from streams.learner import Learner, load_attributes
-from streams.qdrant_store import AsyncQdrantStore, backoff_delay
+from streams.qdrant_store import AsyncQdrantStore, CollectionSchemaError, backoff_delay
 from streams.session_table import ChangelogBatchStore
 from streams.sessions import ClosedSession, Example, SessionBook, SessionWindow
 from streams.settings import Settings
@@ -312,9 +312,23 @@ class OnevecApp:
                 metrics.CATALOG_ITEMS_ENCODED.inc()
 
     async def _run_learner(self) -> None:
-        await self.store.ensure_collections()
-        await self.learner.align_to_serving()
-        await self.learner.publish_all()
+        attempt = 0
+        while True:
+            try:
+                await self.store.ensure_collections()
+                await self.learner.align_to_serving()
+                await self.learner.publish_all()
+                break
+            except CollectionSchemaError:
+                raise  # a configuration error: retrying cannot fix it
+            except Exception as error:  # noqa: BLE001 - e.g. Qdrant not up yet: wait for it
+                # Until then the lookups answer 503 and the worker does not report ready; the
+                # examples wait in their topic. (Without the retry, a learner started before
+                # its Qdrant server never started.)
+                attempt += 1
+                delay = backoff_delay(attempt, 0.5, 10.0, self._rng)
+                log.warning("learner start: Qdrant not available (%r); again in %.1f s", error, delay)
+                await asyncio.sleep(delay)
         self.store_ready.set()
         await self._learn_since_checkpoint()
         await self.learner.run()

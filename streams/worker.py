@@ -93,6 +93,16 @@ class WorkerProcess:
         return f"http://{self.settings.bind_host}:{self.port}"
 
     def start(self, ready_timeout: float = 60.0) -> WorkerProcess:
+        self.launch()
+        try:
+            self.wait_ready(ready_timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def launch(self) -> WorkerProcess:
+        """Start the process without waiting for it to be ready."""
         env = dict(os.environ)
         env.update(self.settings.to_env())
         env.update({"ONEVEC_BROKER_URL": self.broker_url, "ONEVEC_WEB_PORT": str(self.port)})
@@ -104,11 +114,6 @@ class WorkerProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        try:
-            self.wait_ready(ready_timeout)
-        except Exception:
-            self.stop()
-            raise
         return self
 
     def wait_ready(self, timeout: float) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 
@@ -56,6 +57,9 @@ def test_qdrant_outage_retries_backpressure_and_catch_up(settings, down_file) ->
                 "upsert_batch_points": BATCH,
                 "upsert_interval_ms": 200.0,
                 "checkpoint_interval_seconds": 1.0,
+                # One batch per round: a round of up to 16 batches could learn the whole
+                # outage's 2,000 events before its points meet the full buffer.
+                "learner_round_batches": 1,
             }
         ),
         settings.broker_url,
@@ -118,6 +122,49 @@ def test_qdrant_outage_retries_backpressure_and_catch_up(settings, down_file) ->
         assert learned_during < len(events)
         # Live session vectors are not buffered: their failed writes are counted and skipped.
         assert metric_total(after, "onevec_upsert_errors_total") > 0
+    finally:
+        down_file.unlink(missing_ok=True)
+        worker.stop(timeout=30)
+
+
+def test_learner_started_before_qdrant_waits_for_it(settings, down_file) -> None:
+    """Qdrant is down when the worker starts: the learner keeps retrying its start-up (the
+    collections, the catalogue) instead of dying; meanwhile the lookups answer 503 with
+    Retry-After and the worker does not report ready. Once Qdrant is up it becomes ready and
+    learns what arrived in between."""
+    events = movielens_slice(settings, 0, 500)
+    down_file.touch()
+    worker = UnavailableQdrantWorker(
+        settings.model_copy(update={"qdrant_path": None}),
+        settings.broker_url,
+        extra_env={DOWN_FILE_VARIABLE: str(down_file)},
+    ).launch()
+    try:
+        answers: list[int] = []
+
+        def item_lookup_status() -> int:
+            try:
+                with urllib.request.urlopen(f"{worker.base_url}/items/1", timeout=10):
+                    return 200
+            except urllib.error.HTTPError as error:
+                assert error.headers.get("Retry-After") if error.code == 503 else True
+                return error.code
+            except OSError:
+                return 0  # the web server is not listening yet
+
+        wait_for(lambda: answers.append(item_lookup_status()) or answers[-1] != 0, "web server up", 60)
+        produce(settings, events)
+        time.sleep(5)  # retries happen while Qdrant stays down
+        assert worker.proc is not None and worker.proc.poll() is None, "worker died with Qdrant down"
+        assert item_lookup_status() == 503
+        assert metric_total(worker.metrics(), "onevec_worker_partitions") == 0  # not ready
+        assert metric_total(worker.metrics(), "onevec_examples_learned_total") == 0
+
+        down_file.unlink()  # Qdrant is up
+        worker.wait_ready(60)
+        wait_metric(worker, "onevec_examples_learned_total", len(events))
+        assert get_json(worker, f"/items/{events['item_id'].iloc[0]}")["item_id"] == events["item_id"].iloc[0]
+        print(f"\nlookup answers while Qdrant was down: {sorted(set(answers))}")
     finally:
         down_file.unlink(missing_ok=True)
         worker.stop(timeout=30)
