@@ -259,33 +259,45 @@ class ItemEncoder:
         self._bag_live = len(self._bag_flat)
         self._bag_tensors = None
 
-    def batch_vectors(self, batch: Batch) -> BatchVectors:
+    def batch_vectors(self, batch: Batch, positions: Tensor | None = None) -> BatchVectors:
         """Every item vector a training step reads (prefixes, targets, negatives) from one
         lookup: one unique, one embedding bag and one sparse gradient per table instead of one
-        per use (the SGNS context and targets are prefix and target vectors already)."""
-        real = torch.arange(batch.prefix.shape[1])[None, :] < batch.lengths[:, None]
-        # Only real positions are looked up: a padding row would get a (zero-gradient) step.
-        prefix_rows = batch.prefix[real]
+        per use (the SGNS context and targets are prefix and target vectors already).
+
+        ``positions`` (B, L) chooses the prefix positions looked up, by default every real one
+        (what the session encoder reads); the others stay zero. Only what a loss reads may be
+        looked up: a looked-up row gets a sparse gradient entry, zero or not, and so an
+        optimiser step."""
+        if positions is None:
+            positions = torch.arange(batch.prefix.shape[1])[None, :] < batch.lengths[:, None]
+        prefix_rows = batch.prefix[positions]
         looked_up = self.vectors(torch.cat([prefix_rows, batch.targets, batch.negatives]))
         prefix = torch.zeros(*batch.prefix.shape, self.config.dim)
-        prefix[real] = looked_up[: len(prefix_rows)]
+        prefix[positions] = looked_up[: len(prefix_rows)]
         return BatchVectors(prefix=prefix, candidates=looked_up[len(prefix_rows) :])
 
     def loss(self, batch: Batch, vectors: BatchVectors | None = None) -> Tensor:
         """The configured item objective on ``batch`` (a 0-d tensor); ``vectors`` are the
-        batch's looked-up vectors when the caller has them (one lookup for both losses)."""
+        batch's looked-up vectors when the caller has them (one lookup for both losses).
+        Without them only the prefix positions this objective reads are looked up: SGNS's
+        context window, none for BPR."""
         if vectors is None:
-            vectors = self.batch_vectors(batch)
+            bpr = self.config.objective == "bpr"
+            positions = torch.zeros_like(batch.prefix, dtype=torch.bool) if bpr else self._context(batch)
+            vectors = self.batch_vectors(batch, positions)
         if self.config.objective == "bpr":
             return self._bpr_loss(batch, vectors)
         return self._sgns_loss(batch, vectors)
 
-    def _sgns_loss(self, batch: Batch, vectors: BatchVectors) -> Tensor:
-        # Context = the `window` newest prefix items, each paired with the target.
+    def _context(self, batch: Batch) -> Tensor:
+        """(B, L) mask of the SGNS context: the `window` newest prefix items of each example."""
         positions = torch.arange(batch.prefix.shape[1])
         start = (batch.lengths - self.config.window).clamp(min=0)
-        in_window = (positions >= start[:, None]) & (positions < batch.lengths[:, None])
-        example, position = in_window.nonzero(as_tuple=True)
+        return (positions >= start[:, None]) & (positions < batch.lengths[:, None])
+
+    def _sgns_loss(self, batch: Batch, vectors: BatchVectors) -> Tensor:
+        # Context = the `window` newest prefix items, each paired with the target.
+        example, position = self._context(batch).nonzero(as_tuple=True)
         if example.numel() == 0:
             return torch.zeros(())
         size = len(batch.targets)

@@ -143,3 +143,17 @@ def test_same_seed_same_model(make: Callable[[], Encoder]) -> None:
     batch = records(OLD_ITEMS, sessions=20, seed=6)
     assert [first.learn(batch[i::3]) for i in range(3)] == [second.learn(batch[i::3]) for i in range(3)]
     assert np.array_equal(first.encode_items(OLD_ITEMS), second.encode_items(OLD_ITEMS))
+
+
+@pytest.mark.parametrize("objective", ["sgns", "bpr"])
+def test_item_objective_alone_touches_only_the_rows_it_reads(objective: str) -> None:
+    # SGNS reads the `window` newest prefix items, BPR none. A prefix item outside that (never
+    # a target, so never a sampled negative either) must not be looked up: a looked-up row
+    # gets a sparse gradient entry even when the loss ignores it, the optimiser steps it (with
+    # whatever momentum it has) and it is reported as changed.
+    encoder = ItemEncoder(ModelConfig(objective=objective, window=1))
+    record = {"user_id": "u", "item_id": "a", "prefix": ["far", "near"]}
+    encoder.learn([record])
+    encoder.changed_items()  # new rows count as changed once: drained
+    encoder.learn([record, {**record, "item_id": "b"}])
+    assert "far" not in encoder.changed_items()
