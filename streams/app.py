@@ -352,7 +352,7 @@ class OnevecApp:
         committed = self.faust.monitor.tp_committed_offsets
         # Only the stages this worker runs: a split deployment's other worker reports the rest.
         lag = ({"sessionize": 0} if self.settings.runs_sessions else {}) | (
-            {"learn": 0} if self.learner is not None else {}
+            {"learn": 0} if self.settings.runs_learner else {}
         )
         for tp in consumer.assignment():
             end = consumer.highwater(tp)
