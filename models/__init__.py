@@ -8,8 +8,8 @@
 * ``fusion``: unified vector from behaviour/text/image vectors.
 * ``alignment``: orthogonal Procrustes between versions, linear CKA.
 
-Submodules are imported explicitly (``from models.trainer import OnlineTrainer``) so that a
-light user such as ``models.fusion`` does not pull in torch.
+Submodules are imported explicitly (``from onevec.models.online.trainer import OnlineTrainer``) so that a
+light user such as ``onevec.models.fusion`` does not pull in torch.
 """
 
 __all__ = [

@@ -4,12 +4,12 @@ before it goes live, and measure it on held-out events the way the live learner 
 Three steps, each matching what the stream would do with the same events:
 
 * :func:`session_examples` turns a normalised events frame (what
-  :func:`streams.datasets.load_events` returns) into the example records the stream's session
+  :func:`onevec.models.datasets.load_events` returns) into the example records the stream's session
   window emits for it, so offline and online training read identical inputs;
 * :func:`pretrain` feeds those records to ``trainer.learn`` in stream order, in micro-batches,
   for several epochs;
 * :func:`evaluate_next_item` ranks each held-out example's next item with
-  :func:`models.prequential.target_ranks` (HR@k / MRR@k), without learning from it.
+  :func:`onevec.models.ranking.target_ranks` (HR@k / MRR@k), without learning from it.
 
 A pre-trained trainer is saved with ``trainer.save_checkpoint(path, {})``: empty offsets,
 since none of the examples came from the live topics.
@@ -24,14 +24,14 @@ from typing import Any
 
 import pandas as pd
 
-from models.base import parse_examples
-from models.prequential import TOP_K, PrequentialScore, target_ranks
-from models.trainer import OnlineTrainer
-from streams.events import EventType
+from onevec.models.clickstream.events import EventType
+from onevec.models.online.base import parse_examples
+from onevec.models.online.trainer import OnlineTrainer
+from onevec.models.ranking import TOP_K, PrequentialScore, target_ranks
 
 __all__ = ["evaluate_next_item", "pretrain", "session_examples"]
 
-# The stream's defaults (streams.sessions.SessionWindow, Settings.session_gap_seconds).
+# The stream's defaults (onevec.models.clickstream.sessions.SessionWindow, Settings.session_gap_seconds).
 DEFAULT_MAX_ITEMS = 50
 DEFAULT_GAP_SECONDS = 1800.0
 # Examples ranked per target_ranks call: it builds a (batch x known items) float32 score
@@ -44,7 +44,7 @@ _EVENT_TYPES = frozenset(t.value for t in EventType)
 
 @dataclass
 class _Session:
-    """What the stream's session window keeps per open session (see streams.sessions)."""
+    """What the stream's session window keeps per open session (see onevec.models.clickstream.sessions)."""
 
     last: float
     items: deque[str]  # the newest max_items items, oldest first
@@ -60,7 +60,7 @@ def session_examples(
     """The example records the stream emits for ``events``, in the same (arrival) order.
 
     ``events`` is a normalised events frame in timestamp order, as ``load_events`` returns
-    it. Each row becomes one record with the keys of ``streams.sessions.Example.to_dict()``:
+    it. Each row becomes one record with the keys of ``onevec.models.clickstream.sessions.Example.to_dict()``:
     ``event_id`` (``"{session_id}:{position}"``, stable across calls), ``session_id``,
     ``user_id``, ``item_id``, ``event_type``, ``timestamp``, ``prefix`` (the session's
     previous items, oldest first, the newest ``max_items`` of them) and ``duplicate``.

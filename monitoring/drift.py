@@ -12,7 +12,7 @@ Two kinds of drift are watched:
   Only *adverse* changes count as drift events (loss up, hit rate down): a model that keeps
   improving is not drifting.
 
-Kernel predictability (centred kernel-target alignment, :mod:`models.kernel_alignment`) of the
+Kernel predictability (centred kernel-target alignment, :mod:`onevec.models.kernel_alignment`) of the
 served vectors with each configured catalogue label is updated on every upsert.
 
 The reference snapshot is taken after a warm-up, then rotated on a schedule or on demand.
@@ -36,9 +36,9 @@ import numpy as np
 from river.drift import ADWIN, PageHinkley
 from scipy.stats import wasserstein_distance
 
-from models.alignment import linear_cka
-from models.kernel_alignment import AlignmentTracker
-from monitoring import metrics
+from onevec.models.alignment import linear_cka
+from onevec.models.kernel_alignment import AlignmentTracker
+from onevec.monitoring import metrics
 
 __all__ = [
     "SIGNALS_HIGH_IS_BAD",
@@ -87,7 +87,7 @@ class DriftConfig:
 
     @classmethod
     def from_settings(cls, settings: Any) -> DriftConfig:
-        """From the ``drift_*`` fields of :class:`streams.settings.Settings` (duck-typed: the
+        """From the ``drift_*`` fields of :class:`onevec.streams.settings.Settings` (duck-typed: the
         monitoring package does not import the streams package)."""
         return cls(
             window_seconds=settings.drift_window_seconds,

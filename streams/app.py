@@ -22,17 +22,17 @@ import faust
 from faust.types import EventT, StreamT, TopicT
 from kafka import KafkaConsumer, TopicPartition
 
-from monitoring import metrics
-from streams.catalog import validate_catalog_record
-from streams.events import Event, Rejection, ValidationLimits, session_key, validate_event
-from streams.example_records import decode_examples, encode_examples
-from streams.faust_fixes import apply_faust_fixes
-from streams.learner import Learner, load_attributes
-from streams.qdrant_store import AsyncQdrantStore, CollectionSchemaError, backoff_delay
-from streams.session_table import ChangelogBatchStore
-from streams.sessions import ClosedSession, Example, SessionBook, SessionWindow
-from streams.settings import Settings
-from streams.topics import bootstrap_servers
+from onevec.models.catalog import validate_catalog_record
+from onevec.models.clickstream.events import Event, Rejection, ValidationLimits, session_key, validate_event
+from onevec.models.clickstream.examples import decode_examples, encode_examples
+from onevec.models.clickstream.sessions import ClosedSession, Example, SessionBook, SessionWindow
+from onevec.monitoring import metrics
+from onevec.streams.kafka.faust_fixes import apply_faust_fixes
+from onevec.streams.kafka.session_table import ChangelogBatchStore
+from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.learner.learner import Learner, load_attributes
+from onevec.streams.qdrant.store import AsyncQdrantStore, CollectionSchemaError, backoff_delay
+from onevec.streams.settings import Settings
 
 __all__ = ["OnevecApp", "create_app"]
 
@@ -460,7 +460,7 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
 def create_app(settings: Settings, broker_url: str | None = None) -> OnevecApp:
     apply_faust_fixes(settings)
     onevec = OnevecApp(settings, broker_url)
-    from streams.http_api import register_routes
+    from onevec.streams.http_api import register_routes
 
     register_routes(onevec)
     return onevec

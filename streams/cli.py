@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from streams.settings import Settings, load_settings
+from onevec.streams.settings import Settings, load_settings
 
 __all__ = ["app"]
 
@@ -57,7 +57,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a worker (sessionize agent, learner, HTTP ingest and lookups, /metrics) until interrupted."""
-    from streams.worker import run_worker
+    from onevec.streams.worker import run_worker
 
     run_worker(load_settings(**({"role": role} if role else {})))
 
@@ -67,7 +67,7 @@ def broker(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = a free one).")] = 9092,
 ) -> None:
     """Run the embedded Tansu broker in the foreground (for a worker and replays to share)."""
-    from deploy.embedded_broker import EmbeddedBroker
+    from onevec.deploy.embedded_broker import EmbeddedBroker
 
     settings = load_settings()
     with EmbeddedBroker(host=settings.bind_host, port=port) as embedded:
@@ -106,7 +106,7 @@ def _replay(settings: Settings, source: str, speedup: float | None, limit: int) 
 
 
 def read_events(settings: Settings, source: str, limit: int = 0) -> pd.DataFrame:
-    from streams.datasets import load_events
+    from onevec.models.datasets import load_events
 
     events = load_events(Path(source) if Path(source).exists() else source, settings.session_gap_seconds)
     return events.head(limit) if limit else events
@@ -114,9 +114,9 @@ def read_events(settings: Settings, source: str, limit: int = 0) -> pd.DataFrame
 
 def replay_events(settings: Settings, events: pd.DataFrame, label: str, speedup: float | None) -> float:
     """Replay with a progress bar; returns the elapsed seconds."""
-    from streams.producer import EventProducer
-    from streams.replay import replay as run_replay
-    from streams.topics import bootstrap_servers, ensure_topics
+    from onevec.streams.kafka.producer import EventProducer
+    from onevec.streams.kafka.replay import replay as run_replay
+    from onevec.streams.kafka.topics import bootstrap_servers, ensure_topics
 
     ensure_topics(settings)
     with (
@@ -138,11 +138,11 @@ def pretrain(
     output: Annotated[Path | None, typer.Option(help="Checkpoint path (default: the worker's).")] = None,
 ) -> None:
     """Train the encoders offline on history and write a checkpoint the worker starts from."""
-    from models.prequential import prequential_popularity
-    from models.pretrain import evaluate_next_item, session_examples
-    from models.pretrain import pretrain as run_pretrain
-    from models.trainer import OnlineTrainer
-    from streams.learner import attribute_tokens, load_attributes
+    from onevec.models.online.trainer import OnlineTrainer
+    from onevec.models.pretrain import evaluate_next_item, session_examples
+    from onevec.models.pretrain import pretrain as run_pretrain
+    from onevec.models.ranking import prequential_popularity
+    from onevec.streams.learner.learner import attribute_tokens, load_attributes
 
     settings = load_settings()
     examples = session_examples(
@@ -238,7 +238,7 @@ def demo(
     ] = 900.0,
 ) -> None:
     """Embedded broker + one worker + a replay of a real dataset, then a summary."""
-    from streams.demo import run_demo
+    from onevec.streams.tools.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
     run_demo(load_settings(), dataset, limit, timeout, console)
@@ -254,7 +254,7 @@ def bench(
     memory_items: Annotated[str, typer.Option(help="Item counts for the memory rows, e.g. 1000,10000.")] = "",
 ) -> None:
     """Throughput, freshness and memory, each against its ceiling, in one run (docs/performance.md)."""
-    from streams.bench import run_bench
+    from onevec.streams.tools.bench import run_bench
 
     logging.basicConfig(level=logging.WARNING)
     run_bench(
@@ -278,9 +278,9 @@ def eval_(
 ) -> None:
     """Prequential next-item evaluation against baselines, probes, tasks and kernel alignment,
     written as a Markdown report with plots (see docs/evaluation.md)."""
-    from models.evaluation.data import load_eval_data
-    from models.evaluation.report import claims, results_table, write_report
-    from models.evaluation.run import EvalOptions, run_evaluation
+    from onevec.models.evaluation.data import load_eval_data
+    from onevec.streams.tools.evaluate.report import claims, results_table, write_report
+    from onevec.streams.tools.evaluate.run import EvalOptions, run_evaluation
 
     if (events is None) != (catalog is None):
         raise typer.BadParameter("give both --events and --catalog, or neither")
@@ -318,7 +318,7 @@ def drift_scenario(
 ) -> None:
     """Replay MovieLens-100k stationary, then with item ids remapped half way (constructed
     drift), and show which drift signals, detectors and Prometheus alerts fire."""
-    from monitoring.drift_scenario import run_drift_scenario
+    from onevec.streams.tools.drift_scenario import run_drift_scenario
 
     logging.basicConfig(level=logging.ERROR)
     runs, missing = run_drift_scenario(
@@ -371,8 +371,8 @@ def static_build(
     epochs: Annotated[int, typer.Option(help="Text autoencoder epochs.")] = 40,
 ) -> None:
     """Train the static encoders on a catalogue; store them and its vectors as a new version."""
-    from models.static_vectors import save_bundle
-    from streams.static_build import BuildOptions, build_static
+    from onevec.models.static.bundle import save_bundle
+    from onevec.streams.tools.static_report import BuildOptions, build_static
 
     settings = load_settings()
     if text_encoder not in ("autoencoder", "inductive"):
@@ -403,7 +403,7 @@ def static_report(
     image_limit: Annotated[int, typer.Option(help="Fashion-MNIST train images used.")] = 10_000,
 ) -> None:
     """Measure the static encoders on real data; print the table and write the report."""
-    from streams.static_build import BuildOptions, run_report
+    from onevec.streams.tools.static_report import BuildOptions, run_report
 
     with progress_bar() as bar:
         on_progress = staged_progress(bar)
@@ -426,7 +426,7 @@ def catalog_publish(
     """Send every catalogue record to the catalogue topic, keyed by item_id. Image file
     columns (image / image_path, relative to the file's directory) are read here and sent
     inside the record (image_data, base64): the worker never opens a path."""
-    from streams.catalog import publish_catalog
+    from onevec.models.catalog import publish_catalog
 
     settings = load_settings()
     if settings.embedded:

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
-from monitoring import metrics
-from streams.events import TOO_DEEP, Rejection, json_error, validate_event
+from onevec.models.clickstream.events import TOO_DEEP, Rejection, json_error, validate_event
+from onevec.monitoring import metrics
 
 if TYPE_CHECKING:
-    from streams.app import OnevecApp
+    from onevec.streams.app import OnevecApp
 
 __all__ = ["register_routes", "split_body"]
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.config import ModelConfig
+from onevec.models.online.config import ModelConfig
 
 __all__ = ["Settings", "load_settings"]
 
@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     drift_reference_seconds: float = Field(default=3600.0, ge=0)  # reference rotation; 0 = on demand only
     drift_warmup_examples: int = Field(default=5000, ge=0)  # learned before the first reference
     drift_anchor_items: int = Field(default=200, ge=3)
-    drift_thresholds: dict[str, float] = {}  # overrides of monitoring.drift.DEFAULT_THRESHOLDS
+    drift_thresholds: dict[str, float] = {}  # overrides of onevec.monitoring.drift.DEFAULT_THRESHOLDS
     predictability_labels: list[str] = ["genre", "decade", "category", "department", "brand"]
 
     # Validation limits.

@@ -21,10 +21,10 @@ from typing import Any
 import faust
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.embedded_broker import EmbeddedBroker, free_port, stop_process
-from streams.app import create_app
-from streams.settings import Settings
-from streams.topics import ensure_topics
+from onevec.deploy.embedded_broker import EmbeddedBroker, free_port, stop_process
+from onevec.streams.app import create_app
+from onevec.streams.kafka.topics import ensure_topics
+from onevec.streams.settings import Settings
 
 __all__ = ["WorkerProcess", "run_worker", "scrape_metrics"]
 
@@ -78,7 +78,7 @@ class WorkerProcess:
     """A worker in a child process, with its own web port on loopback."""
 
     # What the child runs; a test may run the same worker inside a wrapper module.
-    command: tuple[str, ...] = (sys.executable, "-m", "streams.cli", "worker")
+    command: tuple[str, ...] = (sys.executable, "-m", "onevec.streams.cli", "worker")
 
     def __init__(self, settings: Settings, broker_url: str, extra_env: dict[str, str] | None = None):
         self.settings = settings

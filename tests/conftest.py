@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.embedded_broker import EmbeddedBroker
-from streams.settings import Settings
-from streams.topics import ensure_topics
-from streams.worker import WorkerProcess
+from onevec.deploy.embedded_broker import EmbeddedBroker
+from onevec.streams.kafka.topics import ensure_topics
+from onevec.streams.settings import Settings
+from onevec.streams.worker import WorkerProcess
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from streams.example_records import decode_examples
-from streams.settings import Settings
-from streams.topics import bootstrap_servers
-from streams.worker import WorkerProcess, metric_total
+from onevec.models.clickstream.examples import decode_examples
+from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.settings import Settings
+from onevec.streams.worker import WorkerProcess, metric_total
 
 
 def read_topic(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from streams.bench import SECTIONS, run_bench
-from streams.settings import Settings
+from onevec.streams.settings import Settings
+from onevec.streams.tools.bench import SECTIONS, run_bench
 
 
 def test_quick_bench_prints_every_row(settings: Settings, tmp_path: Path) -> None:

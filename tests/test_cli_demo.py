@@ -13,7 +13,7 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     env = {**os.environ, "ONEVEC_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "160"}
     env.pop("ONEVEC_BROKER_URL", None)
     result = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "demo", "--limit", "2000"],
+        [sys.executable, "-m", "onevec.streams.cli", "demo", "--limit", "2000"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

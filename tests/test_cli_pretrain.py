@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from streams.datasets import load_events
+from onevec.models.datasets import load_events
 
 
 def test_pretrain_writes_a_checkpoint_from_a_users_csv(tmp_path: Path) -> None:
@@ -22,7 +22,7 @@ def test_pretrain_writes_a_checkpoint_from_a_users_csv(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "streams.cli",
+            "onevec.streams.cli",
             "pretrain",
             str(csv),
             "--epochs",

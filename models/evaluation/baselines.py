@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from models.config import ModelConfig
-from models.evaluation.harness import Query
-from models.item_encoder import ItemEncoder
-from models.pretrain import pretrain
-from models.trainer import OnlineTrainer
+from onevec.models.evaluation.harness import Query
+from onevec.models.online.config import ModelConfig
+from onevec.models.online.item_encoder import ItemEncoder
+from onevec.models.online.trainer import OnlineTrainer
+from onevec.models.pretrain import pretrain
 
 __all__ = [
     "FrozenSkipGram",

@@ -6,7 +6,7 @@ docs/evaluation.md): an events file (``user_id``, ``item_id``, ``timestamp``, op
 and text columns).
 
 * **Labels** (probe tasks) come from the catalogue attributes the learner already reads
-  (``streams.learner.load_attributes``): a single-valued attribute (decade, department, ...)
+  (``onevec.streams.learner.learner.load_attributes``): a single-valued attribute (decade, department, ...)
   is one multi-class task; a multi-valued one (MovieLens genres) gives one yes/no task per
   frequent value plus a multi-class task over the items that have exactly one value.
 * **Outcomes** (paper 1's purchase and return tasks) come from ``event_type``
@@ -26,8 +26,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from streams.datasets import BUILTIN_DATASETS, load_catalog, movielens_ratings, normalise_events, read_table
-from streams.learner import attribute_tokens, load_attributes
+from onevec.models.datasets import (
+    BUILTIN_DATASETS,
+    load_catalog,
+    movielens_ratings,
+    normalise_events,
+    read_table,
+)
+from onevec.streams.learner.learner import attribute_tokens, load_attributes
 
 __all__ = ["EvalData", "Task", "load_eval_data", "restrict", "tasks_from_attributes", "text_documents"]
 

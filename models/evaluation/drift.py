@@ -3,7 +3,7 @@
 :class:`LiveWatch` is the harness's ``on_batch`` hook for the live model. After every batch it
 does what the learner's sink does, *upserting* the items whose vector moved (clicked items,
 and any whose direction moved by more than ``min_change`` in cosine distance since it was
-last published), and keeps one :class:`models.kernel_alignment.AlignmentTracker` per task up
+last published), and keeps one :class:`onevec.models.kernel_alignment.AlignmentTracker` per task up
 to date from those upserts alone (running sums: subtract the old vector, add the new one).
 Every ``snapshot_every`` batches it keeps a copy of all item vectors; :func:`drift_series`
 compares successive snapshots (linear CKA, centroid shift, cosine after Procrustes).
@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from models.alignment import align, linear_cka
-from models.evaluation.data import Task
-from models.fusion import normalise
-from models.kernel_alignment import AlignmentTracker
-from models.trainer import OnlineTrainer
+from onevec.models.alignment import align, linear_cka
+from onevec.models.evaluation.data import Task
+from onevec.models.fusion import normalise
+from onevec.models.kernel_alignment import AlignmentTracker
+from onevec.models.online.trainer import OnlineTrainer
 
 __all__ = ["LiveWatch", "Snapshot", "drift_series"]
 

@@ -5,7 +5,7 @@ off a token) trained on the same examples: the skip-gram item table alone, varie
 hyper-parameter at a time (dimension, window, negatives, epochs), plus the joint
 session + skip-gram trainer at two weights ``lambda`` of the skip-gram term. For every
 (variant, task) the centred kernel-target alignment of the item vectors
-(``models.kernel_alignment.centred_alignment``) is computed without training anything, and
+(``onevec.models.kernel_alignment.centred_alignment``) is computed without training anything, and
 the linear probe is trained; per task, the Spearman rank correlation across variants says
 whether alignment ranks the variants the way the probes do.
 """
@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from models.config import ModelConfig
-from models.evaluation.data import Task
-from models.evaluation.probes import probe_score
-from models.item_encoder import ItemEncoder
-from models.kernel_alignment import centred_alignment
-from models.pretrain import pretrain
-from models.trainer import OnlineTrainer
+from onevec.models.evaluation.data import Task
+from onevec.models.evaluation.probes import probe_score
+from onevec.models.kernel_alignment import centred_alignment
+from onevec.models.online.config import ModelConfig
+from onevec.models.online.item_encoder import ItemEncoder
+from onevec.models.online.trainer import OnlineTrainer
+from onevec.models.pretrain import pretrain
 
 __all__ = ["GridResult", "Variant", "default_variants", "run_grid"]
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.prequential import TOP_K
+from onevec.models.ranking import TOP_K
 
 __all__ = [
     "PeekingError",

@@ -21,8 +21,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from models.evaluation.data import Task
-from models.evaluation.sources import unified
+from onevec.models.evaluation.data import Task
+from onevec.models.evaluation.sources import unified
 
 __all__ = ["ProbeRow", "probe_score", "probe_tasks", "validation_score", "weight_candidates"]
 

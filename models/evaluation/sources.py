@@ -7,10 +7,10 @@ the two parts are the two sources it already holds:
   clicked: no behaviour source);
 * ``attributes``: the mean of the item's attribute-token vectors, optionally *withholding*
   the tokens of one attribute (the one a probe predicts, which it would otherwise read);
-* ``text``: the catalogue-text denoising autoencoder (``models.text_autoencoder``) over the
+* ``text``: the catalogue-text denoising autoencoder (``onevec.models.static.text_autoencoder``) over the
   words of the item's free text, when the catalogue has text;
 * ``unified``: paper 1's fusion of whichever of the above the item has
-  (``models.fusion.fuse_batch``, availability-aware, equal weights unless given).
+  (``onevec.models.fusion.fuse_batch``, availability-aware, equal weights unless given).
 
 Another source (an image encoder, say) is one more entry of the mapping.
 """
@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from models.fusion import fuse_batch
-from models.trainer import OnlineTrainer
+from onevec.models.fusion import fuse_batch
+from onevec.models.online.trainer import OnlineTrainer
 
 __all__ = ["attribute_vectors", "behaviour_vectors", "text_vectors", "unified"]
 
@@ -62,7 +62,7 @@ def text_vectors(
 ) -> np.ndarray | None:
     """Text vectors from a denoising autoencoder trained on the catalogue's words; None when
     the catalogue has no usable text."""
-    from models.text_autoencoder import TextAutoencoder, TokenVocabulary, words
+    from onevec.models.static.text_autoencoder import TextAutoencoder, TokenVocabulary, words
 
     documents = {item: words(text) for item, text in texts.items()}
     vocabulary = TokenVocabulary.build(documents.values(), min_count=2)

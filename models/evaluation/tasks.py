@@ -29,7 +29,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from models.fusion import normalise
+from onevec.models.fusion import normalise
 
 __all__ = [
     "PurchaseResult",

@@ -11,15 +11,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from models.evaluation.baselines import ItemTransitions, RandomScores, RecentPopularity, SessionKNN
-from models.evaluation.harness import (
+from onevec.models.evaluation.baselines import ItemTransitions, RandomScores, RecentPopularity, SessionKNN
+from onevec.models.evaluation.harness import (
     PeekingError,
     PrequentialLedger,
     Query,
     rank_targets,
     run_prequential,
 )
-from models.evaluation.tasks import (
+from onevec.models.evaluation.tasks import (
     compare_heads,
     cooccurrence_pairs,
     past_user_vectors,

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from models.config import ModelConfig
-from models.evaluation.baselines import (
+from onevec.models.datasets import load_events
+from onevec.models.evaluation.baselines import (
     FrozenSkipGram,
     ItemTransitions,
     LiveModel,
@@ -17,10 +17,10 @@ from models.evaluation.baselines import (
     RecentPopularity,
     SessionKNN,
 )
-from models.evaluation.harness import PrequentialResult, run_prequential
-from models.pretrain import session_examples
-from streams.datasets import load_events
-from streams.learner import attribute_tokens, load_attributes
+from onevec.models.evaluation.harness import PrequentialResult, run_prequential
+from onevec.models.online.config import ModelConfig
+from onevec.models.pretrain import session_examples
+from onevec.streams.learner.learner import attribute_tokens, load_attributes
 
 EVENTS = 20_000
 

@@ -15,9 +15,9 @@ import pandas as pd
 from PIL import Image
 from typer.testing import CliRunner
 
-from models.evaluation.data import load_eval_data
-from streams.cli import app
-from streams.datasets import load_catalog, movielens_ratings
+from onevec.models.datasets import load_catalog, movielens_ratings
+from onevec.models.evaluation.data import load_eval_data
+from onevec.streams.cli import app
 
 EVENTS = 5_000
 

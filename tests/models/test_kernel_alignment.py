@@ -8,9 +8,9 @@ import doctest
 import numpy as np
 import pytest
 
-from models import kernel_alignment
-from models.alignment import linear_cka
-from models.kernel_alignment import AlignmentTracker, centred_alignment, label_matrix
+from onevec.models import kernel_alignment
+from onevec.models.alignment import linear_cka
+from onevec.models.kernel_alignment import AlignmentTracker, centred_alignment, label_matrix
 
 
 def test_doctests_run() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.alignment import align, linear_cka, procrustes
-from models.fusion import click_scaled_weights, fuse, fuse_batch
+from onevec.models.alignment import align, linear_cka, procrustes
+from onevec.models.fusion import click_scaled_weights, fuse, fuse_batch
 
 
 def random_rotation(dim: int, rng: np.random.Generator) -> np.ndarray:

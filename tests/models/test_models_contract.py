@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.base import Encoder
-from models.config import ModelConfig
-from models.item_encoder import ItemEncoder
-from models.session_encoder import SessionEncoder
-from models.trainer import OnlineTrainer
+from onevec.models.online.base import Encoder
+from onevec.models.online.config import ModelConfig
+from onevec.models.online.item_encoder import ItemEncoder
+from onevec.models.online.session_encoder import SessionEncoder
+from onevec.models.online.trainer import OnlineTrainer
 
 # Small tables and few negatives, so a handful of batches makes the tables grow and leaves
 # some old items untouched by a step.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from models.trainer import OnlineTrainer
+from onevec.models.online.trainer import OnlineTrainer
 
 
 def example(item: str, prefix: list[str]) -> dict:

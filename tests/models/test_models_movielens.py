@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.config import ModelConfig
-from models.trainer import OnlineTrainer
+from onevec.models.online.config import ModelConfig
+from onevec.models.online.trainer import OnlineTrainer
 
 GAP_SECONDS = 30 * 60
 MAX_PREFIX = 50

@@ -1,4 +1,4 @@
-"""Offline pre-training (models.pretrain): stream-identical examples, multi-epoch training in
+"""Offline pre-training (onevec.models.pretrain): stream-identical examples, multi-epoch training in
 stream order, held-out next-item evaluation, and a checkpoint that carries the result.
 
 The MovieLens-100k tests use the built-in data set as ``load_events`` returns it (sessions
@@ -16,14 +16,14 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from models.config import ModelConfig
-from models.prequential import TOP_K, PrequentialScore
-from models.pretrain import evaluate_next_item, pretrain, session_examples
-from models.trainer import OnlineTrainer
-from streams.datasets import load_events
-from streams.events import Event
-from streams.replay import iter_event_dicts
-from streams.sessions import SessionBook, SessionWindow
+from onevec.models.clickstream.events import Event
+from onevec.models.clickstream.sessions import SessionBook, SessionWindow
+from onevec.models.datasets import load_events
+from onevec.models.online.config import ModelConfig
+from onevec.models.online.trainer import OnlineTrainer
+from onevec.models.pretrain import evaluate_next_item, pretrain, session_examples
+from onevec.models.ranking import TOP_K, PrequentialScore
+from onevec.streams.kafka.replay import iter_event_dicts
 
 EPOCHS = 2
 BATCH = 256

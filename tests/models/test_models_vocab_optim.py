@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.optim import RowAdam
-from models.vocab import Vocabulary
+from onevec.models.online.optim import RowAdam
+from onevec.models.online.vocab import Vocabulary
 
 
 def test_vocabulary_grows_without_collisions_and_round_trips_through_json() -> None:
@@ -38,7 +38,7 @@ def test_non_string_ids_are_the_rows_of_their_strings() -> None:
 
 
 def test_int_prefix_items_train_like_their_strings() -> None:
-    from models.trainer import OnlineTrainer
+    from onevec.models.online.trainer import OnlineTrainer
 
     as_ints, as_strings = OnlineTrainer(), OnlineTrainer()
     records = [

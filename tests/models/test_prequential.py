@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.prequential import PrequentialScore, prequential_popularity
+from onevec.models.ranking import PrequentialScore, prequential_popularity
 
 
 def test_popularity_known_answer() -> None:

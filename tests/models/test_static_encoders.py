@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 import torch
 
-from models.image_encoder import ImageEncoder, batch_triplet_loss
-from models.inductive_encoder import InductiveEncoder
-from models.static_vectors import CatalogJournal, StaticModels, StaticVectors, load_bundle, save_bundle
-from models.text_autoencoder import TextAutoencoder, TokenVocabulary
-from streams.catalog import frame_records
-from streams.datasets import load_catalog, load_events
-from streams.static_build import (
+from onevec.models.catalog import frame_records
+from onevec.models.datasets import load_catalog, load_events
+from onevec.models.static.bundle import CatalogJournal, StaticModels, StaticVectors, load_bundle, save_bundle
+from onevec.models.static.image_encoder import ImageEncoder, batch_triplet_loss
+from onevec.models.static.inductive_encoder import InductiveEncoder
+from onevec.models.static.text_autoencoder import TextAutoencoder, TokenVocabulary
+from onevec.streams.tools.static_report import (
     clothing_items,
     fashion_mnist,
     genre_auc,

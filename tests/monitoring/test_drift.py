@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.kernel_alignment import centred_alignment
-from monitoring.drift import (
+from onevec.models.kernel_alignment import centred_alignment
+from onevec.monitoring.drift import (
     DriftConfig,
     DriftMonitor,
     LabelSpace,

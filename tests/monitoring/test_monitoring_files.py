@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-import monitoring.metrics  # noqa: F401 - registers the catalogue
-from monitoring.prometheus_server import ALERTS_FILE, PROMETHEUS_DIR, promtool_binary
+import onevec.monitoring.metrics  # noqa: F401 - registers the catalogue
+from onevec.deploy.prometheus_server import ALERTS_FILE, PROMETHEUS_DIR, promtool_binary
 
-GRAFANA = Path(monitoring.metrics.__file__).parent / "grafana"
+GRAFANA = Path(onevec.monitoring.metrics.__file__).parent / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 METRIC_NAME = re.compile(r"\b(onevec_[a-z0-9_]+)")
 SUFFIXES = ("", "_total", "_created", "_bucket", "_sum", "_count")
@@ -27,7 +27,7 @@ def dashboard_exprs(path: Path) -> list[str]:
 def catalogue_samples() -> set[str]:
     """Every sample name the catalogue's metrics can export (counter _total, histogram _bucket, ...)."""
     names = set()
-    for metric in vars(monitoring.metrics).values():
+    for metric in vars(onevec.monitoring.metrics).values():
         if isinstance(metric, MetricWrapperBase):
             for family in metric.describe():
                 names.update(family.name + suffix for suffix in SUFFIXES)
@@ -105,7 +105,7 @@ def test_dashboards_cover_the_three_views_and_reference_only_catalogued_metrics(
 
 
 def test_drift_dashboard_shows_every_signal_with_its_threshold() -> None:
-    from monitoring.drift import DEFAULT_THRESHOLDS
+    from onevec.monitoring.drift import DEFAULT_THRESHOLDS
 
     exprs = dashboard_exprs(GRAFANA / "dashboards" / "onevec-drift.json")
     for signal in DEFAULT_THRESHOLDS:

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from deploy.embedded_broker import EmbeddedBroker
-from monitoring.drift_scenario import ScenarioRun, run_drift_scenario
-from monitoring.prometheus_server import ALERTS_FILE, PrometheusServer, prometheus_binary
-from streams.settings import Settings
-from streams.worker import WorkerProcess, metric_total
+from onevec.deploy.embedded_broker import EmbeddedBroker
+from onevec.deploy.prometheus_server import ALERTS_FILE, PrometheusServer, prometheus_binary
+from onevec.streams.settings import Settings
+from onevec.streams.tools.drift_scenario import ScenarioRun, run_drift_scenario
+from onevec.streams.worker import WorkerProcess, metric_total
 from tests.kafka_helpers import post_events
 
 DASHBOARDS = sorted((Path(ALERTS_FILE).parents[1] / "grafana" / "dashboards").glob("*.json"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.embedded_broker import free_port, stop_process, wait_for_port
+from onevec.deploy.embedded_broker import free_port, stop_process, wait_for_port
 
 S3RVER_VERSION = "3.7.1"  # npm package: a file-backed S3 API, enough for Tansu's s3:// engine
 BUCKET = "tansu"

@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from streams.events import EventType
+from onevec.models.clickstream.events import EventType
 
 REASONS = {
     "oversize",
@@ -172,7 +172,7 @@ def records(max_event_bytes: int) -> st.SearchStrategy[bytes]:
     )
 
 
-# Catalogue records (streams.catalog.validate_catalog_record). Image path columns are left out:
+# Catalogue records (onevec.models.catalog.validate_catalog_record). Image path columns are left out:
 # what a path may point at is tested with real files in tests/streams/test_catalog_records.py.
 CATALOG_REASONS = {
     "oversize",

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from deploy.embedded_broker import free_port, stop_process, wait_for_port
+from onevec.deploy.embedded_broker import free_port, stop_process, wait_for_port
 
 
 class TcpProxy:

@@ -23,13 +23,13 @@ import pandas as pd
 import torch
 from kafka import KafkaConsumer, TopicPartition
 
-from streams.datasets import load_events
-from streams.producer import EventProducer
-from streams.qdrant_store import QdrantStore
-from streams.replay import iter_event_dicts
-from streams.settings import Settings
-from streams.topics import bootstrap_servers
-from streams.worker import WorkerProcess, metric_total
+from onevec.models.datasets import load_events
+from onevec.streams.kafka.producer import EventProducer
+from onevec.streams.kafka.replay import iter_event_dicts
+from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.qdrant.store import QdrantStore
+from onevec.streams.settings import Settings
+from onevec.streams.worker import WorkerProcess, metric_total
 from tests.kafka_helpers import read_examples, read_topic
 
 # Malformed inputs with the reason the stream stage must give each (one of every kind).

@@ -21,10 +21,10 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from deploy.embedded_broker import EmbeddedBroker, free_port
-from streams.settings import Settings
-from streams.topics import ensure_topics
-from streams.worker import WorkerProcess
+from onevec.deploy.embedded_broker import EmbeddedBroker, free_port
+from onevec.streams.kafka.topics import ensure_topics
+from onevec.streams.settings import Settings
+from onevec.streams.worker import WorkerProcess
 from tests.conftest import isolated_settings
 from tests.kafka_helpers import post_events, read_examples
 from tests.reliability.proxies import TcpProxy, tansu_behind

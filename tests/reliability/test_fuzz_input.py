@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from streams.catalog import CatalogItem, validate_catalog_record
-from streams.events import MAX_ID_CHARS, Event, Rejection, ValidationLimits, validate_event
-from streams.producer import EventProducer
-from streams.topics import bootstrap_servers
-from streams.worker import metric_total
+from onevec.models.catalog import CatalogItem, validate_catalog_record
+from onevec.models.clickstream.events import MAX_ID_CHARS, Event, Rejection, ValidationLimits, validate_event
+from onevec.streams.kafka.producer import EventProducer
+from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.worker import metric_total
 from tests.kafka_helpers import post_events, read_examples, read_topic
 from tests.reliability.fuzz_strategies import (
     CATALOG_REASONS,

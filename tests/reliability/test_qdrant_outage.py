@@ -18,7 +18,7 @@ from collections import Counter
 
 import pytest
 
-from streams.worker import WorkerProcess, metric_total
+from onevec.streams.worker import WorkerProcess, metric_total
 from tests.reliability.reconcile import (
     MALFORMED,
     movielens_slice,

@@ -29,12 +29,12 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from deploy.embedded_broker import free_port
-from streams.app import broker_credentials
-from streams.producer import EventProducer
-from streams.settings import Settings
-from streams.topics import bootstrap_servers, ensure_topics
-from streams.worker import WorkerProcess, metric_total
+from onevec.deploy.embedded_broker import free_port
+from onevec.streams.app import broker_credentials
+from onevec.streams.kafka.producer import EventProducer
+from onevec.streams.kafka.topics import bootstrap_servers, ensure_topics
+from onevec.streams.settings import Settings
+from onevec.streams.worker import WorkerProcess, metric_total
 from tests.conftest import isolated_settings
 from tests.kafka_helpers import post_events, wait_processed
 from tests.reliability.proxies import TcpProxy, tansu_behind, tls_server_context

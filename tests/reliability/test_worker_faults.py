@@ -8,7 +8,7 @@ learner and Qdrant, and add a consumer-group rebalance with two workers.
 
 from __future__ import annotations
 
-from streams.worker import metric_total
+from onevec.streams.worker import metric_total
 from tests.kafka_helpers import read_examples
 from tests.reliability.reconcile import (
     MALFORMED,

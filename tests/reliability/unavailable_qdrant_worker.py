@@ -19,7 +19,7 @@ from typing import Any
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException
 
-from streams import qdrant_store
+from onevec.streams.qdrant import store as qdrant_store
 
 DOWN_FILE_VARIABLE = "ONEVEC_TEST_QDRANT_DOWN_FILE"
 
@@ -52,7 +52,7 @@ def main() -> None:
         return UnavailableWhileFlagged(real_local_client(path), down_file)
 
     qdrant_store._local_client = local_client
-    from streams.cli import app
+    from onevec.streams.cli import app
 
     app(["worker"])
 

@@ -22,15 +22,15 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from PIL import Image
 
-from models.fusion import normalise
-from models.static_vectors import save_bundle
-from streams.catalog import publish_catalog
-from streams.learner import load_attributes
-from streams.producer import EventProducer
-from streams.settings import Settings
-from streams.static_build import FASHION_DIR, BuildOptions, build_static, fashion_mnist
-from streams.topics import bootstrap_servers
-from streams.worker import WorkerProcess, metric_total
+from onevec.models.catalog import publish_catalog
+from onevec.models.fusion import normalise
+from onevec.models.static.bundle import save_bundle
+from onevec.streams.kafka.producer import EventProducer
+from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.learner.learner import load_attributes
+from onevec.streams.settings import Settings
+from onevec.streams.tools.static_report import FASHION_DIR, BuildOptions, build_static, fashion_mnist
+from onevec.streams.worker import WorkerProcess, metric_total
 from tests.kafka_helpers import read_topic
 
 

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.image_encoder import MAX_PIXELS, decode_image
-from streams.catalog import (
+from onevec.models.catalog import (
     CatalogItem,
     catalog_records,
     inline_images,
     parse_catalog_record,
     validate_catalog_record,
 )
-from streams.events import Rejection
+from onevec.models.clickstream.events import Rejection
+from onevec.models.static.image_encoder import MAX_PIXELS, decode_image
 
 
 def png_data(size: tuple[int, int] = (40, 40)) -> bytes:

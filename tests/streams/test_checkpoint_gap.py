@@ -6,10 +6,10 @@ from __future__ import annotations
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from streams.app import checkpoint_coverage, read_committed_gap
-from streams.example_records import encode_examples
-from streams.settings import Settings
-from streams.topics import bootstrap_servers
+from onevec.models.clickstream.examples import encode_examples
+from onevec.streams.app import checkpoint_coverage, read_committed_gap
+from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.settings import Settings
 
 
 def example(n: int) -> dict:

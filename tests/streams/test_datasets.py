@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from streams.datasets import load_catalog, load_events
+from onevec.models.datasets import load_catalog, load_events
 
 ROWS = pd.DataFrame(
     {

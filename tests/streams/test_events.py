@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from streams.events import MAX_JSON_DEPTH, Event, EventType, Rejection, ValidationLimits, validate_event
+from onevec.models.clickstream.events import (
+    MAX_JSON_DEPTH,
+    Event,
+    EventType,
+    Rejection,
+    ValidationLimits,
+    validate_event,
+)
 
 LIMITS = ValidationLimits(max_event_bytes=1024)
 NOW = 1_700_000_000.0

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from streams.example_records import decode_examples, encode_examples
+from onevec.models.clickstream.examples import decode_examples, encode_examples
 
 
 def example(n: int, prefix_items: int = 3) -> dict:
@@ -64,8 +64,8 @@ def test_a_foreign_examples_record_is_dead_lettered_and_learning_goes_on(setting
     the worker still learns the records after it."""
     from kafka import KafkaProducer
 
-    from streams.topics import bootstrap_servers
-    from streams.worker import metric_total
+    from onevec.streams.kafka.topics import bootstrap_servers
+    from onevec.streams.worker import metric_total
     from tests.kafka_helpers import read_topic
 
     worker = start_worker()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from faust.types import TP
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streams.faust_fixes import last_record_offsets
-from streams.settings import Settings
-from streams.topics import bootstrap_servers, ensure_topics
+from onevec.streams.kafka.faust_fixes import last_record_offsets
+from onevec.streams.kafka.topics import bootstrap_servers, ensure_topics
+from onevec.streams.settings import Settings
 
 
 def test_highwater_of_a_multi_record_batch_is_its_last_record(settings: Settings) -> None:

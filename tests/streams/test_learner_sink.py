@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.alignment import linear_cka
-from models.pretrain import session_examples
-from streams.datasets import load_events
-from streams.learner import Learner, load_attributes
-from streams.qdrant_store import AsyncQdrantStore
-from streams.settings import Settings
+from onevec.models.alignment import linear_cka
+from onevec.models.datasets import load_events
+from onevec.models.pretrain import session_examples
+from onevec.streams.learner.learner import Learner, load_attributes
+from onevec.streams.qdrant.store import AsyncQdrantStore
+from onevec.streams.settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from streams.datasets import load_events
-from streams.learner import load_attributes
-from streams.producer import EventProducer
-from streams.replay import iter_event_dicts
-from streams.topics import bootstrap_servers
-from streams.worker import WorkerProcess, metric_total
+from onevec.models.datasets import load_events
+from onevec.streams.kafka.producer import EventProducer
+from onevec.streams.kafka.replay import iter_event_dicts
+from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.learner.learner import load_attributes
+from onevec.streams.worker import WorkerProcess, metric_total
 from tests.reliability.reconcile import uncovered_examples, wait_for
 
 TRAIN, TAIL = 18_000, 1_000

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from streams.datasets import load_events
-from streams.producer import EventProducer
-from streams.replay import iter_event_dicts
-from streams.topics import bootstrap_servers
+from onevec.models.datasets import load_events
+from onevec.streams.kafka.producer import EventProducer
+from onevec.streams.kafka.replay import iter_event_dicts
+from onevec.streams.kafka.topics import bootstrap_servers
 from tests.kafka_helpers import read_examples, read_topic, wait_processed
 from tests.streams.oracle import expected_output
 

@@ -1,4 +1,4 @@
-"""Tests of streams.qdrant_store against real qdrant-client local mode (no server needed).
+"""Tests of onevec.streams.qdrant.store against real qdrant-client local mode (no server needed).
 
 Faults (failing, blocking, racing calls) are injected into real local-mode clients by
 subclassing them; every other call goes through qdrant-client unchanged.
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
-from streams.qdrant_store import (
+from onevec.streams.qdrant.store import (
     ITEM_VECTORS,
     VECTOR_DISTANCES,
     AsyncQdrantStore,

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from streams.datasets import load_events
-from streams.producer import EventProducer
-from streams.replay import iter_event_dicts
-from streams.topics import bootstrap_servers
-from streams.worker import metric_total
+from onevec.models.datasets import load_events
+from onevec.streams.kafka.producer import EventProducer
+from onevec.streams.kafka.replay import iter_event_dicts
+from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.worker import metric_total
 from tests.kafka_helpers import read_examples
 from tests.streams.oracle import expected_output
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.events import Event, EventType
-from streams.session_table import ChangelogBatchStore
-from streams.sessions import SessionBook, SessionWindow
+from onevec.models.clickstream.events import Event, EventType
+from onevec.models.clickstream.sessions import SessionBook, SessionWindow
+from onevec.streams.kafka.session_table import ChangelogBatchStore
 
 
 class RecordingTable:

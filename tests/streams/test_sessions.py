@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from streams.events import Event
-from streams.sessions import SessionBook, SessionWindow
+from onevec.models.clickstream.events import Event
+from onevec.models.clickstream.sessions import SessionBook, SessionWindow
 
 GAP = 100.0
 

@@ -13,9 +13,9 @@ import urllib.request
 import pytest
 from pydantic import ValidationError
 
-from streams.datasets import load_events
-from streams.settings import Settings
-from streams.worker import WorkerProcess, metric_total, run_worker
+from onevec.models.datasets import load_events
+from onevec.streams.settings import Settings
+from onevec.streams.worker import WorkerProcess, metric_total, run_worker
 from tests.reliability.reconcile import uncovered_examples, wait_for
 from tests.streams.test_learning_e2e import replay, wait_metric
 

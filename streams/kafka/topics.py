@@ -12,7 +12,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from streams.settings import Settings
+from onevec.streams.settings import Settings
 
 __all__ = ["bootstrap_servers", "ensure_topics", "topic_names"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from deploy.embedded_broker import free_port, stop_process
+from onevec.deploy.embedded_broker import free_port, stop_process
 
 __all__ = ["ALERTS_FILE", "PROMETHEUS_DIR", "PrometheusServer", "prometheus_binary", "promtool_binary"]
 

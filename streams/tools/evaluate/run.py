@@ -12,9 +12,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from models.config import ModelConfig
-from models.evaluation import sources as src
-from models.evaluation.baselines import (
+from onevec.models.evaluation import sources as src
+from onevec.models.evaluation.baselines import (
     FrozenSkipGram,
     ItemTransitions,
     LiveModel,
@@ -22,20 +21,21 @@ from models.evaluation.baselines import (
     RecentPopularity,
     SessionKNN,
 )
-from models.evaluation.data import EvalData, Task, restrict, tasks_from_attributes, text_documents
-from models.evaluation.drift import LiveWatch, drift_series
-from models.evaluation.grid import GridResult, default_variants, run_grid
-from models.evaluation.harness import PrequentialResult, run_prequential
-from models.evaluation.probes import ProbeRow, probe_tasks
-from models.evaluation.tasks import (
+from onevec.models.evaluation.data import EvalData, Task, restrict, tasks_from_attributes, text_documents
+from onevec.models.evaluation.drift import LiveWatch, drift_series
+from onevec.models.evaluation.grid import GridResult, default_variants, run_grid
+from onevec.models.evaluation.harness import PrequentialResult, run_prequential
+from onevec.models.evaluation.probes import ProbeRow, probe_tasks
+from onevec.models.evaluation.tasks import (
     PurchaseResult,
     compare_heads,
     cooccurrence_pairs,
     purchase_similarity,
     return_pairs,
 )
-from models.kernel_alignment import centred_alignment
-from models.pretrain import session_examples
+from onevec.models.kernel_alignment import centred_alignment
+from onevec.models.online.config import ModelConfig
+from onevec.models.pretrain import session_examples
 
 __all__ = ["EvalOptions", "Evaluation", "run_evaluation"]
 

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.base import parse_examples
-from models.config import ModelConfig
-from models.item_encoder import ItemEncoder
-from models.session_encoder import SessionEncoder
+from onevec.models.online.base import parse_examples
+from onevec.models.online.config import ModelConfig
+from onevec.models.online.item_encoder import ItemEncoder
+from onevec.models.online.session_encoder import SessionEncoder
 
 __all__ = ["LearnedStep", "OnlineTrainer"]
 

@@ -30,14 +30,14 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from models.alignment import linear_cka, procrustes
-from models.fusion import click_scaled_weights, fuse_batch
-from models.prequential import PrequentialScore, target_ranks
-from models.static_vectors import CatalogJournal, StaticModels, StaticVectors, load_bundle
-from models.trainer import OnlineTrainer
-from monitoring import metrics
-from monitoring.drift import DriftConfig, DriftMonitor
-from streams.qdrant_store import (
+from onevec.models.alignment import linear_cka, procrustes
+from onevec.models.fusion import click_scaled_weights, fuse_batch
+from onevec.models.online.trainer import OnlineTrainer
+from onevec.models.ranking import PrequentialScore, target_ranks
+from onevec.models.static.bundle import CatalogJournal, StaticModels, StaticVectors, load_bundle
+from onevec.monitoring import metrics
+from onevec.monitoring.drift import DriftConfig, DriftMonitor
+from onevec.streams.qdrant.store import (
     AsyncQdrantStore,
     ItemRecord,
     PointRow,
@@ -46,10 +46,10 @@ from streams.qdrant_store import (
     build_item_points,
     build_session_points,
 )
-from streams.settings import Settings
+from onevec.streams.settings import Settings
 
 if TYPE_CHECKING:
-    from streams.catalog import CatalogItem
+    from onevec.models.catalog import CatalogItem
 
 __all__ = ["Learner", "attribute_tokens", "load_attributes"]
 
@@ -660,7 +660,7 @@ def attribute_tokens(attributes: dict[str, Any]) -> list[str]:
 
 def load_attributes(source: str | Path) -> dict[str, dict[str, Any]]:
     """Catalogue attributes per item: MovieLens genres and release-year band, or any columns."""
-    from streams.datasets import load_catalog
+    from onevec.models.datasets import load_catalog
 
     catalog = load_catalog(source)
     flag_columns = [

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import parse_examples, top_k
-from models.config import ModelConfig
-from models.item_encoder import Batch, BatchVectors, ItemEncoder
+from onevec.models.online.base import parse_examples, top_k
+from onevec.models.online.config import ModelConfig
+from onevec.models.online.item_encoder import Batch, BatchVectors, ItemEncoder
 
 __all__ = ["SessionEncoder"]
 

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deploy.embedded_broker import EmbeddedBroker
-from monitoring.drift import SIGNALS_HIGH_IS_BAD
-from monitoring.prometheus_server import PrometheusServer, prometheus_binary
-from streams.settings import Settings
-from streams.worker import WorkerProcess, metric_total
+from onevec.deploy.embedded_broker import EmbeddedBroker
+from onevec.deploy.prometheus_server import PrometheusServer, prometheus_binary
+from onevec.monitoring.drift import SIGNALS_HIGH_IS_BAD
+from onevec.streams.settings import Settings
+from onevec.streams.worker import WorkerProcess, metric_total
 
 __all__ = ["CONSTRUCTED_LABEL", "ScenarioRun", "remap_items", "run_drift_scenario"]
 
@@ -98,9 +98,9 @@ def _labelled(samples: dict[str, float], name: str, label: str) -> dict[str, flo
 
 
 def _pretrain_checkpoint(settings: Settings, history: pd.DataFrame, epochs: int, path: Path) -> None:
-    from models.pretrain import pretrain, session_examples
-    from models.trainer import OnlineTrainer
-    from streams.learner import attribute_tokens, load_attributes
+    from onevec.models.online.trainer import OnlineTrainer
+    from onevec.models.pretrain import pretrain, session_examples
+    from onevec.streams.learner.learner import attribute_tokens, load_attributes
 
     trainer = OnlineTrainer(settings.model_config_for_training())
     for item_id, attrs in (load_attributes(settings.catalog) if settings.catalog else {}).items():
@@ -113,9 +113,9 @@ def _pretrain_checkpoint(settings: Settings, history: pd.DataFrame, epochs: int,
 def _replay_and_watch(
     worker: WorkerProcess, settings: Settings, events: pd.DataFrame, run: ScenarioRun, timeout: float
 ) -> None:
-    from streams.producer import EventProducer
-    from streams.replay import iter_event_dicts
-    from streams.topics import bootstrap_servers
+    from onevec.streams.kafka.producer import EventProducer
+    from onevec.streams.kafka.replay import iter_event_dicts
+    from onevec.streams.kafka.topics import bootstrap_servers
 
     with EventProducer(bootstrap_servers(settings), settings.clicks_topic) as producer:
         producer.send_many(iter_event_dicts(events))
@@ -155,7 +155,7 @@ def run_drift_scenario(
     """Run the stationary and the constructed-drift replay; return both runs and why Prometheus
     was not used (None when it was). ``after_replay(name, worker, prometheus)`` runs once per
     replay, after the results are read and before that worker stops."""
-    from streams.datasets import load_events
+    from onevec.models.datasets import load_events
 
     settings = settings.model_copy(update={"catalog": settings.catalog or dataset})
     events = load_events(dataset, settings.session_gap_seconds).head(history + stream)

@@ -13,12 +13,12 @@ A catalogue record is one JSON object (a row of a CSV / Parquet / JSON lines cat
   path a message names (it could be /dev/zero, a FIFO, a secret), and the path would be the
   publisher's, not the worker's;
 * a category column (``category``, ``brand``, ``department``, ``class``, ...; see
-  ``streams.learner.CATEGORY_COLUMNS``): an attribute, and the token ``department=Dresses``;
+  ``onevec.streams.learner.learner.CATEGORY_COLUMNS``): an attribute, and the token ``department=Dresses``;
 * 0/1 flag columns (MovieLens genres): the attribute ``genre`` and tokens ``genre=Comedy``;
 * ``release_date`` ending in a year: the attribute and token ``decade=1990s``;
 * any other text column (title, description, review text): words.
 
-Bad records are refused with a :class:`~streams.events.Rejection` (sent to the dead-letter
+Bad records are refused with a :class:`~onevec.models.clickstream.events.Rejection` (sent to the dead-letter
 topic with the reason, like bad clicks): not JSON, no ``item_id``, a field of the wrong type
 or shape, an image path on the topic, an image that cannot be read or decoded.
 """
@@ -39,13 +39,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from models.image_encoder import IMAGE_SIDE, ImageShapeError, decode_image
-from models.text_autoencoder import words
-from streams.events import Rejection, _as_id
-from streams.learner import CATEGORY_COLUMNS
+from onevec.models.clickstream.events import Rejection, _as_id
+from onevec.models.static.image_encoder import IMAGE_SIDE, ImageShapeError, decode_image
+from onevec.models.static.text_autoencoder import words
+from onevec.streams.learner.learner import CATEGORY_COLUMNS
 
 if TYPE_CHECKING:
-    from streams.settings import Settings
+    from onevec.streams.settings import Settings
 
 __all__ = [
     "CatalogItem",
@@ -242,7 +242,7 @@ def _decoded(data: bytes, where: str) -> np.ndarray | Rejection:
 def catalog_records(source: str) -> list[dict[str, Any]]:
     """A catalogue file's rows (or a built-in dataset's) as JSON-ready dicts, unvalidated:
     the worker validates, so a bad row reaches the dead-letter topic with its reason."""
-    from streams.datasets import BUILTIN_DATASETS, read_table
+    from onevec.models.datasets import BUILTIN_DATASETS, read_table
 
     path = Path(source)
     if source in BUILTIN_DATASETS:
@@ -297,8 +297,8 @@ def inline_images(record: dict[str, Any]) -> dict[str, Any]:
 def publish_catalog(settings: Settings, source: str, on_progress: Callable[[int], None] | None = None) -> int:
     """Send a catalogue's records to the catalogue topic, keyed by item_id, with each image
     file inlined (:func:`inline_images`); returns the count."""
-    from streams.producer import EventProducer
-    from streams.topics import bootstrap_servers, ensure_topics
+    from onevec.streams.kafka.producer import EventProducer
+    from onevec.streams.kafka.topics import bootstrap_servers, ensure_topics
 
     ensure_topics(settings)
     records = [inline_images(record) for record in catalog_records(source)]

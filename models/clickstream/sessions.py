@@ -37,7 +37,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from streams.events import Event, session_key
+from onevec.models.clickstream.events import Event, session_key
 
 __all__ = ["ClosedSession", "Example", "SessionBook", "SessionWindow", "session_id_for"]
 

@@ -22,9 +22,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from models.image_encoder import ImageEncoder
-from models.inductive_encoder import InductiveEncoder
-from models.text_autoencoder import TextAutoencoder
+from onevec.models.static.image_encoder import ImageEncoder
+from onevec.models.static.inductive_encoder import InductiveEncoder
+from onevec.models.static.text_autoencoder import TextAutoencoder
 
 __all__ = [
     "CatalogJournal",

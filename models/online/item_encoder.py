@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import Example, parse_examples, top_k
-from models.config import ModelConfig
-from models.optim import RowAdam
-from models.vocab import Vocabulary
+from onevec.models.online.base import Example, parse_examples, top_k
+from onevec.models.online.config import ModelConfig
+from onevec.models.online.optim import RowAdam
+from onevec.models.online.vocab import Vocabulary
 
 __all__ = ["Batch", "BatchVectors", "ItemEncoder"]
 

@@ -49,7 +49,7 @@ from typing import Any, Literal, NamedTuple, Protocol, Self, TypeVar
 import numpy as np
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
-from monitoring import metrics
+from onevec.monitoring import metrics
 
 __all__ = [
     "ITEM_VECTORS",

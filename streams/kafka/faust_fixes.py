@@ -17,7 +17,7 @@ when the app is built.
    also closed the window, but a worker restarted after kill -9 then sometimes never fetched
    again: 1 run of 4 stalled. With this correction alone, on 2026-11-30 and 12-01: 24 of 24
    rebalance runs lost nothing, 25 kill -9 runs restarted and fetched; one of those lost
-   learned state through a learner bug, since fixed: ``streams.app.checkpoint_coverage``.)
+   learned state through a learner bug, since fixed: ``onevec.streams.app.checkpoint_coverage``.)
 2. Against Tansu (the embedded broker), ``ListOffsets(latest)`` answers the base offset of a
    partition's last *record batch* + 1, not the offset after its last record (measured: 13
    records in two batches of 10 and 3 report an end offset of 11). Faust's table recovery
@@ -46,8 +46,8 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 from kafka import KafkaConsumer, TopicPartition
 
-from streams.settings import Settings
-from streams.topics import bootstrap_servers
+from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.settings import Settings
 
 __all__ = ["apply_faust_fixes", "last_record_offsets"]
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.text_autoencoder import TokenVocabulary
+from onevec.models.static.text_autoencoder import TokenVocabulary
 
 __all__ = ["InductiveEncoder", "byol_loss"]
 

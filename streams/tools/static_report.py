@@ -2,7 +2,7 @@
 catalogue and measure them on real data.
 
 Build: the catalogue's records are parsed exactly as the worker's catalogue agent parses
-them (:mod:`streams.catalog`); a denoising autoencoder learns text vectors from every item's
+them (:mod:`onevec.models.catalog`); a denoising autoencoder learns text vectors from every item's
 words and attributes; a Siamese CNN learns image vectors from ``--images`` (a Fashion-MNIST
 IDX file, labels read from its sibling labels file, or a directory of PNG/JPEG files, one
 sub-directory per class) or else from the catalogue's own images; with ``--events``, a
@@ -25,19 +25,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.image_encoder import ImageEncoder, decode_image, read_idx
-from models.inductive_encoder import InductiveEncoder
-from models.static_vectors import StaticModels, StaticVectors, TextEncoderName
-from models.text_autoencoder import TextAutoencoder, TokenVocabulary
-from streams.catalog import (
+from onevec.models.catalog import (
     CatalogItem,
     catalog_records,
     frame_records,
     parse_catalog_record,
     read_image_file,
 )
-from streams.datasets import derive_session_ids, load_catalog, load_clothing_reviews, load_events
-from streams.events import Rejection
+from onevec.models.clickstream.events import Rejection
+from onevec.models.datasets import derive_session_ids, load_catalog, load_clothing_reviews, load_events
+from onevec.models.static.bundle import StaticModels, StaticVectors, TextEncoderName
+from onevec.models.static.image_encoder import ImageEncoder, decode_image, read_idx
+from onevec.models.static.inductive_encoder import InductiveEncoder
+from onevec.models.static.text_autoencoder import TextAutoencoder, TokenVocabulary
 
 __all__ = ["FASHION_DIR", "BuildOptions", "build_static", "clothing_items", "fashion_mnist", "run_report"]
 
@@ -420,9 +420,9 @@ def behaviour_vectors(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Behaviour vectors (the live learner's item encoder, pre-trained on every event without
     catalogue attributes, so they carry clicks only) and click counts for ``catalog_ids``."""
-    from models.config import ModelConfig
-    from models.pretrain import pretrain, session_examples
-    from models.trainer import OnlineTrainer
+    from onevec.models.online.config import ModelConfig
+    from onevec.models.online.trainer import OnlineTrainer
+    from onevec.models.pretrain import pretrain, session_examples
 
     trainer = OnlineTrainer(ModelConfig(dim=options.dim, seed=options.seed))
     pretrain(trainer, session_examples(events, gap_seconds=options.session_gap_seconds), epochs=1)
@@ -440,7 +440,7 @@ def movielens_rows(
 ) -> tuple[list[Row], dict[str, float]]:
     """Genre probes per source and for the unified vector on MovieLens-100k; and the BYOL
     encoder against the autoencoder on inputs without genres (titles and decade only)."""
-    from models.fusion import click_scaled_weights, fuse_batch
+    from onevec.models.fusion import click_scaled_weights, fuse_batch
 
     catalog = load_catalog("movielens-100k")
     genre_columns = [

@@ -1,4 +1,4 @@
-"""An :class:`~models.evaluation.run.Evaluation` as a Markdown report with PNG plots, plus the
+"""An :class:`~onevec.streams.tools.evaluate.run.Evaluation` as a Markdown report with PNG plots, plus the
 verdict on each claim of the papers that the evaluation tests."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from models.evaluation.run import Evaluation  # noqa: E402
+from onevec.streams.tools.evaluate.run import Evaluation  # noqa: E402
 
 __all__ = ["claims", "results_table", "write_report"]
 

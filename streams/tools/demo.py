@@ -14,14 +14,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from deploy.embedded_broker import EmbeddedBroker
-from models.prequential import prequential_popularity
-from models.pretrain import session_examples
-from streams.cli import progress_bar, read_events, replay_events
-from streams.datasets import BUILTIN_DATASETS
-from streams.learner import load_attributes
-from streams.settings import Settings
-from streams.worker import WorkerProcess, metric_total
+from onevec.deploy.embedded_broker import EmbeddedBroker
+from onevec.models.datasets import BUILTIN_DATASETS
+from onevec.models.pretrain import session_examples
+from onevec.models.ranking import prequential_popularity
+from onevec.streams.cli import progress_bar, read_events, replay_events
+from onevec.streams.learner.learner import load_attributes
+from onevec.streams.settings import Settings
+from onevec.streams.worker import WorkerProcess, metric_total
 
 __all__ = ["run_demo"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from streams.sessions import session_id_for
+from onevec.models.clickstream.sessions import session_id_for
 
 __all__ = [
     "BUILTIN_DATASETS",

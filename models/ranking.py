@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from models.trainer import OnlineTrainer
+    from onevec.models.online.trainer import OnlineTrainer
 
 __all__ = ["TOP_K", "PrequentialScore", "prequential_popularity", "target_ranks"]
 

@@ -19,8 +19,9 @@ depend on what else the machine runs):
    catalogue, synthetic Zipf clicks), one subprocess per size; RSS is also sampled halfway
    through the events, so growth with events (should be none) shows next to growth with items.
 
-``python -m streams.bench noop COUNT`` and ``python -m streams.bench memory ITEMS EVENTS`` are
-the child processes of sections 1 and 5.
+``python -m onevec.streams.tools.bench noop COUNT`` and
+``python -m onevec.streams.tools.bench memory ITEMS EVENTS`` are the child processes of sections 1
+and 5.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from streams.settings import Settings
+from onevec.streams.settings import Settings
 
 __all__ = ["BenchRow", "BenchSizes", "run_bench"]
 
@@ -232,9 +233,9 @@ def _fmt(value: float) -> str:
 
 
 def _learner_inputs(count: int) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    from models.pretrain import session_examples
-    from streams.datasets import load_events
-    from streams.learner import load_attributes
+    from onevec.models.datasets import load_events
+    from onevec.models.pretrain import session_examples
+    from onevec.streams.learner.learner import load_attributes
 
     events = load_events(DATASET, 1800.0)
     examples = session_examples(events.head(count))
@@ -248,9 +249,9 @@ def _batches(examples: list[dict[str, Any]], size: int) -> list[list[dict[str, A
 def bench_learner(ctx: _Context) -> None:
     import torch
 
-    from models.trainer import OnlineTrainer
-    from streams.learner import Learner, attribute_tokens
-    from streams.qdrant_store import AsyncQdrantStore
+    from onevec.models.online.trainer import OnlineTrainer
+    from onevec.streams.learner.learner import Learner, attribute_tokens
+    from onevec.streams.qdrant.store import AsyncQdrantStore
 
     settings = ctx.settings
     examples, attributes = _learner_inputs(ctx.sizes.learner_examples)
@@ -337,8 +338,8 @@ def _publish_catalogue(learner: Any) -> None:
 async def _learner_with_sink(
     settings: Settings, attributes: dict[str, dict[str, Any]], examples: list[dict[str, Any]]
 ) -> float:
-    from streams.learner import Learner
-    from streams.qdrant_store import AsyncQdrantStore
+    from onevec.streams.learner.learner import Learner
+    from onevec.streams.qdrant.store import AsyncQdrantStore
 
     store = AsyncQdrantStore(dim=settings.model_dim)
     await store.ensure_collections()
@@ -369,8 +370,8 @@ def _raw_torch_steps(
     import torch.nn.functional as F
     from torch import nn
 
-    from models.session_encoder import _SessionNet
-    from streams.learner import attribute_tokens
+    from onevec.models.online.session_encoder import _SessionNet
+    from onevec.streams.learner.learner import attribute_tokens
 
     config = settings.model_config_for_training()
     dim, window, max_prefix = config.dim, config.window, config.max_prefix
@@ -457,7 +458,7 @@ def _raw_torch_steps(
 
 
 def _sink_records(count: int, dim: int) -> list[Any]:
-    from streams.qdrant_store import ItemRecord
+    from onevec.streams.qdrant.store import ItemRecord
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((count, dim)).astype(np.float32)
@@ -476,7 +477,7 @@ def _sink_records(count: int, dim: int) -> list[Any]:
 
 
 async def _sink_onevec_seconds(records: list[Any], dim: int, path: Path | None, batch: int) -> float:
-    from streams.qdrant_store import AsyncQdrantStore, UpsertBuffer
+    from onevec.streams.qdrant.store import AsyncQdrantStore, UpsertBuffer
 
     store = AsyncQdrantStore(dim=dim, path=path)
     await store.ensure_collections()
@@ -494,7 +495,7 @@ async def _sink_onevec_seconds(records: list[Any], dim: int, path: Path | None, 
 def _sink_raw_seconds(records: list[Any], dim: int, path: Path | None, batch: int) -> float:
     from qdrant_client import QdrantClient, models
 
-    from streams.qdrant_store import ITEM_VECTORS, VECTOR_DISTANCES, point_id
+    from onevec.streams.qdrant.store import ITEM_VECTORS, VECTOR_DISTANCES, point_id
 
     if path is None:
         client = QdrantClient(location=":memory:")
@@ -593,7 +594,7 @@ class _Workers:
     lookups go to the one that runs the learner."""
 
     def __init__(self, settings: Settings, roles: tuple[str, ...]) -> None:
-        from streams.worker import WorkerProcess
+        from onevec.streams.worker import WorkerProcess
 
         self.workers = [
             WorkerProcess(settings.model_copy(update={"role": role}), settings.broker_url) for role in roles
@@ -625,7 +626,7 @@ class _Workers:
 
 
 def bench_stream(ctx: _Context, pipeline: bool, freshness: bool) -> None:
-    from deploy.embedded_broker import EmbeddedBroker
+    from onevec.deploy.embedded_broker import EmbeddedBroker
 
     embedded = EmbeddedBroker(host=ctx.settings.bind_host) if ctx.settings.embedded else None
     with embedded if embedded is not None else contextlib.nullcontext(), tempfile.TemporaryDirectory() as tmp:
@@ -689,11 +690,11 @@ def _run_stream(
 ) -> PipelineRun | None:
     """Start this layout's workers, replay the pipeline events (when ``pipeline``), then the
     freshness ladder (when ``freshness``); returns the replay's timings."""
-    from streams.datasets import load_events
-    from streams.producer import EventProducer
-    from streams.replay import replay
-    from streams.topics import bootstrap_servers, ensure_topics
-    from streams.worker import metric_total
+    from onevec.models.datasets import load_events
+    from onevec.streams.kafka.producer import EventProducer
+    from onevec.streams.kafka.replay import replay
+    from onevec.streams.kafka.topics import bootstrap_servers, ensure_topics
+    from onevec.streams.worker import metric_total
 
     ensure_topics(settings)
     events = load_events(DATASET, settings.session_gap_seconds)
@@ -734,7 +735,7 @@ def _run_stream(
 
 def _wait_pipeline(worker: Any, count: int, started: float, timeout: float) -> tuple[float, float, float]:
     """Poll the worker: (first event accepted, all sessionized, all learned), monotonic."""
-    from streams.worker import metric_total
+    from onevec.streams.worker import metric_total
 
     first = sessionized = math.nan
     deadline = started + timeout
@@ -770,7 +771,7 @@ def _drain(worker: Any, metric_total: Any, timeout: float) -> None:
 
 def _noop_rate(settings: Settings, count: int, timeout: float = 300.0) -> float:
     """Events/s of a no-op Faust agent draining the first ``count`` events of the clicks topic."""
-    from deploy.embedded_broker import stop_process
+    from onevec.deploy.embedded_broker import stop_process
 
     env = dict(os.environ) | settings.to_env() | {"ONEVEC_APP_ID": settings.app_id + "-noop"}
     tmp = Path(tempfile.mkdtemp(prefix="onevec-bench-noop-"))
@@ -778,7 +779,7 @@ def _noop_rate(settings: Settings, count: int, timeout: float = 300.0) -> float:
     with open(log_path, "ab") as log:
         # Faust sends a worker's stdout to its log, so the result comes back in a file.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.bench", "noop", str(count), str(result)],
+            [sys.executable, "-m", "onevec.streams.tools.bench", "noop", str(count), str(result)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -801,9 +802,9 @@ def _noop_main(count: int, result: Path) -> None:
     """A Faust app whose one agent only counts: the ceiling for any agent on this broker."""
     import faust
 
-    from deploy.embedded_broker import free_port
-    from streams.settings import load_settings
-    from streams.topics import bootstrap_servers
+    from onevec.deploy.embedded_broker import free_port
+    from onevec.streams.kafka.topics import bootstrap_servers
+    from onevec.streams.settings import load_settings
 
     settings = load_settings()
     tmp = tempfile.mkdtemp(prefix="onevec-noop-")
@@ -844,9 +845,9 @@ def _freshness_at(
 ) -> dict[str, float]:
     """Background clicks at ``rate`` ev/s (MovieLens users and items, re-timed to now) plus a
     probe every 0.25 s: a click on a brand-new item, timed until GET /items serves it."""
-    from streams.producer import EventProducer
-    from streams.topics import bootstrap_servers
-    from streams.worker import metric_total
+    from onevec.streams.kafka.producer import EventProducer
+    from onevec.streams.kafka.topics import bootstrap_servers
+    from onevec.streams.worker import metric_total
 
     servers = bootstrap_servers(settings)
     tag = uuid.uuid4().hex[:6]
@@ -984,7 +985,7 @@ def bench_memory(ctx: _Context) -> None:
 
 def _memory_child(items: int, events: int, timeout: float = 900.0) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-m", "streams.bench", "memory", str(items), str(events)],
+        [sys.executable, "-m", "onevec.streams.tools.bench", "memory", str(items), str(events)],
         capture_output=True,
         timeout=timeout,
         check=True,
@@ -1036,8 +1037,8 @@ def _synthetic_batches(items: int, events: int, batch: int, seed: int = 0) -> It
 
 
 def _memory_main(items: int, events: int) -> None:
-    from streams.learner import Learner
-    from streams.qdrant_store import AsyncQdrantStore
+    from onevec.streams.learner.learner import Learner
+    from onevec.streams.qdrant.store import AsyncQdrantStore
 
     settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="onevec-mem-")))
     base = _rss_mb()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from streams.producer import EventProducer
+from onevec.streams.kafka.producer import EventProducer
 
 __all__ = ["iter_event_dicts", "replay"]
 
