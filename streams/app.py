@@ -31,7 +31,7 @@ from onevec.streams.kafka.faust_fixes import apply_faust_fixes
 from onevec.streams.kafka.session_table import ChangelogBatchStore
 from onevec.streams.kafka.topics import bootstrap_servers
 from onevec.streams.learner.learner import Learner, load_attributes
-from onevec.streams.qdrant.store import AsyncQdrantStore, CollectionSchemaError, backoff_delay
+from onevec.streams.qdrant import CollectionSchemaError, QdrantStore, backoff_delay
 from onevec.streams.settings import Settings
 
 __all__ = ["OnevecApp", "create_app"]
@@ -125,7 +125,7 @@ class OnevecApp:
             )
             self.faust.agent(self.clicks, name="sessionize")(self._sessionize)
         if settings.runs_learner:
-            self.store = AsyncQdrantStore(
+            self.store = QdrantStore(
                 dim=settings.model_dim,
                 url=settings.qdrant_url or None,
                 api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,

@@ -37,10 +37,10 @@ from onevec.models.ranking import PrequentialScore, target_ranks
 from onevec.models.static.bundle import CatalogJournal, StaticModels, StaticVectors, load_bundle
 from onevec.monitoring import metrics
 from onevec.monitoring.drift import DriftConfig, DriftMonitor
-from onevec.streams.qdrant.store import (
-    AsyncQdrantStore,
+from onevec.streams.qdrant import (
     ItemRecord,
     PointRow,
+    QdrantStore,
     SessionRecord,
     UpsertBuffer,
     build_item_points,
@@ -77,7 +77,7 @@ class Learner:
     def __init__(
         self,
         settings: Settings,
-        store: AsyncQdrantStore,
+        store: QdrantStore,
         attributes: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.settings = settings

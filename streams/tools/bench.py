@@ -10,7 +10,7 @@ depend on what else the machine runs):
    training, session vectors, choice of items to publish) and of the learner with its Qdrant
    sink, against a raw torch loop of the same model (same tables, session network, losses and
    batch size; tensors prepared up front, stock torch optimisers, no online bookkeeping).
-3. **sink**: points/s of ``UpsertBuffer`` over ``AsyncQdrantStore`` against raw
+3. **sink**: points/s of ``UpsertBuffer`` over ``QdrantStore`` against raw
    ``QdrantClient.upsert`` calls of the same points, in each local-mode backend.
 4. **freshness**: p50 / p99 seconds from sending a click on a new item to its vector being
    served by the worker (GET /items), under paced background load at fixed input rates, up
@@ -251,7 +251,7 @@ def bench_learner(ctx: _Context) -> None:
 
     from onevec.models.online.trainer import OnlineTrainer
     from onevec.streams.learner.learner import Learner, attribute_tokens
-    from onevec.streams.qdrant.store import AsyncQdrantStore
+    from onevec.streams.qdrant import QdrantStore
 
     settings = ctx.settings
     examples, attributes = _learner_inputs(ctx.sizes.learner_examples)
@@ -267,7 +267,7 @@ def bench_learner(ctx: _Context) -> None:
         learners = []
         for name in ("single", "backlog"):
             local = settings.model_copy(update={"data_dir": Path(tmp) / name})
-            learners.append(Learner(local, AsyncQdrantStore(dim=local.model_dim), attributes))
+            learners.append(Learner(local, QdrantStore(dim=local.model_dim), attributes))
             _publish_catalogue(learners[-1])  # once at start, not per-example work
         single, backlog = learners
         # Interleaved round by round, so a change in the machine's load hits every variant
@@ -339,9 +339,9 @@ async def _learner_with_sink(
     settings: Settings, attributes: dict[str, dict[str, Any]], examples: list[dict[str, Any]]
 ) -> float:
     from onevec.streams.learner.learner import Learner
-    from onevec.streams.qdrant.store import AsyncQdrantStore
+    from onevec.streams.qdrant import QdrantStore
 
-    store = AsyncQdrantStore(dim=settings.model_dim)
+    store = QdrantStore(dim=settings.model_dim)
     await store.ensure_collections()
     learner = Learner(settings, store, attributes)
     await learner.publish_all()
@@ -458,7 +458,7 @@ def _raw_torch_steps(
 
 
 def _sink_records(count: int, dim: int) -> list[Any]:
-    from onevec.streams.qdrant.store import ItemRecord
+    from onevec.streams.qdrant import ItemRecord
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((count, dim)).astype(np.float32)
@@ -477,9 +477,9 @@ def _sink_records(count: int, dim: int) -> list[Any]:
 
 
 async def _sink_onevec_seconds(records: list[Any], dim: int, path: Path | None, batch: int) -> float:
-    from onevec.streams.qdrant.store import AsyncQdrantStore, UpsertBuffer
+    from onevec.streams.qdrant import QdrantStore, UpsertBuffer
 
-    store = AsyncQdrantStore(dim=dim, path=path)
+    store = QdrantStore(dim=dim, path=path)
     await store.ensure_collections()
     buffer = UpsertBuffer(store, max_batch=batch, max_delay_ms=500.0)
     started = time.perf_counter()
@@ -495,7 +495,7 @@ async def _sink_onevec_seconds(records: list[Any], dim: int, path: Path | None, 
 def _sink_raw_seconds(records: list[Any], dim: int, path: Path | None, batch: int) -> float:
     from qdrant_client import QdrantClient, models
 
-    from onevec.streams.qdrant.store import ITEM_VECTORS, VECTOR_DISTANCES, point_id
+    from onevec.streams.qdrant import ITEM_VECTORS, VECTOR_DISTANCES, point_id
 
     if path is None:
         client = QdrantClient(location=":memory:")
@@ -1038,14 +1038,14 @@ def _synthetic_batches(items: int, events: int, batch: int, seed: int = 0) -> It
 
 def _memory_main(items: int, events: int) -> None:
     from onevec.streams.learner.learner import Learner
-    from onevec.streams.qdrant.store import AsyncQdrantStore
+    from onevec.streams.qdrant import QdrantStore
 
     settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="onevec-mem-")))
     base = _rss_mb()
     # Synthetic catalogue: 100 categories, 1,000 brands.
     started = time.perf_counter()
     attributes = {f"item-{i}": {"category": f"c{i % 100}", "brand": f"b{i % 1000}"} for i in range(items)}
-    learner = Learner(settings, AsyncQdrantStore(dim=settings.model_dim), attributes)
+    learner = Learner(settings, QdrantStore(dim=settings.model_dim), attributes)
     register = time.perf_counter() - started
     started = time.perf_counter()
     _publish_catalogue(learner)

@@ -14,7 +14,7 @@ from onevec.models.alignment import linear_cka
 from onevec.models.datasets import load_events
 from onevec.models.pretrain import session_examples
 from onevec.streams.learner.learner import Learner, load_attributes
-from onevec.streams.qdrant.store import AsyncQdrantStore
+from onevec.streams.qdrant import QdrantStore
 from onevec.streams.settings import Settings
 
 
@@ -23,9 +23,7 @@ def examples() -> list[dict]:
     return session_examples(load_events("movielens-100k").head(12_000))
 
 
-def make_learner(
-    tmp_path: Path, seed: int, store: AsyncQdrantStore, attributes: dict | None = None
-) -> Learner:
+def make_learner(tmp_path: Path, seed: int, store: QdrantStore, attributes: dict | None = None) -> Learner:
     settings = Settings(data_dir=tmp_path / f"data-{seed}", model_seed=seed, model_dim=32)
     return Learner(settings, store, attributes)
 
@@ -41,7 +39,7 @@ async def train(learner: Learner, examples: list[dict], publish: bool) -> None:
 
 def test_new_version_is_rotated_onto_the_served_one(tmp_path: Path, examples: list[dict]) -> None:
     async def scenario() -> tuple[float, float, float, float]:
-        store = AsyncQdrantStore(dim=32, path=tmp_path / "qdrant")
+        store = QdrantStore(dim=32, path=tmp_path / "qdrant")
         await store.ensure_collections()
         served = make_learner(tmp_path, 0, store)
         await train(served, examples, publish=True)
@@ -84,7 +82,7 @@ def test_never_clicked_item_with_attributes_is_published(tmp_path: Path, example
     cold = next(i for i in attributes if i not in clicked and attributes[i].get("genre"))
 
     async def scenario() -> tuple[dict, list]:
-        store = AsyncQdrantStore(dim=32, path=tmp_path / "qdrant")
+        store = QdrantStore(dim=32, path=tmp_path / "qdrant")
         await store.ensure_collections()
         learner = make_learner(tmp_path, 0, store, attributes)
         await learner.publish_all()
@@ -110,7 +108,7 @@ def test_a_round_takes_as_many_steps_as_full_batches_would(
     steps of about the batch size (256), never a full batch plus a small remainder step."""
 
     async def scenario() -> tuple[int, list[int]]:
-        store = AsyncQdrantStore(dim=32, path=tmp_path / "qdrant")
+        store = QdrantStore(dim=32, path=tmp_path / "qdrant")
         await store.ensure_collections()
         learner = make_learner(tmp_path, 0, store)
         sizes: list[int] = []
@@ -136,7 +134,7 @@ def test_a_round_takes_what_is_queued_up_to_its_batches(tmp_path: Path, examples
     points are built once for all its steps); with one batch in hand it waits for no more."""
 
     async def scenario() -> tuple[list[int], list[int]]:
-        store = AsyncQdrantStore(dim=32, path=tmp_path / "qdrant")
+        store = QdrantStore(dim=32, path=tmp_path / "qdrant")
         learner = make_learner(tmp_path, 0, store)
         learner.settings = learner.settings.model_copy(update={"learner_round_batches": 4})
         assert learner.settings.learner_round_examples == 1024
@@ -159,7 +157,7 @@ def test_prequential_scores_whole_steps_above_the_item_budget(tmp_path: Path, ex
     def scored_steps(budget: int) -> tuple[int, int, list[int]]:
         path = tmp_path / f"budget-{budget}"
         settings = Settings(data_dir=path, model_dim=32, prequential_item_budget=budget)
-        learner = Learner(settings, AsyncQdrantStore(dim=32), None)
+        learner = Learner(settings, QdrantStore(dim=32), None)
         per_step: list[int] = []
         for start in range(0, 10_240, 256):
             before = learner.score.scored
