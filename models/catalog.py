@@ -31,29 +31,28 @@ import json
 import math
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from onevec.models.clickstream.events import Rejection, _as_id
+from onevec.models.datasets import BUILTIN_DATASETS, load_catalog, read_table
 from onevec.models.static.image_encoder import IMAGE_SIDE, ImageShapeError, decode_image
 from onevec.models.static.text_autoencoder import words
-from onevec.streams.learner.learner import CATEGORY_COLUMNS
-
-if TYPE_CHECKING:
-    from onevec.streams.settings import Settings
 
 __all__ = [
+    "CATEGORY_COLUMNS",
     "CatalogItem",
+    "attribute_tokens",
+    "load_attributes",
     "catalog_records",
     "inline_images",
     "frame_records",
     "parse_catalog_record",
-    "publish_catalog",
     "read_image_file",
     "validate_catalog_record",
 ]
@@ -64,6 +63,8 @@ IMAGE_DATA_COLUMN = "image_data"
 TITLE_COLUMNS = ("title", "movie_title", "name")
 MAX_TEXT_CHARS = 100_000
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
+# Columns read as one categorical attribute each (and its side-information token).
+CATEGORY_COLUMNS = {"category", "brand", "colour", "color", "department", "division", "class", "price_band"}
 
 
 @dataclass(frozen=True)
@@ -239,11 +240,50 @@ def _decoded(data: bytes, where: str) -> np.ndarray | Rejection:
         return Rejection("broken_image", f"{where}: {error}")
 
 
+def attribute_tokens(attributes: dict[str, Any]) -> list[str]:
+    """Side-information tokens ("genre=Comedy") from an item's attributes; the title is text
+    for the static encoders, not a token (it would only re-encode the id)."""
+    tokens = []
+    for key, value in attributes.items():
+        if key == "title":
+            continue
+        values = value if isinstance(value, list) else [value]
+        tokens.extend(f"{key}={v}" for v in values if v not in (None, ""))
+    return tokens
+
+
+def load_attributes(source: str | Path) -> dict[str, dict[str, Any]]:
+    """Catalogue attributes per item: MovieLens genres and release-year band, or any columns."""
+    catalog = load_catalog(source)
+    flag_columns = [
+        c for c in catalog.columns if c != "item_id" and set(catalog[c].dropna().unique()) <= {0, 1}
+    ]
+    attributes: dict[str, dict[str, Any]] = {}
+    for row in catalog.to_dict("records"):
+        attrs: dict[str, Any] = {}
+        flags = [c for c in flag_columns if row.get(c) == 1]
+        if flags:
+            attrs["genre"] = flags
+        for column, value in row.items():
+            if column == "item_id" or column in flag_columns or value is None:
+                continue
+            if isinstance(value, str) and 0 < len(value) <= 64 and column.lower() in CATEGORY_COLUMNS:
+                attrs[column] = value
+        if (
+            "release_date" in row
+            and isinstance(row["release_date"], str)
+            and row["release_date"][-4:].isdigit()
+        ):
+            attrs["decade"] = f"{row['release_date'][-4:-1]}0s"
+        if "movie_title" in row:
+            attrs["title"] = row["movie_title"]
+        attributes[str(row["item_id"])] = attrs
+    return attributes
+
+
 def catalog_records(source: str) -> list[dict[str, Any]]:
     """A catalogue file's rows (or a built-in dataset's) as JSON-ready dicts, unvalidated:
     the worker validates, so a bad row reaches the dead-letter topic with its reason."""
-    from onevec.models.datasets import BUILTIN_DATASETS, read_table
-
     path = Path(source)
     if source in BUILTIN_DATASETS:
         return frame_records(BUILTIN_DATASETS[source][1]())
@@ -292,24 +332,3 @@ def inline_images(record: dict[str, Any]) -> dict[str, Any]:
         del out[column]
         out[IMAGE_DATA_COLUMN] = base64.b64encode(data).decode("ascii")
     return out
-
-
-def publish_catalog(settings: Settings, source: str, on_progress: Callable[[int], None] | None = None) -> int:
-    """Send a catalogue's records to the catalogue topic, keyed by item_id, with each image
-    file inlined (:func:`inline_images`); returns the count."""
-    from onevec.streams.kafka.producer import EventProducer
-    from onevec.streams.kafka.topics import bootstrap_servers, ensure_topics
-
-    ensure_topics(settings)
-    records = [inline_images(record) for record in catalog_records(source)]
-    options = settings.kafka_client_options()
-    with EventProducer(bootstrap_servers(settings), settings.catalog_topic, **options) as producer:
-        for sent, record in enumerate(records, start=1):
-            item_id = record.get("item_id")
-            key = None if item_id is None else str(item_id).encode()
-            producer.send_raw(key, json.dumps(record, default=str).encode())
-            if on_progress is not None and sent % 500 == 0:
-                on_progress(sent)
-    if on_progress is not None:
-        on_progress(len(records))
-    return len(records)

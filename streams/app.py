@@ -22,7 +22,7 @@ import faust
 from faust.types import EventT, StreamT, TopicT
 from kafka import KafkaConsumer, TopicPartition
 
-from onevec.models.catalog import validate_catalog_record
+from onevec.models.catalog import load_attributes, validate_catalog_record
 from onevec.models.clickstream.events import Event, Rejection, ValidationLimits, session_key, validate_event
 from onevec.models.clickstream.examples import decode_examples, encode_examples
 from onevec.models.clickstream.sessions import ClosedSession, Example, SessionBook, SessionWindow
@@ -30,7 +30,7 @@ from onevec.monitoring import metrics
 from onevec.streams.kafka.faust_fixes import apply_faust_fixes
 from onevec.streams.kafka.session_table import ChangelogBatchStore
 from onevec.streams.kafka.topics import bootstrap_servers
-from onevec.streams.learner.learner import Learner, load_attributes
+from onevec.streams.learner.learner import Learner
 from onevec.streams.qdrant import CollectionSchemaError, QdrantStore, backoff_delay
 from onevec.streams.settings import Settings
 

@@ -138,11 +138,11 @@ def pretrain(
     output: Annotated[Path | None, typer.Option(help="Checkpoint path (default: the worker's).")] = None,
 ) -> None:
     """Train the encoders offline on history and write a checkpoint the worker starts from."""
+    from onevec.models.catalog import attribute_tokens, load_attributes
     from onevec.models.online.trainer import OnlineTrainer
     from onevec.models.pretrain import evaluate_next_item, session_examples
     from onevec.models.pretrain import pretrain as run_pretrain
     from onevec.models.ranking import prequential_popularity
-    from onevec.streams.learner.learner import attribute_tokens, load_attributes
 
     settings = load_settings()
     examples = session_examples(
@@ -426,7 +426,7 @@ def catalog_publish(
     """Send every catalogue record to the catalogue topic, keyed by item_id. Image file
     columns (image / image_path, relative to the file's directory) are read here and sent
     inside the record (image_data, base64): the worker never opens a path."""
-    from onevec.models.catalog import publish_catalog
+    from onevec.streams.kafka.catalog_publisher import publish_catalog
 
     settings = load_settings()
     if settings.embedded:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from onevec.models.catalog import attribute_tokens, load_attributes
 from onevec.models.datasets import (
     BUILTIN_DATASETS,
     load_catalog,
@@ -33,7 +34,6 @@ from onevec.models.datasets import (
     normalise_events,
     read_table,
 )
-from onevec.streams.learner.learner import attribute_tokens, load_attributes
 
 __all__ = ["EvalData", "Task", "load_eval_data", "restrict", "tasks_from_attributes", "text_documents"]
 

@@ -23,7 +23,6 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from onevec.models.alignment import linear_cka, procrustes
+from onevec.models.catalog import attribute_tokens, load_attributes  # noqa: F401 - re-export until callers move
 from onevec.models.fusion import click_scaled_weights, fuse_batch
 from onevec.models.online.trainer import OnlineTrainer
 from onevec.models.ranking import PrequentialScore, target_ranks
@@ -51,7 +51,7 @@ from onevec.streams.settings import Settings
 if TYPE_CHECKING:
     from onevec.models.catalog import CatalogItem
 
-__all__ = ["Learner", "attribute_tokens", "load_attributes"]
+__all__ = ["Learner"]
 
 log = logging.getLogger(__name__)
 
@@ -644,49 +644,3 @@ class Learner:
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
-
-
-def attribute_tokens(attributes: dict[str, Any]) -> list[str]:
-    """Side-information tokens ("genre=Comedy") from an item's attributes; the title is text
-    for the static encoders, not a token (it would only re-encode the id)."""
-    tokens = []
-    for key, value in attributes.items():
-        if key == "title":
-            continue
-        values = value if isinstance(value, list) else [value]
-        tokens.extend(f"{key}={v}" for v in values if v not in (None, ""))
-    return tokens
-
-
-def load_attributes(source: str | Path) -> dict[str, dict[str, Any]]:
-    """Catalogue attributes per item: MovieLens genres and release-year band, or any columns."""
-    from onevec.models.datasets import load_catalog
-
-    catalog = load_catalog(source)
-    flag_columns = [
-        c for c in catalog.columns if c != "item_id" and set(catalog[c].dropna().unique()) <= {0, 1}
-    ]
-    attributes: dict[str, dict[str, Any]] = {}
-    for row in catalog.to_dict("records"):
-        attrs: dict[str, Any] = {}
-        flags = [c for c in flag_columns if row.get(c) == 1]
-        if flags:
-            attrs["genre"] = flags
-        for column, value in row.items():
-            if column == "item_id" or column in flag_columns or value is None:
-                continue
-            if isinstance(value, str) and 0 < len(value) <= 64 and column.lower() in CATEGORY_COLUMNS:
-                attrs[column] = value
-        if (
-            "release_date" in row
-            and isinstance(row["release_date"], str)
-            and row["release_date"][-4:].isdigit()
-        ):
-            attrs["decade"] = f"{row['release_date'][-4:-1]}0s"
-        if "movie_title" in row:
-            attrs["title"] = row["movie_title"]
-        attributes[str(row["item_id"])] = attrs
-    return attributes
-
-
-CATEGORY_COLUMNS = {"category", "brand", "colour", "color", "department", "division", "class", "price_band"}

@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 from onevec.deploy.embedded_broker import EmbeddedBroker
+from onevec.models.catalog import load_attributes
 from onevec.models.datasets import BUILTIN_DATASETS
 from onevec.models.pretrain import session_examples
 from onevec.models.ranking import prequential_popularity
 from onevec.streams.cli import progress_bar, read_events, replay_events
-from onevec.streams.learner.learner import load_attributes
 from onevec.streams.settings import Settings
 from onevec.streams.worker import WorkerProcess, metric_total
 

@@ -98,9 +98,9 @@ def _labelled(samples: dict[str, float], name: str, label: str) -> dict[str, flo
 
 
 def _pretrain_checkpoint(settings: Settings, history: pd.DataFrame, epochs: int, path: Path) -> None:
+    from onevec.models.catalog import attribute_tokens, load_attributes
     from onevec.models.online.trainer import OnlineTrainer
     from onevec.models.pretrain import pretrain, session_examples
-    from onevec.streams.learner.learner import attribute_tokens, load_attributes
 
     trainer = OnlineTrainer(settings.model_config_for_training())
     for item_id, attrs in (load_attributes(settings.catalog) if settings.catalog else {}).items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import ortho_group
 
+from onevec.models.catalog import attribute_tokens, load_attributes
 from onevec.models.datasets import load_events
 from onevec.models.evaluation.data import tasks_from_attributes
 from onevec.models.evaluation.drift import LiveWatch, Snapshot, drift_series
@@ -12,7 +13,6 @@ from onevec.models.kernel_alignment import centred_alignment
 from onevec.models.online.config import ModelConfig
 from onevec.models.online.trainer import OnlineTrainer
 from onevec.models.pretrain import session_examples
-from onevec.streams.learner.learner import attribute_tokens, load_attributes
 
 
 def test_alignment_from_upserts_matches_a_recomputation_on_movielens() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from onevec.models.catalog import attribute_tokens, load_attributes
 from onevec.models.datasets import load_events
 from onevec.models.evaluation.baselines import (
     FrozenSkipGram,
@@ -20,7 +21,6 @@ from onevec.models.evaluation.baselines import (
 from onevec.models.evaluation.harness import PrequentialResult, run_prequential
 from onevec.models.online.config import ModelConfig
 from onevec.models.pretrain import session_examples
-from onevec.streams.learner.learner import attribute_tokens, load_attributes
 
 EVENTS = 20_000
 

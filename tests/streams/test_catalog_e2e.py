@@ -22,12 +22,12 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from PIL import Image
 
-from onevec.models.catalog import publish_catalog
+from onevec.models.catalog import load_attributes
 from onevec.models.fusion import normalise
 from onevec.models.static.bundle import save_bundle
+from onevec.streams.kafka.catalog_publisher import publish_catalog
 from onevec.streams.kafka.producer import EventProducer
 from onevec.streams.kafka.topics import bootstrap_servers
-from onevec.streams.learner.learner import load_attributes
 from onevec.streams.settings import Settings
 from onevec.streams.tools.static_report import FASHION_DIR, BuildOptions, build_static, fashion_mnist
 from onevec.streams.worker import WorkerProcess, metric_total

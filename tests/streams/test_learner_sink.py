@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from onevec.models.alignment import linear_cka
+from onevec.models.catalog import load_attributes
 from onevec.models.datasets import load_events
 from onevec.models.pretrain import session_examples
-from onevec.streams.learner.learner import Learner, load_attributes
+from onevec.streams.learner.learner import Learner
 from onevec.streams.qdrant import QdrantStore
 from onevec.streams.settings import Settings
 

@@ -14,11 +14,11 @@ from collections import Counter
 import pandas as pd
 import pytest
 
+from onevec.models.catalog import load_attributes
 from onevec.models.datasets import load_events
 from onevec.streams.kafka.producer import EventProducer
 from onevec.streams.kafka.replay import iter_event_dicts
 from onevec.streams.kafka.topics import bootstrap_servers
-from onevec.streams.learner.learner import load_attributes
 from onevec.streams.worker import WorkerProcess, metric_total
 from tests.reliability.reconcile import uncovered_examples, wait_for
 
