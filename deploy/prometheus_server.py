@@ -1,7 +1,7 @@
 """A real Prometheus server on loopback, for the drift scenario and the tests.
 
 Runs the Debian ``prometheus`` binary with a generated configuration (JSON, which is valid
-YAML) that scrapes the given targets every second and evaluates ``monitoring/prometheus/alerts.yml``
+YAML) that scrapes the given targets every second and evaluates the rule files it is given
 every second, with its own free port and temporary storage; stopped by its PID.
 """
 
@@ -20,10 +20,7 @@ from typing import Any, Self
 
 from onevec.deploy.embedded_broker import free_port, stop_process
 
-__all__ = ["ALERTS_FILE", "PROMETHEUS_DIR", "PrometheusServer", "prometheus_binary", "promtool_binary"]
-
-PROMETHEUS_DIR = Path(__file__).parent / "prometheus"
-ALERTS_FILE = PROMETHEUS_DIR / "alerts.yml"
+__all__ = ["PrometheusServer", "prometheus_binary", "promtool_binary"]
 
 
 def prometheus_binary() -> str | None:
@@ -41,7 +38,7 @@ class PrometheusServer:
     def __init__(
         self,
         targets: dict[str, list[str]],
-        rule_files: list[Path] | None = None,
+        rule_files: list[Path] = [],  # noqa: B006 - never mutated
         interval: str = "1s",
         host: str = "127.0.0.1",
     ) -> None:
@@ -51,7 +48,7 @@ class PrometheusServer:
         self.config_path = self.workdir / "prometheus.yml"
         config: dict[str, Any] = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "rule_files": [str(path) for path in (rule_files if rule_files is not None else [ALERTS_FILE])],
+            "rule_files": [str(path) for path in rule_files],
             "scrape_configs": [
                 {
                     "job_name": "onevec",

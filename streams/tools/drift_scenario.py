@@ -32,6 +32,7 @@ import pandas as pd
 
 from onevec.deploy.embedded_broker import EmbeddedBroker
 from onevec.deploy.prometheus_server import PrometheusServer, prometheus_binary
+from onevec.monitoring import ALERTS_FILE
 from onevec.monitoring.drift import SIGNALS_HIGH_IS_BAD
 from onevec.streams.settings import Settings
 from onevec.streams.worker import WorkerProcess, metric_total
@@ -203,7 +204,7 @@ def run_drift_scenario(
         prometheus = None
         if prometheus_missing is None:
             targets = {name: [f"{w.settings.bind_host}:{w.port}"] for name, (w, _) in workers.items()}
-            prometheus = stack.enter_context(PrometheusServer(targets))
+            prometheus = stack.enter_context(PrometheusServer(targets, rule_files=[ALERTS_FILE]))
             on_status(f"prometheus on {prometheus.url} scraping both workers every 1s")
         for name, (worker, variant_settings) in workers.items():
             run = ScenarioRun(

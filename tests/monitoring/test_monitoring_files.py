@@ -12,9 +12,10 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 import onevec.monitoring.metrics  # noqa: F401 - registers the catalogue
-from onevec.deploy.prometheus_server import ALERTS_FILE, PROMETHEUS_DIR, promtool_binary
+from onevec.deploy.prometheus_server import promtool_binary
+from onevec.monitoring import ALERTS_FILE, GRAFANA_DIR, PROMETHEUS_DIR
 
-GRAFANA = Path(onevec.monitoring.metrics.__file__).parent / "grafana"
+GRAFANA = GRAFANA_DIR
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 METRIC_NAME = re.compile(r"\b(onevec_[a-z0-9_]+)")
 SUFFIXES = ("", "_total", "_created", "_bucket", "_sum", "_count")

@@ -13,19 +13,19 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from onevec.deploy.embedded_broker import EmbeddedBroker
-from onevec.deploy.prometheus_server import ALERTS_FILE, PrometheusServer, prometheus_binary
+from onevec.deploy.prometheus_server import PrometheusServer, prometheus_binary
+from onevec.monitoring import ALERTS_FILE, GRAFANA_DIR
 from onevec.streams.settings import Settings
 from onevec.streams.tools.drift_scenario import ScenarioRun, run_drift_scenario
 from onevec.streams.worker import WorkerProcess, metric_total
 from tests.kafka_helpers import post_events
 
-DASHBOARDS = sorted((Path(ALERTS_FILE).parents[1] / "grafana" / "dashboards").glob("*.json"))
+DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
 METRIC_NAME = re.compile(r"\b(onevec_[a-z0-9_]+)")
 DRIFT_ALERTS = {"OnevecEmbeddingDrift", "OnevecEmbeddingGeometryChanged", "OnevecStreamDrift"}
 # Sizes: big enough for the pretrained model to be warm and the drift to show, small enough
