@@ -1,0 +1,23 @@
+"""``onevec bench``: every hop measured against its own ceiling, in one run, on one broker.
+
+Sections (each a row group of one table; ratios are what matter, since absolute figures
+depend on what else the machine runs), one module each:
+
+- ``stream``: **pipeline** (worker processes sessionizing and learning a MovieLens-100k slice,
+  against a no-op Faust agent, ``noop``) and **freshness** (seconds from a click on a new item
+  to its vector being served, ``freshness``), in both worker layouts (``workers``);
+- ``learner``: the trainer, whole learner rounds and the learner with its sink, against a raw
+  torch loop of the same model;
+- ``sink``: ``UpsertBuffer`` over ``QdrantStore`` against raw ``QdrantClient.upsert``;
+- ``memory``: peak RSS and learner speed against the catalogue size, one child per size.
+
+``report`` holds the rows and their table, ``context`` what every section is handed, ``run``
+the entry point; ``python -m onevec.streams.tools.bench noop|memory ...`` runs a child process
+(``__main__``). docs/performance.md says what each row measures.
+"""
+
+from onevec.streams.tools.bench.context import BenchSizes
+from onevec.streams.tools.bench.report import BenchRow
+from onevec.streams.tools.bench.run import SECTIONS, run_bench
+
+__all__ = ["SECTIONS", "BenchRow", "BenchSizes", "run_bench"]

@@ -1,0 +1,54 @@
+"""What every section is handed: the settings, the sizes of this run, the console, and the rows
+measured so far."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rich.console import Console
+
+from onevec.streams.settings import Settings
+from onevec.streams.tools.bench.report import BenchRow, format_value
+
+__all__ = ["DATASET", "WARMUP_BATCHES", "BenchContext", "BenchSizes"]
+
+DATASET = "movielens-100k"
+WARMUP_BATCHES = 2  # torch's first calls allocate and dispatch lazily: not timed
+
+
+@dataclass(frozen=True)
+class BenchSizes:
+    pipeline_events: int = 40_000  # the no-op ceiling drains 10k in <1 s: too short to time well
+    learner_examples: int = 30_000  # several rounds of learner_round_batches (16) x 256
+    sink_points: int = 20_000
+    sink_disk_points: int = 2_000
+    freshness_rates: tuple[int, ...] = (200, 1_000, 2_000, 5_000)
+    freshness_seconds: float = 15.0
+    memory_items: tuple[int, ...] = (1_000, 10_000, 100_000, 1_000_000)
+    memory_events: int = 4_096
+
+    @classmethod
+    def quick(cls) -> BenchSizes:
+        return cls(
+            pipeline_events=1_500,
+            learner_examples=2_048,
+            sink_points=1_000,
+            sink_disk_points=300,
+            freshness_rates=(200,),
+            freshness_seconds=5.0,
+            memory_items=(1_000, 10_000),
+            memory_events=1_024,
+        )
+
+
+@dataclass
+class BenchContext:
+    settings: Settings
+    sizes: BenchSizes
+    console: Console
+    rows: list[BenchRow] = field(default_factory=list)
+
+    def add(self, row: BenchRow) -> None:
+        self.rows.append(row)
+        ceiling = "" if row.ceiling is None else f" (ceiling {format_value(row.ceiling)})"
+        self.console.log(f"{row.section}: {row.measure} = {format_value(row.value)} {row.unit}{ceiling}")

@@ -1,0 +1,190 @@
+"""Sections **pipeline** and **freshness**: real worker processes on one broker, in each layout
+(``workers.LAYOUTS``).
+
+pipeline: MovieLens-100k events replayed into a fresh clicks topic, timed from the first
+accepted event to the last one sessionized and to the last one learned, against a no-op Faust
+agent draining the same events (``noop``).
+freshness: p50 / p99 seconds from a click on a new item to its vector being served, at rising
+input rates, up to the first rate the learner no longer keeps up with (``freshness``)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from onevec.deploy.embedded_broker import EmbeddedBroker
+from onevec.models.datasets import load_events
+from onevec.streams.kafka.producer import EventProducer
+from onevec.streams.kafka.replay import replay
+from onevec.streams.kafka.topics import bootstrap_servers, ensure_topics
+from onevec.streams.settings import Settings
+from onevec.streams.tools.bench.context import DATASET, BenchContext
+from onevec.streams.tools.bench.freshness import freshness_at
+from onevec.streams.tools.bench.noop import noop_rate
+from onevec.streams.tools.bench.report import BenchRow
+from onevec.streams.tools.bench.workers import LAYOUTS, Workers, layout_label
+from onevec.streams.worker import metric_total
+
+__all__ = ["bench_stream"]
+
+# Saturated: after the input stopped, the learner still had more than this much work queued
+# (it fell behind during the window).
+SATURATION_DRAIN_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """One layout's replay, monotonic seconds: first event accepted, all sessionized, all learned."""
+
+    events: int
+    first: float
+    sessionized: float
+    learned: float
+    produce_seconds: float
+
+
+def bench_stream(ctx: BenchContext, pipeline: bool, freshness: bool) -> None:
+    embedded = EmbeddedBroker(host=ctx.settings.bind_host) if ctx.settings.embedded else None
+    with embedded if embedded is not None else contextlib.nullcontext(), tempfile.TemporaryDirectory() as tmp:
+        broker_url = embedded.url if embedded is not None else ctx.settings.broker_url
+        runs: list[tuple[tuple[str, ...], PipelineRun]] = []
+        first_settings: Settings | None = None
+        for number, roles in enumerate(LAYOUTS):
+            # Topics and an app id of its own per layout: the second starts from nothing too.
+            settings = _bench_settings(ctx.settings, broker_url, Path(tmp) / f"data-{number}")
+            first_settings = first_settings or settings
+            run = _run_stream(ctx, settings, roles, pipeline, freshness)
+            if run is not None:
+                runs.append((roles, run))
+        if runs and first_settings is not None:
+            # The ceiling is measured once every worker has stopped, so nothing else competes
+            # for the cores (a live worker's timers, sink flushes and checkpoints would), and
+            # it is the same for both layouts.
+            noop = noop_rate(first_settings, ctx.sizes.pipeline_events)
+            for roles, run in runs:
+                _add_pipeline_rows(ctx, roles, run, noop)
+
+
+def _bench_settings(settings: Settings, broker_url: str, data_dir: Path) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return settings.model_copy(
+        update={
+            "broker_url": broker_url,
+            "tansu": settings.tansu or not settings.broker_url,
+            "app_id": f"onevec-bench-{tag}",
+            "clicks_topic": f"bench-clicks-{tag}",
+            "dlq_topic": f"bench-dlq-{tag}",
+            "examples_topic": f"bench-examples-{tag}",
+            "sessions_topic": f"bench-sessions-{tag}",
+            "data_dir": data_dir,
+            "catalog": settings.catalog or DATASET,
+            "qdrant_path": None,
+            "qdrant_url": settings.qdrant_url,
+        }
+    )
+
+
+def _run_stream(
+    ctx: BenchContext, settings: Settings, roles: tuple[str, ...], pipeline: bool, freshness: bool
+) -> PipelineRun | None:
+    """Start this layout's workers, replay the pipeline events (when ``pipeline``), then the
+    freshness ladder (when ``freshness``); returns the replay's timings."""
+    ensure_topics(settings)
+    events = load_events(DATASET, settings.session_gap_seconds)
+    count = ctx.sizes.pipeline_events
+    label = layout_label(roles)
+    workers = Workers(settings, roles)
+    workers.start(ready_timeout=120)
+    run = None
+    try:
+        if pipeline:
+            with EventProducer(bootstrap_servers(settings), settings.clicks_topic) as producer:
+                produce_started = time.monotonic()
+                produce_seconds = replay(events.head(count), producer)
+            first, sessionized, learned = _wait_pipeline(workers, count, produce_started, timeout=900)
+            ctx.console.log(f"pipeline{label}: produced {count:,} in {produce_seconds:.1f}s")
+            run = PipelineRun(count, first, sessionized, learned, produce_seconds)
+        if freshness:
+            for rate in ctx.sizes.freshness_rates:
+                result = freshness_at(settings, workers, events, rate, ctx.sizes.freshness_seconds)
+                keeps_up = result.drain <= SATURATION_DRAIN_SECONDS
+                note = (
+                    f"{result.probes} probes; input {result.input_rate:,.0f} ev/s; "
+                    f"learner caught up {result.drain:.1f}s after the input stopped"
+                    + ("" if keeps_up else "; SATURATED")
+                )
+                goal = "< 2" if rate == 1_000 else ""
+                ctx.add(BenchRow("freshness", f"p50 at {rate:,} ev/s{label}", result.p50, "s", note=note))
+                ctx.add(BenchRow("freshness", f"p99 at {rate:,} ev/s{label}", result.p99, "s", goal=goal))
+                if not keeps_up:
+                    break
+                _drain(workers, timeout=120)
+    finally:
+        workers.stop()
+    return run
+
+
+def _wait_pipeline(
+    workers: Workers, count: int, started: float, timeout: float
+) -> tuple[float, float, float]:
+    """Poll the workers: (first event accepted, all sessionized, all learned), monotonic."""
+    first = sessionized = math.nan
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        samples = workers.metrics()
+        now = time.monotonic()
+        accepted = metric_total(samples, "onevec_events_accepted_total") + metric_total(
+            samples, "onevec_events_rejected_total"
+        )
+        if accepted > 0 and math.isnan(first):
+            first = now
+        if accepted >= count and math.isnan(sessionized):
+            sessionized = now
+        if metric_total(samples, "onevec_examples_learned_total") >= count:
+            return first, sessionized, now
+        # A scrape renders every metric on the worker's event loop: polling much faster would
+        # slow down what is being measured.
+        time.sleep(0.1)
+    raise TimeoutError(f"the worker did not learn {count} events in {timeout:.0f}s; log: {workers.log_path}")
+
+
+def _drain(workers: Workers, timeout: float) -> None:
+    """Wait until the learner has caught up with everything sessionized."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        samples = workers.metrics()
+        if metric_total(samples, "onevec_examples_learned_total") >= metric_total(
+            samples, "onevec_examples_emitted_total"
+        ):
+            return
+        time.sleep(0.2)
+
+
+def _add_pipeline_rows(ctx: BenchContext, roles: tuple[str, ...], run: PipelineRun, noop: float) -> None:
+    label = layout_label(roles)
+    ctx.add(
+        BenchRow(
+            "pipeline",
+            f"sessionized (ingest -> sessions){label}",
+            run.events / (run.sessionized - run.first),
+            "ev/s",
+            noop,
+            note=f"{run.events:,} MovieLens events; ceiling: no-op Faust agent, same topic, workers stopped",
+        )
+    )
+    ctx.add(
+        BenchRow(
+            "pipeline",
+            f"end to end (-> learner -> Qdrant){label}",
+            run.events / (run.learned - run.first),
+            "ev/s",
+            noop,
+            goal=">= 0.5",
+            note=f"producer ran at {run.events / run.produce_seconds:,.0f} ev/s",
+        )
+    )
