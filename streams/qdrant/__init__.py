@@ -1,30 +1,33 @@
-"""The Qdrant side of a worker: item and session points, the store, the batching upsert buffer."""
+"""The Qdrant side of a worker: item and session points (points), the store (store), the
+batching upsert buffer (buffer)."""
 
-from onevec.streams.qdrant.store import (
+from onevec.streams.qdrant.buffer import UpsertBuffer, backoff_delay
+from onevec.streams.qdrant.points import (
+    COLLECTION_VECTORS,
     ITEM_VECTORS,
     SESSION_VECTOR,
     VECTOR_DISTANCES,
+    BuiltPoints,
     CollectionKind,
-    CollectionSchemaError,
     ItemHit,
-    ItemNotFound,
     ItemRecord,
     PointRow,
     SessionRecord,
     StoredItem,
-    UpsertBuffer,
-    backoff_delay,
     build_item_points,
     build_session_points,
+    collection_vectors,
     payload_filter,
     point_id,
 )
-from onevec.streams.qdrant.store import AsyncQdrantStore as QdrantStore
+from onevec.streams.qdrant.store import CollectionSchemaError, ItemNotFound, QdrantStore
 
 __all__ = [
+    "COLLECTION_VECTORS",
     "ITEM_VECTORS",
     "SESSION_VECTOR",
     "VECTOR_DISTANCES",
+    "BuiltPoints",
     "CollectionKind",
     "CollectionSchemaError",
     "ItemHit",
@@ -38,6 +41,7 @@ __all__ = [
     "backoff_delay",
     "build_item_points",
     "build_session_points",
+    "collection_vectors",
     "payload_filter",
     "point_id",
 ]

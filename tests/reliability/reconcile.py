@@ -13,6 +13,7 @@ and reconciles it stage by stage:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from onevec.models.datasets import load_events
 from onevec.streams.kafka.producer import EventProducer
 from onevec.streams.kafka.replay import iter_event_dicts
 from onevec.streams.kafka.topics import bootstrap_servers
-from onevec.streams.qdrant.store import QdrantStore
+from onevec.streams.qdrant import QdrantStore
 from onevec.streams.settings import Settings
 from onevec.streams.worker import WorkerProcess, metric_total
 from tests.kafka_helpers import read_examples, read_topic
@@ -154,15 +155,21 @@ def reconcile_topics(
     return result
 
 
+async def stored_items(path: Path, dim: int, expected: set[str]) -> tuple[set[str], int]:
+    """The expected items that have a point in the on-disk Qdrant at ``path``, and its item count."""
+    async with QdrantStore(dim=dim, path=path) as store:
+        found = {i for i in expected if await store.get_item(i) is not None}
+        return found, await store.count("items")
+
+
 def reconcile_qdrant(result: Reconciliation, events: pd.DataFrame, paths: list[Path], dim: int) -> None:
     """Item points in the on-disk Qdrant collections of stopped workers (their union)."""
     expected = set(events["item_id"].astype(str))
     stored: set[str] = set()
     for path in paths:
-        with QdrantStore(dim=dim, path=path) as store:
-            found = [i for i in expected if store.get_item(i) is not None]
-            stored |= set(found)
-            result.notes[f"points[{path.parent.name}/{path.name}]"] = store.count("items")
+        found, points = asyncio.run(stored_items(path, dim, expected))
+        stored |= found
+        result.notes[f"points[{path.parent.name}/{path.name}]"] = points
     result.items_expected = len(expected)
     result.items_in_qdrant = len(stored)
     result.items_missing = len(expected - stored)

@@ -1,7 +1,10 @@
-"""Tests of onevec.streams.qdrant.store against real qdrant-client local mode (no server needed).
+"""Tests of onevec.streams.qdrant (points, store, buffer) against real qdrant-client local mode
+(no server needed).
 
 Faults (failing, blocking, racing calls) are injected into real local-mode clients by
-subclassing them; every other call goes through qdrant-client unchanged.
+subclassing them; every other call goes through qdrant-client unchanged. The store's tests run
+against every client kind the store drives (congruence): local mode on disk and in memory on
+the store's thread, and the AsyncQdrantClient code path.
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ import numpy as np
 import pytest
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
-from onevec.streams.qdrant.store import (
+from onevec.streams.qdrant import (
     ITEM_VECTORS,
     VECTOR_DISTANCES,
-    AsyncQdrantStore,
     CollectionSchemaError,
     ItemNotFound,
     ItemRecord,
@@ -30,6 +32,8 @@ from onevec.streams.qdrant.store import (
     SessionRecord,
     UpsertBuffer,
     backoff_delay,
+    build_item_points,
+    build_session_points,
     point_id,
 )
 
@@ -138,6 +142,39 @@ def local_client(tmp_path: Path, **faults: Any) -> FaultyClient:
     return FaultyClient(path=str(tmp_path / "qdrant"), force_disable_check_same_thread=True, **faults)
 
 
+# --- backends ---------------------------------------------------------------------------
+
+StoreFactory = Callable[[Path], QdrantStore]
+
+STORES: dict[str, StoreFactory] = {
+    # What the embedded default runs: local mode on disk, on the store's thread.
+    "local-path": lambda tmp: QdrantStore(path=tmp / "q", dim=DIM),
+    # Local mode in memory (no path), on the store's thread.
+    "local-memory": lambda tmp: QdrantStore(dim=DIM),
+    # The AsyncQdrantClient code path (server mode); its in-memory local mode stands in here.
+    "async-client": lambda tmp: QdrantStore.from_client(AsyncQdrantClient(location=":memory:"), dim=DIM),
+}
+
+
+def with_store(tmp_path: Path, backend: str, body: Callable[[QdrantStore], Awaitable[None]]) -> None:
+    """Run body against a fresh store of the backend, collections created; closed after."""
+
+    async def scenario() -> None:
+        async with STORES[backend](tmp_path) as store:
+            await store.ensure_collections()
+            await body(store)
+
+    run(scenario())
+
+
+async def write_items(store: QdrantStore, records: list[ItemRecord]) -> int:
+    return await store.upsert_points("items", build_item_points(records, DIM).all_or_error())
+
+
+async def write_sessions(store: QdrantStore, records: list[SessionRecord]) -> int:
+    return await store.upsert_points("sessions", build_session_points(records, DIM).all_or_error())
+
+
 # --- ids and collections ----------------------------------------------------------------
 
 
@@ -150,11 +187,18 @@ def test_point_id_is_a_deterministic_uuid5_per_kind() -> None:
 
 
 def test_ensure_collections_creates_named_vectors_and_is_idempotent(tmp_path: Path) -> None:
-    with QdrantStore(path=tmp_path / "q", dim=DIM, collection_prefix="t_") as store:
-        store.ensure_collections()
-        store.ensure_collections()  # second call: collections exist and match
-        items = store.client.get_collection("t_items").config.params.vectors
-        sessions = store.client.get_collection("t_sessions").config.params.vectors
+    async def scenario() -> None:
+        async with QdrantStore(path=tmp_path / "q", dim=DIM, collection_prefix="t_") as store:
+            await store.ensure_collections()
+            await store.ensure_collections()  # second call: collections exist and match
+
+    run(scenario())
+    reader = QdrantClient(path=str(tmp_path / "q"))  # the store has released the folder
+    try:
+        items = reader.get_collection("t_items").config.params.vectors
+        sessions = reader.get_collection("t_sessions").config.params.vectors
+    finally:
+        reader.close()
     assert isinstance(items, dict) and set(items) == set(ITEM_VECTORS)
     for name, params in items.items():
         assert (params.size, params.distance) == (DIM, VECTOR_DISTANCES[name])
@@ -164,43 +208,52 @@ def test_ensure_collections_creates_named_vectors_and_is_idempotent(tmp_path: Pa
 
 
 def test_ensure_collections_rejects_dimension_mismatch(tmp_path: Path) -> None:
-    with QdrantStore(path=tmp_path / "q", dim=DIM) as store:
-        store.ensure_collections()
-    with QdrantStore(path=tmp_path / "q", dim=DIM * 2) as store:
-        with pytest.raises(CollectionSchemaError, match=r"'items'.*'unified' has size 8.*16"):
-            store.ensure_collections()
+    async def scenario() -> None:
+        async with QdrantStore(path=tmp_path / "q", dim=DIM) as store:
+            await store.ensure_collections()
+        async with QdrantStore(path=tmp_path / "q", dim=DIM * 2) as store:
+            with pytest.raises(CollectionSchemaError, match=r"'items'.*'unified' has size 8.*16"):
+                await store.ensure_collections()
+
+    run(scenario())
 
 
 def test_ensure_collections_survives_losing_the_create_race(tmp_path: Path) -> None:
-    client = local_client(tmp_path, lose_create_race=True)
-    with QdrantStore.from_client(client, dim=DIM) as store:
-        store.ensure_collections()
-        assert store.count("items") == 0
+    async def scenario() -> None:
+        async with QdrantStore.from_client(local_client(tmp_path, lose_create_race=True), dim=DIM) as store:
+            await store.ensure_collections()
+            assert await store.count("items") == 0
+
+    run(scenario())
 
 
 # --- writes -----------------------------------------------------------------------------
 
 
-def test_upserting_the_same_ids_twice_keeps_the_count(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", STORES)
+def test_upserting_the_same_ids_twice_keeps_the_count(tmp_path: Path, backend: str) -> None:
     records = random_items(25)
     sessions = [SessionRecord(f"s{k}", np.ones(DIM), "u1", 1.0, ["i1", "i2"]) for k in range(5)]
-    with QdrantStore(path=tmp_path / "q", dim=DIM) as store:
-        store.ensure_collections()
+
+    async def body(store: QdrantStore) -> None:
         for _ in range(2):  # a redelivered batch
-            assert store.upsert_items(records) == 25
-            assert store.upsert_sessions(sessions) == 5
-        assert store.count("items") == 25
-        assert store.count("sessions") == 5
+            assert await write_items(store, records) == 25
+            assert await write_sessions(store, sessions) == 5
+        assert await store.count("items") == 25
+        assert await store.count("sessions") == 5
+
+    with_store(tmp_path, backend, body)
 
 
-def test_items_store_only_the_sources_they_have(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", STORES)
+def test_items_store_only_the_sources_they_have(tmp_path: Path, backend: str) -> None:
     rng = np.random.default_rng(1)
     text, image = rng.standard_normal(DIM), rng.standard_normal(DIM)
     new_item = ItemRecord("cold-1", {"text": text, "image": image}, {"brand": "Acme"}, 2, 123.5, 0)
-    with QdrantStore(dim=DIM) as store:
-        store.ensure_collections()
-        store.upsert_items([new_item])
-        stored = store.get_item("cold-1")
+
+    async def body(store: QdrantStore) -> None:
+        await write_items(store, [new_item])
+        stored = await store.get_item("cold-1")
         assert stored is not None
         assert set(stored.vectors) == {"text", "image"}
         # Cosine-distance vectors come back normalised, pointing the same way.
@@ -213,10 +266,12 @@ def test_items_store_only_the_sources_they_have(tmp_path: Path) -> None:
             "event_count": 0,
         }
         # A record is the whole point: once the writer drops a source, the point loses it.
-        store.upsert_items([ItemRecord("cold-1", {"text": text})])
-        stored = store.get_item("cold-1")
+        await write_items(store, [ItemRecord("cold-1", {"text": text})])
+        stored = await store.get_item("cold-1")
         assert stored is not None and set(stored.vectors) == {"text"}
-        assert store.get_item("never-seen") is None
+        assert await store.get_item("never-seen") is None
+
+    with_store(tmp_path, backend, body)
 
 
 @pytest.mark.parametrize(
@@ -231,13 +286,25 @@ def test_items_store_only_the_sources_they_have(tmp_path: Path) -> None:
     ],
 )
 def test_bad_item_records_are_rejected_before_any_write(
-    vectors: dict[str, np.ndarray], attributes: dict[str, Any], message: str
+    tmp_path: Path, vectors: dict[str, np.ndarray], attributes: dict[str, Any], message: str
 ) -> None:
-    with QdrantStore(dim=DIM) as store:
-        store.ensure_collections()
-        with pytest.raises(ValueError, match=message):
-            store.upsert_items([ItemRecord("bad", vectors, attributes)])
-        assert store.count("items") == 0
+    bad = ItemRecord("bad", vectors, attributes)
+    good = random_items(1)[0]
+    # Built together, the bad record is rejected alone (the learner publishes the others) ...
+    built = build_item_points([good, bad], DIM)
+    assert [key for key, _ in built.points] == ["i0"]
+    assert [key for key, _ in built.rejected] == ["bad"]
+    # ... and nothing of a batch that must be written whole.
+    with pytest.raises(ValueError, match=message):
+        built.all_or_error()
+
+    async def body(store: QdrantStore) -> None:
+        async with UpsertBuffer(store) as buffer:
+            with pytest.raises(ValueError, match=message):
+                await buffer.add(bad)  # its producer fails, not a batch
+        assert await store.count("items") == 0
+
+    with_store(tmp_path, "local-memory", body)
 
 
 # --- lookups ----------------------------------------------------------------------------
@@ -254,79 +321,80 @@ def neighbourhood() -> list[ItemRecord]:
     ]
 
 
-def test_similar_finds_the_nearest_neighbour_excludes_self_and_filters(tmp_path: Path) -> None:
-    with QdrantStore(path=tmp_path / "q", dim=DIM) as store:
-        store.ensure_collections()
-        store.upsert_items(neighbourhood())
+@pytest.mark.parametrize("backend", STORES)
+def test_similar_finds_the_nearest_neighbour_excludes_self_and_filters(tmp_path: Path, backend: str) -> None:
+    async def body(store: QdrantStore) -> None:
+        await write_items(store, neighbourhood())
 
-        hits = store.similar("a", k=3)
+        hits = await store.similar("a", k=3)
         assert [h.item_id for h in hits][:2] == ["c", "b"]
-        assert "a" not in {h.item_id for h in store.similar("a", k=20)}
+        assert "a" not in {h.item_id for h in await store.similar("a", k=20)}
         assert hits[0].score == pytest.approx(float(unit(basis(0) + 0.1 * basis(2))[0]), abs=1e-5)
 
-        comedy = store.similar("a", k=3, filter={"genre": "Comedy"})
+        comedy = await store.similar("a", k=3, filter={"genre": "Comedy"})
         assert comedy[0].item_id == "b"  # matched inside the genre list
         assert all("Comedy" in h.payload["attributes"]["genre"] for h in comedy)
         # Query-string values match integer attributes too.
-        assert [h.item_id for h in store.similar("a", filter={"year": "1995"})] == ["b"]
-        assert store.similar("a", filter={"genre": "Western"}) == []
+        assert [h.item_id for h in await store.similar("a", filter={"year": "1995"})] == ["b"]
+        assert await store.similar("a", filter={"genre": "Western"}) == []
+
+    with_store(tmp_path, backend, body)
 
 
-def test_similar_without_the_vector_or_item(tmp_path: Path) -> None:
-    with QdrantStore(dim=DIM) as store:
-        store.ensure_collections()
-        store.upsert_items(neighbourhood())
-        assert store.similar("a", using="image") == []  # "a" has no image vector
+@pytest.mark.parametrize("backend", STORES)
+def test_similar_without_the_vector_or_item(tmp_path: Path, backend: str) -> None:
+    async def body(store: QdrantStore) -> None:
+        await write_items(store, neighbourhood())
+        assert await store.similar("a", using="image") == []  # "a" has no image vector
         with pytest.raises(ItemNotFound):
-            store.similar("missing")
+            await store.similar("missing")
         with pytest.raises(ValueError, match="using"):
-            store.similar("a", using="colour")
+            await store.similar("a", using="colour")
+        with pytest.raises(ValueError, match="k must be positive"):
+            await store.similar("a", k=0)
+
+    with_store(tmp_path, backend, body)
 
 
-def test_recommend_scores_by_inner_product_with_exclusions_and_filter() -> None:
-    with QdrantStore(dim=DIM) as store:
-        store.ensure_collections()
-        store.upsert_items(neighbourhood())
-        session = 2.0 * basis(0)  # not normalised: Dot scores scale with it
-        hits = store.recommend(session, k=3)
-        assert [h.item_id for h in hits] == ["a", "c", "b"]
-        assert hits[0].score == pytest.approx(2.0, abs=1e-5)
-        assert store.recommend(session, k=1, exclude_ids=["a", "c"])[0].item_id == "b"
-        assert [h.item_id for h in store.recommend(session, k=2, filter={"genre": "Drama"})] == ["c"]
+@pytest.mark.parametrize("backend", STORES)
+def test_behaviour_vectors_score_by_inner_product_with_their_norm(tmp_path: Path, backend: str) -> None:
+    """Behaviour vectors are Dot: their norm (popularity, confidence) is stored and scores."""
+    norms = {"anchor": 2.0, "popular": 3.0, "close": 1.0, "opposite": 5.0}
+    directions = {"anchor": basis(0), "popular": unit(basis(0) + basis(1)), "close": basis(0)}
+    directions["opposite"] = -basis(0)
+    records = [ItemRecord(i, {"behaviour": norms[i] * directions[i]}) for i in norms]
+
+    async def body(store: QdrantStore) -> None:
+        await write_items(store, records)
+        stored = await store.get_item("popular")
+        assert stored is not None
+        assert np.linalg.norm(stored.vectors["behaviour"]) == pytest.approx(3.0, abs=1e-5)
+        hits = await store.similar("anchor", k=3, using="behaviour")
+        # popular is 45 degrees off but 3x longer: 2 * 3 * cos(45) = 4.24 beats 2 * 1 * 1 = 2.
+        assert [h.item_id for h in hits] == ["popular", "close", "opposite"]
+        assert [h.score for h in hits] == pytest.approx([6.0 / np.sqrt(2.0), 2.0, -10.0], abs=1e-4)
+
+    with_store(tmp_path, backend, body)
 
 
-# --- async store ------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", STORES)
+def test_store_round_trip(tmp_path: Path, backend: str) -> None:
+    async def body(store: QdrantStore) -> None:
+        await store.ensure_collections()
+        assert await write_items(store, neighbourhood()) == 11
+        assert await write_items(store, neighbourhood()) == 11
+        assert await store.count("items") == 11
+        await write_sessions(store, [SessionRecord("s1", basis(0), "u1", 5.0, ["a"])])
+        assert await store.count("sessions") == 1
+        hits = await store.similar("a", k=2, filter={"genre": "Comedy"})
+        assert hits[0].item_id == "b" and "a" not in {h.item_id for h in hits}
+        stored = await store.get_item("c")
+        assert stored is not None and stored.payload["attributes"]["genre"] == ["Drama"]
+        await store.delete_items(["c", "never-stored"])  # an absent id is not an error
+        assert await store.get_item("c") is None
+        assert await store.count("items") == 10
 
-AsyncStoreFactory = Callable[[Path], AsyncQdrantStore]
-
-ASYNC_BACKENDS: dict[str, AsyncStoreFactory] = {
-    # What the embedded default runs: local mode on disk, on the store's worker thread.
-    "local-path-thread": lambda tmp: AsyncQdrantStore(path=tmp / "q", dim=DIM),
-    # The AsyncQdrantClient code path (server mode); its in-memory local mode stands in here.
-    "async-client": lambda tmp: AsyncQdrantStore.from_client(AsyncQdrantClient(location=":memory:"), dim=DIM),
-}
-
-
-@pytest.mark.parametrize("backend", ASYNC_BACKENDS)
-def test_async_store_round_trip(tmp_path: Path, backend: str) -> None:
-    async def scenario() -> None:
-        async with ASYNC_BACKENDS[backend](tmp_path) as store:
-            await store.ensure_collections()
-            await store.ensure_collections()
-            assert await store.upsert_items(neighbourhood()) == 11
-            assert await store.upsert_items(neighbourhood()) == 11
-            assert await store.count("items") == 11
-            await store.upsert_sessions([SessionRecord("s1", basis(0), "u1", 5.0, ["a"])])
-            assert await store.count("sessions") == 1
-            hits = await store.similar("a", k=2, filter={"genre": "Comedy"})
-            assert hits[0].item_id == "b" and "a" not in {h.item_id for h in hits}
-            stored = await store.get_item("c")
-            assert stored is not None and stored.payload["attributes"]["genre"] == ["Drama"]
-            await store.delete_items(["c", "never-stored"])  # an absent id is not an error
-            assert await store.get_item("c") is None
-            assert await store.count("items") == 10
-
-    run(scenario())
+    with_store(tmp_path, backend, body)
 
 
 # --- buffer -----------------------------------------------------------------------------
@@ -340,10 +408,10 @@ def buffered(
 ) -> FaultyClient:
     """Run body with a buffer over a fault-injectable local store; the store is closed after."""
     client = local_client(tmp_path, **(faults or {}))
-    options = {"backoff_base_s": 0.001, "backoff_cap_s": 0.01, "rng": random.Random(0)} | options
+    options = {"backoff_base_s": 0.001, "backoff_cap_s": 0.01} | options
 
     async def scenario() -> None:
-        async with AsyncQdrantStore.from_client(client, dim=DIM) as store:
+        async with QdrantStore.from_client(client, dim=DIM) as store:
             await store.ensure_collections()
             buffer = UpsertBuffer(store, **options)
             try:
@@ -459,7 +527,7 @@ def test_buffer_retries_with_the_async_client(tmp_path: Path) -> None:
     client = FaultyAsyncClient(fail_first=2, location=":memory:")
 
     async def scenario() -> None:
-        async with AsyncQdrantStore.from_client(client, dim=DIM) as store:
+        async with QdrantStore.from_client(client, dim=DIM) as store:
             await store.ensure_collections()
             async with UpsertBuffer(store, backoff_base_s=0.001, backoff_cap_s=0.01) as buf:
                 for record in random_items(5):

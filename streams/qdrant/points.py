@@ -1,0 +1,313 @@
+"""What onevec writes to Qdrant: the collections' vectors, the records, and their validated points.
+
+Two collections (names optionally prefixed, e.g. one prefix per test or per model family):
+
+* ``items``: one point per item with the named vectors ``unified``, ``behaviour``, ``text`` and
+  ``image`` (each ``dim`` wide; a point holds only the sources the item really has) and the
+  payload ``{item_id, attributes, model_version, updated_at, event_count}``.
+* ``sessions``: one point per live session with the vector ``session`` and the payload
+  ``{session_id, user_id, updated_at, items}``.
+
+Point ids are UUID5 of the item/session id (:func:`point_id`), so every write is an idempotent
+overwrite: Kafka delivery is at-least-once and a redelivered record rewrites the same point.
+
+Everything here is pure: no client, no I/O.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+from qdrant_client import models
+
+__all__ = [
+    "COLLECTION_VECTORS",
+    "ITEM_VECTORS",
+    "SESSION_VECTOR",
+    "VECTOR_DISTANCES",
+    "BuiltPoints",
+    "CollectionKind",
+    "ItemHit",
+    "ItemRecord",
+    "PointRow",
+    "SessionRecord",
+    "StoredItem",
+    "build_item_points",
+    "build_session_points",
+    "collection_vectors",
+    "payload_filter",
+    "point_id",
+]
+
+CollectionKind = Literal["items", "sessions"]
+
+ITEM_VECTORS: tuple[str, ...] = ("unified", "behaviour", "text", "image")
+SESSION_VECTOR = "session"
+COLLECTION_VECTORS: Mapping[CollectionKind, tuple[str, ...]] = {
+    "items": ITEM_VECTORS,
+    "sessions": (SESSION_VECTOR,),
+}
+
+# Decode the way each vector was trained (WWW'23 "homogeneous configuration"):
+# * behaviour (BPR-MF / skip-gram) and session vectors are trained as inner products with item
+#   vectors, and their norm carries signal (popularity, confidence): Dot keeps it. Cosine
+#   would make Qdrant renormalise the vectors on write and change the ranking.
+# * unified is the fused vector, L2-normalised by the fuser, so Dot == cosine on it; Dot keeps
+#   the stored vector identical to what the model produced (drift / Procrustes read it back),
+#   and build_item_points() rejects a unified vector that is not unit length so the two cannot
+#   silently diverge. Session vectors query this space by inner product.
+# * text (denoising autoencoder codes) and image (Siamese/triplet on normalised embeddings)
+#   compare directions only: Cosine, whatever norm the encoder happens to emit.
+VECTOR_DISTANCES: Mapping[str, models.Distance] = {
+    "unified": models.Distance.DOT,
+    "behaviour": models.Distance.DOT,
+    "text": models.Distance.COSINE,
+    "image": models.Distance.COSINE,
+    SESSION_VECTOR: models.Distance.DOT,
+}
+
+_UNIT_NORM_TOLERANCE = 1e-3
+# Fixed namespace: changing it would orphan every stored point.
+_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "onevec:qdrant-point-id")
+_INT_LITERAL = re.compile(r"-?\d{1,18}")  # fits Qdrant's int64 payload integers
+_ATTRIBUTE_NAME = re.compile(r"[^.\[\]\s]+")  # '.' and '[]' would address a different path
+
+VectorValues = Sequence[float] | np.ndarray
+
+
+def collection_vectors(kind: CollectionKind, dim: int) -> dict[str, models.VectorParams]:
+    """The named vectors of a collection, ``dim`` wide, each with its distance."""
+    return {
+        name: models.VectorParams(size=dim, distance=VECTOR_DISTANCES[name])
+        for name in COLLECTION_VECTORS[kind]
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    """The complete state of one item point.
+
+    ``vectors`` holds only the sources the item really has (a new item may have text and
+    image but no behaviour yet). An upsert replaces the whole point, so a source missing here
+    is removed from the point: the single writer of an item always sends everything it has.
+    """
+
+    item_id: str
+    vectors: Mapping[str, VectorValues]
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    model_version: int = 0
+    updated_at: float = 0.0
+    event_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    session_id: str
+    vector: VectorValues
+    user_id: str | None = None
+    updated_at: float = 0.0
+    items: Sequence[str] = ()
+
+
+class PointRow(NamedTuple):
+    """A validated point ready to be written: what :func:`build_item_points` and
+    :func:`build_session_points` make. Lighter than a pydantic ``PointStruct`` (same field
+    names); the store writes rows in column form (``models.Batch``)."""
+
+    id: str
+    vector: dict[str, list[float]]
+    payload: dict[str, Any]
+
+
+class BuiltPoints(NamedTuple):
+    """The outcome of validating records: their points, and the records rejected with a reason."""
+
+    points: list[tuple[str, PointRow]]  # (item or session id, point)
+    rejected: list[tuple[str, str]]  # (item or session id, reason)
+
+    def all_or_error(self) -> list[PointRow]:
+        """Every point, or ValueError naming the first rejected record: nothing is written
+        when one record is bad."""
+        if self.rejected:
+            key, reason = self.rejected[0]
+            raise ValueError(f"{key!r}: {reason}")
+        return [point for _, point in self.points]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemHit:
+    item_id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    item_id: str
+    vectors: dict[str, list[float]]
+    payload: dict[str, Any]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def point_id(kind: Literal["item", "session"], key: str) -> str:
+    """Deterministic point id, so a redelivered record overwrites instead of duplicating.
+    (Cached: the learner re-publishes the same items over and over.)"""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{kind}:{key}"))
+
+
+def _check_payload(key: str, payload: Mapping[str, Any]) -> None:
+    # A server only takes JSON (numpy scalars and NaN are not). Catching it here, before the
+    # record is accepted, keeps a bad payload from failing its whole batch on every retry.
+    try:
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{key!r}: payload is not plain JSON: {exc}") from exc
+
+
+# Attribute mappings already found to be plain JSON, by identity (the object is kept, so its
+# id cannot be reused while cached): an item's attributes are re-published with every vector
+# update, and json.dumps of each was half the cost of building a point.
+_CHECKED_ATTRIBUTES: dict[int, Mapping[str, Any]] = {}
+_CHECKED_ATTRIBUTES_MAX = 1 << 20
+
+
+def _check_attributes(key: str, attributes: Mapping[str, Any]) -> None:
+    if _CHECKED_ATTRIBUTES.get(id(attributes)) is attributes:
+        return
+    _check_payload(key, {"attributes": attributes})
+    if len(_CHECKED_ATTRIBUTES) >= _CHECKED_ATTRIBUTES_MAX:
+        _CHECKED_ATTRIBUTES.clear()
+    _CHECKED_ATTRIBUTES[id(attributes)] = attributes
+
+
+def _checked_rows(
+    name: str, keys: Sequence[str], arrays: Sequence[VectorValues], dim: int, unit: bool = False
+) -> tuple[list[list[float] | None], dict[str, str]]:
+    """Each vector as a float list, checked on one stacked matrix (shape, finite, unit norm
+    when ``unit``); None and a reason where a vector is bad."""
+    values = [np.asarray(a, dtype=np.float32) for a in arrays]  # Qdrant stores float32 anyway
+    rows: list[list[float] | None] = [None] * len(values)
+    rejected = {
+        keys[i]: f"vector {name!r} has shape {v.shape}" for i, v in enumerate(values) if v.shape != (dim,)
+    }
+    good = [i for i, v in enumerate(values) if v.shape == (dim,)]
+    if not good:
+        return rows, rejected
+    matrix = np.array([values[i] for i in good])
+    finite = np.isfinite(matrix).all(axis=1)
+    norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
+    for i, row, ok, norm in zip(good, matrix.tolist(), finite, norms, strict=True):
+        if not ok:
+            # One NaN would make every search that touches this point meaningless.
+            rejected[keys[i]] = f"vector {name!r} contains NaN or infinity"
+        elif unit and abs(norm - 1.0) > _UNIT_NORM_TOLERANCE:
+            rejected[keys[i]] = (
+                f"vector {name!r} has norm {norm:.4f}; it must be L2-normalised (the collection "
+                "uses Dot, which equals cosine only on unit vectors)"
+            )
+        else:
+            rows[i] = row
+    return rows, rejected
+
+
+def build_item_points(records: Sequence[ItemRecord], dim: int) -> BuiltPoints:
+    """Validate item records and turn them into points. The vector checks run on stacked
+    matrices; a bad record is rejected alone, the others still get their points."""
+    rejected: dict[str, str] = {}
+    lists: list[dict[str, list[float]]] = [{} for _ in records]
+    for name in sorted({name for r in records for name in r.vectors}):
+        positions = [i for i, r in enumerate(records) if name in r.vectors]
+        keys = [records[i].item_id for i in positions]
+        if name not in ITEM_VECTORS:
+            rejected.update((key, f"unknown vector name {name!r}") for key in keys)
+            continue
+        arrays = [records[i].vectors[name] for i in positions]
+        rows, bad = _checked_rows(name, keys, arrays, dim, unit=name == "unified")
+        for key, reason in bad.items():
+            rejected.setdefault(key, reason)
+        for i, row in zip(positions, rows, strict=True):
+            if row is not None:
+                lists[i][name] = row
+    points = []
+    for record, vectors in zip(records, lists, strict=True):
+        if record.item_id in rejected:
+            continue
+        if not vectors:
+            rejected[record.item_id] = "no vector"
+            continue
+        updated_at = float(record.updated_at)
+        try:
+            _check_attributes(record.item_id, record.attributes)
+            if not math.isfinite(updated_at):
+                raise ValueError(f"{record.item_id!r}: updated_at is not finite")
+        except ValueError as error:
+            rejected[record.item_id] = str(error)
+            continue
+        payload = {
+            "item_id": record.item_id,
+            "attributes": dict(record.attributes),
+            "model_version": int(record.model_version),
+            "updated_at": updated_at,
+            "event_count": int(record.event_count),
+        }
+        points.append((record.item_id, PointRow(point_id("item", record.item_id), vectors, payload)))
+    return BuiltPoints(points, list(rejected.items()))
+
+
+def build_session_points(records: Sequence[SessionRecord], dim: int) -> BuiltPoints:
+    """Validate session records and turn them into points."""
+    keys = [r.session_id for r in records]
+    rows, rejected = _checked_rows(SESSION_VECTOR, keys, [r.vector for r in records], dim)
+    points = []
+    for record, row in zip(records, rows, strict=True):
+        if row is None:
+            continue
+        updated_at = float(record.updated_at)
+        if not math.isfinite(updated_at):
+            rejected[record.session_id] = "updated_at is not finite"
+            continue
+        payload = {
+            "session_id": record.session_id,
+            "user_id": record.user_id,
+            "updated_at": updated_at,
+            "items": [str(item) for item in record.items],
+        }
+        vector = {SESSION_VECTOR: row}
+        points.append((record.session_id, PointRow(point_id("session", record.session_id), vector, payload)))
+    return BuiltPoints(points, list(rejected.items()))
+
+
+def _attribute_condition(key: str, value: str) -> models.Condition:
+    if not _ATTRIBUTE_NAME.fullmatch(key):
+        raise ValueError(f"filter key {key!r} is not a plain attribute name")
+    path = f"attributes.{key}"
+    # MatchValue on a list attribute matches when any element equals the value, so
+    # genre=Comedy finds ["Comedy", "Drama"] too.
+    as_text = models.FieldCondition(key=path, match=models.MatchValue(value=value))
+    if not _INT_LITERAL.fullmatch(value):
+        return as_text
+    # Filters arrive as strings (query strings, CLI flags) but numeric attributes such as a
+    # release year are stored as ints, and Qdrant matches types strictly: accept either.
+    as_int = models.FieldCondition(key=path, match=models.MatchValue(value=int(value)))
+    return models.Filter(should=[as_text, as_int])
+
+
+def payload_filter(
+    attributes: Mapping[str, str] | None, exclude_point_ids: Collection[str] = ()
+) -> models.Filter | None:
+    """Filter on item attributes (all must match) minus the given point ids; None if empty."""
+    must = [_attribute_condition(k, v) for k, v in (attributes or {}).items()]
+    must_not: list[models.Condition] = (
+        [models.HasIdCondition(has_id=list(exclude_point_ids))] if exclude_point_ids else []
+    )
+    if not must and not must_not:
+        return None
+    return models.Filter(must=must or None, must_not=must_not or None)
