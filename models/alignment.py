@@ -1,18 +1,20 @@
-"""Version-to-version alignment of embeddings, and a similarity measure between versions.
+"""Version-to-version alignment of embeddings, and measures of change between versions.
 
 Inner-product-trained vectors are only defined up to an orthogonal transform (paper 3): a
 retrained or long-running model may drift by a rotation that leaves every score unchanged but
 moves every coordinate. Before a new version is served it is rotated onto the serving one
 with orthogonal Procrustes on the items both versions share, so consumers that keep raw
 coordinates (caches, downstream models) see only real change. Linear CKA tells a harmless
-rotation (CKA ~ 1) from a real change of the geometry.
+rotation (CKA ~ 1) from a real change of the geometry; the centroid shift sees the whole cloud
+of vectors move (the live drift monitor and the evaluation both read it).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import orthogonal_procrustes
 
-__all__ = ["align", "linear_cka", "procrustes"]
+__all__ = ["align", "centroid_shift", "linear_cka", "procrustes"]
 
 
 def procrustes(new: np.ndarray, old: np.ndarray) -> np.ndarray:
@@ -26,9 +28,8 @@ def procrustes(new: np.ndarray, old: np.ndarray) -> np.ndarray:
     old = np.asarray(old, dtype=np.float64)
     if new.shape != old.shape or new.ndim != 2:
         raise ValueError(f"need two (n, dim) arrays of one shape, got {new.shape} and {old.shape}")
-    # Schoenemann (1966): with new^T old = U S V^T, R = U V^T.
-    u, _, vt = np.linalg.svd(new.T @ old)
-    return u @ vt
+    rotation, _ = orthogonal_procrustes(new, old)  # Schoenemann (1966), SVD of new^T old
+    return np.asarray(rotation)
 
 
 def align(
@@ -59,3 +60,13 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     cross = np.linalg.norm(y.T @ x) ** 2
     scale = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
     return float(cross / scale) if scale > 0 else 0.0
+
+
+def centroid_shift(reference: np.ndarray, current: np.ndarray) -> float:
+    """Cosine distance between the mean reference vector and the mean current vector (rows are
+    items; 0.0 when either mean is zero). Unlike CKA it is not blind to a rotation: used on
+    unit vectors, it reads how far the cloud's main direction turned."""
+    a = np.asarray(reference, dtype=np.float64).mean(0)
+    b = np.asarray(current, dtype=np.float64).mean(0)
+    scale = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return 1.0 - float(a @ b) / scale if scale > 1e-12 else 0.0

@@ -13,7 +13,7 @@ A catalogue record is one JSON object (a row of a CSV / Parquet / JSON lines cat
   path a message names (it could be /dev/zero, a FIFO, a secret), and the path would be the
   publisher's, not the worker's;
 * a category column (``category``, ``brand``, ``department``, ``class``, ...; see
-  ``onevec.streams.learner.learner.CATEGORY_COLUMNS``): an attribute, and the token ``department=Dresses``;
+  :data:`CATEGORY_COLUMNS`): an attribute, and the token ``department=Dresses``;
 * 0/1 flag columns (MovieLens genres): the attribute ``genre`` and tokens ``genre=Comedy``;
 * ``release_date`` ending in a year: the attribute and token ``decade=1990s``;
 * any other text column (title, description, review text): words.
@@ -243,7 +243,7 @@ def _decoded(data: bytes, where: str) -> np.ndarray | Rejection:
 def attribute_tokens(attributes: dict[str, Any]) -> list[str]:
     """Side-information tokens ("genre=Comedy") from an item's attributes; the title is text
     for the static encoders, not a token (it would only re-encode the id)."""
-    tokens = []
+    tokens: list[str] = []
     for key, value in attributes.items():
         if key == "title":
             continue

@@ -17,64 +17,56 @@ since none of the examples came from the live topics.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
 
-from onevec.models.clickstream.events import EventType
+from onevec.models.clickstream.events import Event, EventType
+from onevec.models.clickstream.examples import ExampleRecord
+from onevec.models.clickstream.sessions import SessionBook, SessionWindow
 from onevec.models.online.base import parse_examples
 from onevec.models.online.trainer import OnlineTrainer
 from onevec.models.ranking import TOP_K, PrequentialScore, target_ranks
 
 __all__ = ["evaluate_next_item", "pretrain", "session_examples"]
 
-# The stream's defaults (onevec.models.clickstream.sessions.SessionWindow, Settings.session_gap_seconds).
-DEFAULT_MAX_ITEMS = 50
-DEFAULT_GAP_SECONDS = 1800.0
+_STREAM_WINDOW = SessionWindow()  # the stream's defaults (Settings.session_gap_seconds too)
 # Examples ranked per target_ranks call: it builds a (batch x known items) float32 score
 # matrix, so this bounds evaluation memory on large catalogues (256 x 1M items = 1 GB).
 EVAL_BATCH = 256
 
 _REQUIRED = ("user_id", "session_id", "item_id", "event_type", "timestamp")
-_EVENT_TYPES = frozenset(t.value for t in EventType)
-
-
-@dataclass
-class _Session:
-    """What the stream's session window keeps per open session (see onevec.models.clickstream.sessions)."""
-
-    last: float
-    items: deque[str]  # the newest max_items items, oldest first
-    n_events: int = 0  # events applied, including those no longer kept in ``items``
-    # fingerprint -> position of the newest max_items applied events: an event the stream
-    # recognises as already applied is re-sent flagged ``duplicate``, not applied twice.
-    seen: dict[tuple[str, str, float], int] = field(default_factory=dict)
+_EVENT_TYPES = {t.value: t for t in EventType}
+# Every field given, and the set the frame fills: model_construct then computes no default.
+_FIELDS = set(_REQUIRED)
 
 
 def session_examples(
-    events: pd.DataFrame, max_items: int = DEFAULT_MAX_ITEMS, *, gap_seconds: float = DEFAULT_GAP_SECONDS
-) -> list[dict[str, Any]]:
+    events: pd.DataFrame,
+    max_items: int = _STREAM_WINDOW.max_items,
+    *,
+    gap_seconds: float = _STREAM_WINDOW.gap,
+) -> list[ExampleRecord]:
     """The example records the stream emits for ``events``, in the same (arrival) order.
 
     ``events`` is a normalised events frame in timestamp order, as ``load_events`` returns
-    it. Each row becomes one record with the keys of ``onevec.models.clickstream.sessions.Example.to_dict()``:
-    ``event_id`` (``"{session_id}:{position}"``, stable across calls), ``session_id``,
-    ``user_id``, ``item_id``, ``event_type``, ``timestamp``, ``prefix`` (the session's
-    previous items, oldest first, the newest ``max_items`` of them) and ``duplicate``.
-
-    The stream's session rules that can apply to a time-ordered table are mirrored, so the
-    records equal the stream's (event ids aside; the stream uses a content hash):
+    it. Its rows go through the stream's own session window (a
+    :class:`~onevec.models.clickstream.sessions.SessionBook` over a plain dict, one partition,
+    the row number as input offset), so the records are the ones the stream emits: each row
+    becomes one record with the keys of ``Example.to_dict()``: ``event_id`` (the stream's
+    content fingerprint of item, event type and time), ``session_id``, ``user_id``,
+    ``item_id``, ``event_type``, ``timestamp``, ``prefix`` (the session's previous items,
+    oldest first, the newest ``max_items`` of them) and ``duplicate``. In particular:
 
     * an event more than ``gap_seconds`` after its session's last event starts that session
       afresh (empty prefix, same id); this never happens with sessions ``load_events``
       derived with the same gap, only with explicit session ids spanning long pauses;
     * an exact repeat of one of the session's newest ``max_items`` events (same item,
       event type and timestamp) gets ``duplicate=True`` and its original's prefix, and does
-      not extend the session; ``OnlineTrainer.learn`` skips it. Otherwise ``duplicate`` is
-      False.
+      not extend the session; ``OnlineTrainer.learn`` skips it.
+
+    No session is evicted to bound memory (the frame is in memory already): a worker evicts
+    the longest idle session of a partition only beyond ``SessionWindow.max_open``.
 
     Raises ``ValueError`` when a required column is missing or an event type is one the
     stream rejects (it would dead-letter those events, so no example could match it).
@@ -84,63 +76,46 @@ def session_examples(
     missing = [column for column in _REQUIRED if column not in events.columns]
     if missing:
         raise ValueError(f"events frame lacks column(s): {', '.join(missing)}")
-    unknown = set(events["event_type"].astype(str).unique()) - _EVENT_TYPES
+    unknown = set(events["event_type"].astype(str).unique()) - set(_EVENT_TYPES)
     if unknown:
         raise ValueError(
             f"event type(s) the stream rejects: {', '.join(sorted(unknown))}"
             f" (allowed: {', '.join(sorted(_EVENT_TYPES))})"
         )
-
-    sessions: dict[str, _Session] = {}
-    records: list[dict[str, Any]] = []
-    # Plain column lists, not iterrows/itertuples: this loop is the whole cost (~0.3 s/100k).
-    columns = zip(
+    window = SessionWindow(gap=gap_seconds, max_items=max_items, max_open=max(len(events), 1))
+    book = SessionBook({}, window)
+    # Plain column lists, not iterrows/itertuples; the rows are normalised already, so the
+    # events are constructed without validation.
+    rows = zip(
         events["session_id"].astype(str).tolist(),
         events["user_id"].astype(str).tolist(),
         events["item_id"].astype(str).tolist(),
-        events["event_type"].astype(str).tolist(),
+        map(_EVENT_TYPES.__getitem__, events["event_type"].astype(str).tolist()),
         events["timestamp"].astype("float64").tolist(),
         strict=True,
     )
-    for session_id, user_id, item_id, event_type, timestamp in columns:
-        state = sessions.get(session_id)
-        if state is None or timestamp - state.last > gap_seconds:
-            state = sessions[session_id] = _Session(last=timestamp, items=deque(maxlen=max_items))
-        mark = (item_id, event_type, timestamp)
-        original = state.seen.get(mark)
-        duplicate = original is not None and original >= state.n_events - max_items
-        if original is not None and duplicate:
-            # The items before the original's position that are still kept, as the stream does.
-            first_kept = state.n_events - len(state.items)
-            prefix = list(state.items)[: max(0, original - first_kept)]
-            position = original
-        else:
-            prefix = list(state.items)
-            position = state.n_events
-            state.seen[mark] = position
-            if len(state.seen) > 2 * max_items:  # keep the fingerprint memory bounded
-                state.seen = {m: p for m, p in state.seen.items() if p > position - max_items}
-            state.items.append(item_id)
-            state.n_events += 1
-            state.last = max(state.last, timestamp)
-        records.append(
-            {
-                "event_id": f"{session_id}:{position}",
-                "session_id": session_id,
-                "user_id": user_id,
-                "item_id": item_id,
-                "event_type": event_type,
-                "timestamp": timestamp,
-                "prefix": prefix,
-                "duplicate": duplicate,
-            }
-        )
-    return records
+    return [
+        book.process(
+            Event.model_construct(
+                _FIELDS,
+                session_id=session_id,
+                user_id=user_id,
+                item_id=item_id,
+                event_type=kind,
+                timestamp=timestamp,
+                price=None,
+                quantity=None,
+            ),
+            0,
+            offset,
+        )[0].to_dict()
+        for offset, (session_id, user_id, item_id, kind, timestamp) in enumerate(rows)
+    ]
 
 
 def pretrain(
     trainer: OnlineTrainer,
-    examples: list[dict[str, Any]],
+    examples: list[ExampleRecord],
     epochs: int,
     batch_size: int = 256,
     on_progress: Callable[[int], None] | None = None,
@@ -187,7 +162,7 @@ def pretrain(
 
 def evaluate_next_item(
     trainer: OnlineTrainer,
-    examples: Sequence[dict[str, Any]],
+    examples: Sequence[ExampleRecord],
     k: int = TOP_K,
     batch_size: int = EVAL_BATCH,
 ) -> PrequentialScore:

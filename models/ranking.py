@@ -1,19 +1,35 @@
 """Prequential (test-then-train) next-item scoring: each example is ranked by the model as it
-was *before* learning from it, so the score never peeks at the future."""
+was *before* learning from it, so the score never peeks at the future.
+
+One ranking rule for the live learner, pre-training's evaluation and ``onevec eval``
+(:func:`count_above`): an item ranks above the target when it scores higher, or scores the
+same and has a higher :func:`tie_priority`, a fixed pseudo-random number derived from its id.
+So a model that scores many items alike (a count model's zeros, items with equal vectors) gets
+no free ranks, and every process ranks the same scores the same way.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 if TYPE_CHECKING:
     from onevec.models.online.trainer import OnlineTrainer
+    from onevec.models.online.vocab import Vocabulary
 
-__all__ = ["TOP_K", "PrequentialScore", "prequential_popularity", "target_ranks"]
+__all__ = [
+    "TOP_K",
+    "PrequentialScore",
+    "count_above",
+    "prequential_popularity",
+    "target_ranks",
+    "tie_priority",
+]
 
 TOP_K = 20
 
@@ -60,6 +76,44 @@ def prequential_popularity(
     return score
 
 
+def tie_priority(items: Sequence[str]) -> np.ndarray:
+    """A fixed pseudo-random uint64 per item id, the same in every process and after restarts
+    (pandas' keyed SipHash of the id's UTF-8 bytes): the order in which tied items rank."""
+    return pd.util.hash_array(np.asarray(items, dtype=object), categorize=False)
+
+
+def count_above(
+    block: np.ndarray,
+    target_scores: np.ndarray,
+    target_priority: np.ndarray,
+    priority_of: Callable[[np.ndarray], np.ndarray],
+    skip: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """Per row of ``block`` (one row per example, one column per candidate item), how many
+    candidates rank above the example's target: those scoring higher than ``target_scores``,
+    and those scoring the same whose priority is higher than ``target_priority``. The
+    (row, column) pairs of ``skip`` never count: the target's own column and the session's own
+    items. ``priority_of(columns)`` gives the tie priorities of candidate columns; only the
+    tied ones are asked for while ties are few (a priority is a hash of an item id, which the
+    live learner looks up per row)."""
+    threshold = target_scores[:, None]
+    higher = block > threshold
+    tied = block == threshold
+    higher[skip] = False
+    tied[skip] = False
+    above = np.count_nonzero(higher, axis=1)
+    ties = np.count_nonzero(tied)
+    if not ties:
+        return above
+    if ties > tied.shape[1]:  # many items scored alike: compare whole rows
+        wins = tied & (priority_of(np.arange(tied.shape[1])) > target_priority[:, None])
+        return above + np.count_nonzero(wins, axis=1)
+    rows, columns = np.nonzero(tied)
+    unique, inverse = np.unique(columns, return_inverse=True)
+    wins = priority_of(unique)[inverse] > target_priority[rows]
+    return above + np.bincount(rows[wins], minlength=len(block))
+
+
 def target_ranks(
     trainer: OnlineTrainer,
     prefixes: Sequence[Sequence[str]],
@@ -71,9 +125,10 @@ def target_ranks(
     exclude: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[int | None]:
     """Rank (1-based, None beyond ``k``) of each target among all known items, scored by the
-    inner product with its session vector, the prefix's own items excluded. One matrix
-    product per ``chunk_items`` items for the whole batch instead of one ranking per example;
-    the chunks bound the score matrix (batch x 1M items would be a GB per step).
+    inner product with its session vector, the prefix's own items excluded, ties broken by
+    :func:`count_above`'s rule. One matrix product per ``chunk_items`` items for the whole
+    batch instead of one ranking per example; the chunks bound the score matrix (batch x 1M
+    items would be a GB per step).
 
     ``sessions`` (one row per prefix) and ``matrix`` (the item vectors, in vocabulary row
     order) default to the trainer's current ones; the learner passes the ones its training
@@ -103,7 +158,7 @@ def target_ranks(
     own = np.array([columns[i] for i in scored], dtype=np.int64)
     starts = range(0, len(matrix), chunk_items)
     # The target's score must come from the very product its rivals' scores come from (same
-    # rounding), or an item tied with it (same attributes, no clicks) could count as above it.
+    # rounding), or an item tied with it (same attributes, no clicks) would not count as tied.
     target_scores = np.empty(len(scored), dtype=matrix.dtype)
     kept: dict[int, np.ndarray] = {}  # with a single chunk, its product is reused below
     for start in starts:
@@ -113,8 +168,8 @@ def target_ranks(
             target_scores[inside] = block[rows[inside], own[inside] - start]
             if len(starts) == 1:
                 kept[start] = block
-    # Never counted as ranking above the target: the prefix's items (the target is not above
-    # itself). They are cleared in the "above the target" mask; the score block is not copied.
+    # Never counted as ranking above the target: the target itself and the prefix's items.
+    # They are cleared in the "above the target" masks; the score block is not copied.
     if exclude is None:
         excluded = [
             np.array([row for row in map(vocab.get, prefixes[i]) if row is not None], dtype=np.int64)
@@ -127,18 +182,25 @@ def target_ranks(
     position = np.full(len(prefixes), -1, dtype=np.int64)  # prefix -> its row among the scored
     position[rows] = np.arange(len(scored))
     mine = (position[which] >= 0) & (excluded_rows < known)  # items the step added are not ranked
-    skip_row, skip_column = position[which[mine]], excluded_rows[mine]
+    skip_row = np.concatenate([np.arange(len(scored)), position[which[mine]]])
+    skip_column = np.concatenate([own, excluded_rows[mine]])
+    target_priority = tie_priority([vocab.key(column) for column in own.tolist()])
     above = np.zeros(len(scored), dtype=np.int64)
     for start in starts:
-        # Items tied with the target (equal vectors) are not above it; with several chunks
-        # rounding may still split such a tie differently.
+        # With several chunks, rounding may still split a tie of equal vectors differently.
         full = kept.pop(start, None)
         block = sessions @ matrix[start : start + chunk_items].T if full is None else full
-        higher = (block if len(rows) == len(block) else block[rows]) > target_scores[:, None]
-        inside = (skip_column >= start) & (skip_column < start + higher.shape[1])
-        higher[skip_row[inside], skip_column[inside] - start] = False
-        above += np.count_nonzero(higher, axis=1)
-    for position, i in enumerate(scored):
-        rank = int(above[position]) + 1
+        if len(rows) != len(block):
+            block = block[rows]
+        inside = (skip_column >= start) & (skip_column < start + block.shape[1])
+        skip = (skip_row[inside], skip_column[inside] - start)
+        above += count_above(block, target_scores, target_priority, _row_priority(vocab, start), skip)
+    for row, i in enumerate(scored):
+        rank = int(above[row]) + 1
         ranks[i] = rank if rank <= k else None
     return ranks
+
+
+def _row_priority(vocab: Vocabulary, start: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Tie priorities of the item rows ``start + columns``."""
+    return lambda columns: tie_priority([vocab.key(start + column) for column in columns.tolist()])

@@ -36,7 +36,8 @@ import numpy as np
 from river.drift import ADWIN, PageHinkley
 from scipy.stats import wasserstein_distance
 
-from onevec.models.alignment import linear_cka
+from onevec.models.alignment import centroid_shift, linear_cka
+from onevec.models.fusion import normalise
 from onevec.models.kernel_alignment import AlignmentTracker
 from onevec.monitoring import metrics
 
@@ -48,7 +49,6 @@ __all__ = [
     "LabelSpace",
     "ReferenceSnapshot",
     "StreamDriftDetectors",
-    "centroid_shift",
     "drifted_dimension_share",
     "neighbour_overlap",
     "window_signals",
@@ -97,17 +97,6 @@ class DriftConfig:
             thresholds={**DEFAULT_THRESHOLDS, **settings.drift_thresholds},
             seed=settings.model_seed,
         )
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    return rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
-
-
-def centroid_shift(reference: np.ndarray, current: np.ndarray) -> float:
-    """Cosine distance between the mean reference vector and the mean current vector."""
-    a, b = reference.mean(0), current.mean(0)
-    scale = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return 1.0 - float(a @ b) / scale if scale > 1e-12 else 0.0
 
 
 def drifted_dimension_share(reference: np.ndarray, current: np.ndarray, threshold: float) -> float:
@@ -161,7 +150,7 @@ class ReferenceSnapshot:
         if len(ids) > max_items:
             ids = [ids[i] for i in sorted(rng.choice(len(ids), max_items, replace=False))]
         anchors = sorted(ids, key=lambda item: -clicks.get(item, 0))[:anchor_items]
-        vectors = _unit(np.asarray([current[i] for i in ids], dtype=np.float64))
+        vectors = normalise(np.asarray([current[i] for i in ids]))
         return cls(ids=ids, vectors=vectors, anchors=anchors, taken_at=time.time())
 
 
@@ -183,7 +172,7 @@ def window_signals(
     rows = [row for row, item in enumerate(reference.ids) if item in current]
     ids = [reference.ids[row] for row in rows]
     before = reference.vectors[rows]
-    after = _unit(np.asarray([current[i] for i in ids], dtype=np.float64))
+    after = normalise(np.asarray([current[i] for i in ids]))
     index = {item: row for row, item in enumerate(ids)}
     anchor_rows = np.asarray([index[a] for a in reference.anchors if a in index], dtype=np.int64)
     signals = {
@@ -296,8 +285,7 @@ class LabelSpace:
         values: dict[str, list[str]] = {}
         for item_id, attrs in attributes.items():
             value = attrs.get(name)
-            found = value if isinstance(value, list) else [value]
-            found = [str(v) for v in found if v not in (None, "")]
+            found = [str(v) for v in (value if isinstance(value, list) else [value]) if v not in (None, "")]
             if found:
                 values[item_id] = found
         frequent = Counter(v for vs in values.values() for v in vs).most_common(max_classes)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
@@ -19,22 +18,23 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
+import tenacity
 from faust.types import EventT, StreamT, TopicT
-from kafka import KafkaConsumer, TopicPartition
 
 from onevec.models.catalog import load_attributes, validate_catalog_record
 from onevec.models.clickstream.events import Event, Rejection, ValidationLimits, session_key, validate_event
-from onevec.models.clickstream.examples import decode_examples, encode_examples
+from onevec.models.clickstream.examples import ExampleRecord, decode_examples, encode_examples
 from onevec.models.clickstream.sessions import ClosedSession, Example, SessionBook, SessionWindow
 from onevec.monitoring import metrics
-from onevec.streams.kafka.faust_fixes import apply_faust_fixes
 from onevec.streams.kafka.session_table import ChangelogBatchStore
 from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.learner.checkpoints import checkpoint_coverage, read_committed_gap
 from onevec.streams.learner.learner import Learner
-from onevec.streams.qdrant import CollectionSchemaError, QdrantStore, backoff_delay
+from onevec.streams.learner.queue import ExamplesBatch
+from onevec.streams.qdrant import CollectionSchemaError, QdrantStore
 from onevec.streams.settings import Settings
 
-__all__ = ["OnevecApp", "create_app"]
+__all__ = ["OnevecApp"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class OnevecApp:
             min_event_time=settings.min_event_time,
             max_clock_skew_seconds=settings.max_clock_skew_seconds,
         )
-        raw = {
+        raw: dict[str, Any] = {
             "key_type": bytes,
             "value_type": bytes,
             "key_serializer": "raw",
@@ -138,11 +138,18 @@ class OnevecApp:
             self.faust.agent(self.examples, name="learn")(self._learn)
             self.faust.agent(self.catalog, name="catalog")(self._catalog)
             self.faust.task(self._run_learner)
-        self._rng = random.Random()  # send-retry jitter
         self.faust.timer(interval=LAG_INTERVAL_SECONDS)(self._report_lag)
-        self.faust.on_before_shutdown.connect(self._on_shutdown)
-        self.faust.on_partitions_assigned.connect(self._on_assigned)
-        self.faust.on_partitions_revoked.connect(self._on_revoked)
+        # Faust's signal stubs want (sender, *, signal); it calls receivers with keywords.
+        self.faust.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
+        self.faust.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+        self.faust.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+
+    @property
+    def running_learner(self) -> Learner:
+        """The learner, in a worker whose role runs one (its agents exist only then)."""
+        if self.learner is None:
+            raise RuntimeError(f"a worker of role {self.settings.role!r} runs no learner")
+        return self.learner
 
     def dead_letter(self, key: bytes | None, value: bytes, rejection: Rejection, stage: str) -> Outgoing:
         """The dead-letter record of a rejected input (counted here): its original bytes, and
@@ -173,7 +180,7 @@ class OnevecApp:
         # broker, so a crash or a shutdown mid-batch leaves them to be delivered again (Faust's
         # take_events would ack them even when the batch failed).
         settings = self.settings
-        async for events in stream.noack_take(
+        async for events in stream.noack_take(  # type: ignore[attr-defined]  # Stream's, not in StreamT
             settings.sessionize_batch_size, within=settings.sessionize_batch_within_seconds
         ):
             started = time.perf_counter()
@@ -187,7 +194,7 @@ class OnevecApp:
         """Validate, apply to the sessions, send; returns once every record the batch produced
         is acknowledged by the broker."""
         outgoing: list[Outgoing] = []
-        examples: dict[int, list[dict[str, Any]]] = {}
+        examples: dict[int, list[ExampleRecord]] = {}
         accepted: Counter[str] = Counter()
         duplicates = 0
         for event in events:
@@ -201,9 +208,9 @@ class OnevecApp:
             accepted[example.event_type] += 1
             duplicates += example.duplicate
             # The click's Kafka timestamp rides along: the learner's freshness clock starts there.
-            examples.setdefault(message.partition, []).append(
-                {**example.to_dict(), "ingested_at": message.timestamp}
-            )
+            record = example.to_dict()
+            record["ingested_at"] = message.timestamp
+            examples.setdefault(message.partition, []).append(record)
             for session in closed:
                 metrics.SESSIONS_CLOSED.labels(reason=session.reason).inc()
                 outgoing.append(
@@ -243,21 +250,33 @@ class OnevecApp:
             await self._deliver(records)
 
     async def _deliver(self, records: list[Outgoing]) -> None:
-        pending, attempt = records, 0
-        while pending:
-            # Handed to the producer one by one, in order (a partition's records keep their
-            # order), then all acknowledgements awaited together.
-            futures = [await self._send(r) for r in pending]
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            failed = [(r, e) for r, e in zip(pending, results, strict=True) if isinstance(e, Exception)]
-            if not failed:
-                return
-            attempt += 1
-            for record, _ in failed:
-                metrics.PRODUCE_RETRIES.labels(topic=record.topic.get_topic_name()).inc()
+        pending = records
+
+        async def send_pending() -> list[Outgoing]:
+            nonlocal pending
+            pending = await self._send_all(pending)
+            return pending
+
+        # Retried while any record is unacknowledged, with jitter so workers that failed
+        # together (a broker restart) do not resend in lockstep.
+        resend = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_result(bool),
+            wait=tenacity.wait_random_exponential(multiplier=0.1, max=5.0),
+        )
+        await resend(send_pending)
+
+    async def _send_all(self, records: list[Outgoing]) -> list[Outgoing]:
+        """Send the records; returns those not acknowledged."""
+        # Handed to the producer one by one, in order (a partition's records keep their
+        # order), then all acknowledgements awaited together.
+        futures = [await self._send(r) for r in records]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [(r, e) for r, e in zip(records, results, strict=True) if isinstance(e, Exception)]
+        for record, _ in failed:
+            metrics.PRODUCE_RETRIES.labels(topic=record.topic.get_topic_name()).inc()
+        if failed:
             log.warning("%d records not acknowledged (%r); sending them again", len(failed), failed[0][1])
-            await asyncio.sleep(backoff_delay(attempt, 0.1, 5.0, self._rng))
-            pending = [record for record, _ in failed]
+        return [record for record, _ in failed]
 
     async def _send(self, record: Outgoing) -> Awaitable[Any]:
         """Hand a record to the producer; returns its acknowledgement (a failure to hand it
@@ -289,7 +308,9 @@ class OnevecApp:
                 rejection = Rejection("bad_examples_record", str(error))
                 await self.send_dead_letter(message.key, raw, rejection, stage="learn")
                 continue
-            await self.learner.submit((f"{message.topic}:{message.partition}", message.offset, examples))
+            await self.running_learner.submit(
+                ExamplesBatch(f"{message.topic}:{message.partition}", message.offset, examples)
+            )
 
     async def _catalog(self, stream: StreamT[bytes]) -> None:
         """New or changed catalogue records (compacted topic, key item_id): encoded with the
@@ -299,7 +320,7 @@ class OnevecApp:
                 # A tombstone: the item left the catalogue, its static vectors go (docs/static.md).
                 if event.key:
                     await self.store_ready.wait()
-                    await self.learner.remove_catalog(bytes(event.key).decode("utf-8", "replace"))
+                    await self.running_learner.remove_catalog(bytes(event.key).decode("utf-8", "replace"))
                 continue
             raw = event.value if isinstance(event.value, bytes) else b""
             # Decoding an inline image (base64, pillow) is CPU work: off the event loop.
@@ -308,30 +329,30 @@ class OnevecApp:
                 await self.send_dead_letter(event.key, raw, result, stage="catalog")
                 continue
             await self.store_ready.wait()
-            if await self.learner.upsert_catalog(result):
+            if await self.running_learner.upsert_catalog(result):
                 metrics.CATALOG_ITEMS_ENCODED.inc()
 
     async def _run_learner(self) -> None:
-        attempt = 0
-        while True:
-            try:
+        # Until Qdrant answers, the lookups answer 503 and the worker does not report ready; the
+        # examples wait in their topic. (Without the retry, a learner started before its Qdrant
+        # server never started.) A schema mismatch is a configuration error: not retried.
+        starting = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_not_exception_type(CollectionSchemaError),
+            wait=tenacity.wait_random_exponential(multiplier=0.5, max=10.0),
+            before_sleep=lambda state: log.warning(
+                "learner start: Qdrant not available (%r); again in %.1f s",
+                state.outcome.exception() if state.outcome else None,
+                state.upcoming_sleep,
+            ),
+        )
+        async for attempt in starting:
+            with attempt:
                 await self.store.ensure_collections()
-                await self.learner.align_to_serving()
-                await self.learner.publish_all()
-                break
-            except CollectionSchemaError:
-                raise  # a configuration error: retrying cannot fix it
-            except Exception as error:  # noqa: BLE001 - e.g. Qdrant not up yet: wait for it
-                # Until then the lookups answer 503 and the worker does not report ready; the
-                # examples wait in their topic. (Without the retry, a learner started before
-                # its Qdrant server never started.)
-                attempt += 1
-                delay = backoff_delay(attempt, 0.5, 10.0, self._rng)
-                log.warning("learner start: Qdrant not available (%r); again in %.1f s", error, delay)
-                await asyncio.sleep(delay)
+                await self.running_learner.align_to_serving()
+                await self.running_learner.publish_all()
         self.store_ready.set()
         await self._learn_since_checkpoint()
-        await self.learner.run()
+        await self.running_learner.run()
 
     async def _learn_since_checkpoint(self) -> None:
         """Examples the agent had already taken (committed) but the lost process never put
@@ -342,7 +363,7 @@ class OnevecApp:
         if not missed:
             return
         log.warning("learning %d examples taken after the last checkpoint", len(missed))
-        await self.learner.learn_records(missed)
+        await self.running_learner.learn_records(missed)
 
     async def _report_lag(self) -> None:
         """Consumer lag per stage, from the partitions' end offsets: sessionize against the
@@ -376,7 +397,7 @@ class OnevecApp:
         self.partitions |= {tp.partition for tp in assigned if tp.topic == self.input_topic}
         # Readiness (what WorkerProcess.wait_ready waits for) is reported once Faust has
         # restored the tables and sought the streams to their committed offsets.
-        recovery = self.faust.tables.recovery
+        recovery = self.faust.tables.recovery  # type: ignore[attr-defined]  # TableManager's, not in TableManagerT
         recovery.completed.clear()
         asyncio.ensure_future(self._report_partitions_when_ready(recovery))
 
@@ -395,53 +416,6 @@ class OnevecApp:
         metrics.WORKER_PARTITIONS.set(len(self.partitions))
 
 
-def checkpoint_coverage(settings: Settings, offsets: dict[str, int]) -> dict[str, int]:
-    """The last learned offset of every examples partition ("topic:partition" -> offset), from
-    a checkpoint's ``offsets``. A partition the checkpoint has no offset for (no checkpoint at
-    all, or none of its examples learned by the last one) gets -1: learned from its start.
-    (Seen: after a kill -9 with 3 of 4 partitions in the checkpoint, the fourth's examples
-    taken before the kill were never learned.)"""
-    return {f"{settings.examples_topic}:{p}": -1 for p in range(settings.partitions)} | offsets
-
-
-def read_committed_gap(
-    settings: Settings, covered: dict[str, int]
-) -> list[tuple[str, int, list[dict[str, Any]]]]:
-    """Examples records after ``covered`` ("topic:partition" -> offset) up to the consumer group's
-    committed offsets, read with a plain consumer that joins no group."""
-    servers = bootstrap_servers(settings)
-    security = settings.kafka_client_options()
-    group = KafkaConsumer(
-        bootstrap_servers=servers, group_id=settings.group_id, enable_auto_commit=False, **security
-    )
-    reader = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, **security)
-    gap: list[tuple[str, int, list[dict[str, Any]]]] = []
-    try:
-        for key, offset in covered.items():
-            topic, partition = key.rsplit(":", 1)
-            tp = TopicPartition(topic, int(partition))
-            end = group.committed(tp) or 0
-            if end <= offset + 1:
-                continue
-            reader.assign([tp])
-            reader.seek(tp, offset + 1)
-            empty_polls = 0
-            while reader.position(tp) < end and empty_polls < 5:
-                records = reader.poll(timeout_ms=1000).get(tp, [])
-                empty_polls = 0 if records else empty_polls + 1
-                for record in records:
-                    if record.offset >= end:
-                        continue
-                    try:
-                        gap.append((key, record.offset, decode_examples(record.value)))
-                    except ValueError as error:  # the agent dead-lettered it when it took it
-                        log.error("examples record %s:%d not learned: %s", key, record.offset, error)
-    finally:
-        group.close()
-        reader.close()
-    return gap
-
-
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     """The Kafka security settings as Faust credentials (None: plaintext, Faust's default)."""
     context = settings.kafka_ssl_context()
@@ -455,12 +429,3 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
             mechanism=settings.kafka_sasl_mechanism,
         )
     return faust.SSLCredentials(context) if context is not None else None
-
-
-def create_app(settings: Settings, broker_url: str | None = None) -> OnevecApp:
-    apply_faust_fixes(settings)
-    onevec = OnevecApp(settings, broker_url)
-    from onevec.streams.http_api import register_routes
-
-    register_routes(onevec)
-    return onevec

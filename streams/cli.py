@@ -9,44 +9,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import pandas as pd
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from onevec.streams.console import console, progress_bar, read_events, replay_events, staged_progress
 from onevec.streams.settings import Settings, load_settings
 
 __all__ = ["app"]
 
 app = typer.Typer(help="onevec: live unified product embeddings.", no_args_is_help=True)
-console = Console()
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-
-def staged_progress(bar: Progress) -> Callable[[str, int, int], None]:
-    """A ``(stage, done, total)`` callback that shows one bar per stage of a long build."""
-    tasks: dict[str, Any] = {}
-
-    def on_progress(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done)
-
-    return on_progress
 
 
 @app.command()
@@ -103,30 +77,6 @@ def replay(
 def _replay(settings: Settings, source: str, speedup: float | None, limit: int) -> tuple[int, float]:
     events = read_events(settings, source, limit)
     return len(events), replay_events(settings, events, source, speedup)
-
-
-def read_events(settings: Settings, source: str, limit: int = 0) -> pd.DataFrame:
-    from onevec.models.datasets import load_events
-
-    events = load_events(Path(source) if Path(source).exists() else source, settings.session_gap_seconds)
-    return events.head(limit) if limit else events
-
-
-def replay_events(settings: Settings, events: pd.DataFrame, label: str, speedup: float | None) -> float:
-    """Replay with a progress bar; returns the elapsed seconds."""
-    from onevec.streams.kafka.producer import EventProducer
-    from onevec.streams.kafka.replay import replay as run_replay
-    from onevec.streams.kafka.topics import bootstrap_servers, ensure_topics
-
-    ensure_topics(settings)
-    with (
-        EventProducer(
-            bootstrap_servers(settings), settings.clicks_topic, **settings.kafka_client_options()
-        ) as producer,
-        progress_bar() as bar,
-    ):
-        task = bar.add_task(f"replay {label}", total=len(events))
-        return run_replay(events, producer, speedup, lambda n: bar.advance(task, n))
 
 
 @app.command()
@@ -372,7 +322,7 @@ def static_build(
 ) -> None:
     """Train the static encoders on a catalogue; store them and its vectors as a new version."""
     from onevec.models.static.bundle import save_bundle
-    from onevec.streams.tools.static_report import BuildOptions, build_static
+    from onevec.models.static_build import BuildOptions, build_static
 
     settings = load_settings()
     if text_encoder not in ("autoencoder", "inductive"):

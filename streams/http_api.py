@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
 from onevec.models.clickstream.events import TOO_DEEP, Rejection, json_error, validate_event
 from onevec.monitoring import metrics
-
-if TYPE_CHECKING:
-    from onevec.streams.app import OnevecApp
+from onevec.streams.app import OnevecApp
 
 __all__ = ["register_routes", "split_body"]
 
@@ -144,7 +142,7 @@ def register_routes(onevec: OnevecApp) -> None:
             return counted(super().unauthorised())
 
         async def post(self, request: Request) -> Response:
-            if (request.content_length or 0) > max_body:
+            if (request.content_length or 0) > max_body:  # type: ignore[attr-defined]  # aiohttp's request
                 return answer(self, 413, {"error": f"body larger than {max_body} bytes"})
             body = await request.read()
             if len(body) > max_body:
@@ -152,7 +150,9 @@ def register_routes(onevec: OnevecApp) -> None:
             raws = split_body(body)
             if isinstance(raws, Rejection):
                 return answer(self, 400, {"error": raws.detail, "reason": raws.reason})
-            accepted, errors, records = 0, [], []
+            accepted = 0
+            errors: list[dict[str, Any]] = []
+            records = []
             for index, raw in enumerate(raws):
                 result = validate_event(raw, limits)
                 if isinstance(result, Rejection):
@@ -190,7 +190,7 @@ def register_routes(onevec: OnevecApp) -> None:
             k = parse_k(request.query.get("k", "10"))
             if k is None:
                 return self.json({"error": K_ERROR}, status=400)
-            filters = parse_filters(request.query.getall("filter", []))
+            filters = parse_filters(request.query.getall("filter", []))  # type: ignore[attr-defined]  # a MultiDict
             try:
                 hits = await onevec.store.similar(item_id, k=k, filter=filters or None)
             except KeyError:
@@ -225,8 +225,8 @@ def register_routes(onevec: OnevecApp) -> None:
                 items = [i for i in request.query.get("items", "").split(",") if i]
             if not items:
                 return self.json({"error": "give ?session=ID or ?items=a,b,c"}, status=400)
-            ranked = await onevec.learner.recommend_for_items(items, k)
-            attributes = onevec.learner.attributes
+            ranked = await onevec.running_learner.recommend_for_items(items, k)
+            attributes = onevec.running_learner.attributes
             return self.json(
                 {
                     "items": items,
@@ -243,12 +243,12 @@ def register_routes(onevec: OnevecApp) -> None:
                 {
                     "items": await onevec.store.count("items"),
                     "sessions": await onevec.store.count("sessions"),
-                    "model_steps": onevec.learner.trainer.steps,
-                    "learner_queue": onevec.learner.queued_examples,
+                    "model_steps": onevec.running_learner.trainer.steps,
+                    "learner_queue": onevec.running_learner.queue.examples,
                     "prequential": {
-                        "scored": onevec.learner.score.scored,
-                        "hr@20": onevec.learner.score.hr,
-                        "mrr@20": onevec.learner.score.mrr,
+                        "scored": onevec.running_learner.score.scored,
+                        "hr@20": onevec.running_learner.score.hr,
+                        "mrr@20": onevec.running_learner.score.mrr,
                     },
                 }
             )
@@ -259,10 +259,10 @@ def register_routes(onevec: OnevecApp) -> None:
         POST: take a new drift reference snapshot at the end of the next window (on demand)."""
 
         async def get(self, request: Request) -> Response:
-            return self.json(onevec.learner.drift.summary())
+            return self.json(onevec.running_learner.drift.summary())
 
         async def post(self, request: Request) -> Response:
-            onevec.learner.drift.request_rotation()
+            onevec.running_learner.drift.request_rotation()
             return self.json({"rotation": "requested"}, status=202)
 
     @app.page("/healthz")

@@ -214,7 +214,7 @@ class Settings(BaseSettings):
         return self.role != "ingest"
 
     @cached_property
-    def faust_broker_options(self) -> dict[str, float]:
+    def faust_broker_options(self) -> dict[str, Any]:
         """Consumer-group timeouts.
 
         Tansu holds each group join for half the session timeout, so Faust's defaults make a

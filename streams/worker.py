@@ -22,13 +22,23 @@ import faust
 from prometheus_client.parser import text_string_to_metric_families
 
 from onevec.deploy.embedded_broker import EmbeddedBroker, free_port, stop_process
-from onevec.streams.app import create_app
+from onevec.streams.app import OnevecApp
+from onevec.streams.http_api import register_routes
+from onevec.streams.kafka.faust_fixes import apply_faust_fixes
 from onevec.streams.kafka.topics import ensure_topics
 from onevec.streams.settings import Settings
 
-__all__ = ["WorkerProcess", "run_worker", "scrape_metrics"]
+__all__ = ["WorkerProcess", "create_app", "run_worker", "scrape_metrics"]
 
 log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, broker_url: str | None = None) -> OnevecApp:
+    """The Faust app with its agents and HTTP routes, Faust's corrections applied first."""
+    apply_faust_fixes(settings)
+    onevec = OnevecApp(settings, broker_url)
+    register_routes(onevec)
+    return onevec
 
 
 def run_worker(settings: Settings) -> None:

@@ -13,12 +13,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import NotRequired, TypedDict, cast
 
-__all__ = ["decode_examples", "encode_examples"]
+__all__ = ["ExampleRecord", "decode_examples", "encode_examples"]
 
 
-def encode_examples(examples: Sequence[dict[str, Any]], max_bytes: int) -> list[bytes]:
+class ExampleRecord(TypedDict):
+    """One training example as it crosses the stages (examples topic, learner, evaluation): a
+    plain dict, so encoding it is one ``json.dumps``."""
+
+    event_id: str
+    session_id: str
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: float
+    prefix: list[str]  # the session's previous items, oldest first
+    duplicate: bool  # a redelivered event already applied: not learned again
+    ingested_at: NotRequired[float | None]  # the click's Kafka timestamp (freshness clock)
+
+
+def encode_examples(examples: Sequence[ExampleRecord], max_bytes: int) -> list[bytes]:
     """The examples as record values of at most ``max_bytes`` each (halved until they fit; a
     single example over the limit still gets a record of its own)."""
     value = json.dumps({"examples": list(examples)}, separators=(",", ":")).encode()
@@ -28,7 +43,7 @@ def encode_examples(examples: Sequence[dict[str, Any]], max_bytes: int) -> list[
     return encode_examples(examples[:half], max_bytes) + encode_examples(examples[half:], max_bytes)
 
 
-def decode_examples(raw: bytes) -> list[dict[str, Any]]:
+def decode_examples(raw: bytes) -> list[ExampleRecord]:
     """The examples of one record value (ValueError when it is not one). A record of an older
     onevec (one bare example per record) is read as a batch of one, so a rolling upgrade needs
     no migration."""
@@ -37,7 +52,7 @@ def decode_examples(raw: bytes) -> list[dict[str, Any]]:
     except ValueError as error:  # not UTF-8, or not JSON
         raise ValueError(f"not an examples record: {error}") from None
     if isinstance(value, dict) and isinstance(value.get("examples"), list):
-        return value["examples"]
+        return cast(list[ExampleRecord], value["examples"])
     if isinstance(value, dict) and "item_id" in value:
-        return [value]
+        return [cast(ExampleRecord, value)]
     raise ValueError(f"not an examples record: {str(value)[:80]!r}")

@@ -35,9 +35,11 @@ import heapq
 from collections import deque
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Literal
 
 from onevec.models.clickstream.events import Event, session_key
+from onevec.models.clickstream.examples import ExampleRecord
 
 __all__ = ["ClosedSession", "Example", "SessionBook", "SessionWindow", "session_id_for"]
 
@@ -51,7 +53,7 @@ def session_id_for(key: str, explicit: bool, start: float) -> str:
 
 
 def fingerprint(event: Event) -> str:
-    raw = f"{event.item_id}\x1f{event.event_type.value}\x1f{event.timestamp!r}"
+    raw = f"{event.item_id}\x1f{event.event_type}\x1f{event.timestamp!r}"
     return hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
 
 
@@ -68,7 +70,7 @@ class Example:
     prefix: list[str]
     duplicate: bool
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ExampleRecord:
         return {
             "event_id": self.event_id,
             "session_id": self.session_id,
@@ -159,19 +161,29 @@ def _prefix_at(session: dict[str, Any], position: int) -> list[str]:
 
 
 def _already_applied(
-    session: dict[str, Any] | None, mark: str, offset: int | None
+    session: dict[str, Any] | None, mark: str, offset: int | None, timestamp: float | None = None
 ) -> tuple[bool, int | None]:
     """Whether the event is already in ``session``, and its position if still kept.
 
     Two tests: the fingerprint (a producer that sent the same event twice), and the input
     offset (a redelivery after a crash, which can reach further back than the kept
     fingerprints: all events of a key share one partition, whose offsets only grow).
+    ``timestamp`` (the event's time), given for an open session, skips the fingerprints when
+    the event is later than the session's last event: none applied to it can share its
+    fingerprint, and an event in time order is almost always later.
     """
     if session is None:
         return False, None
-    position = next((pos for fp, pos in session["seen"] if fp == mark), None)
     by_offset = offset is not None and offset <= session.get("offset", -1)
+    if timestamp is not None and timestamp > session["last"]:
+        return by_offset, None
+    seen: list[list[Any]] = session["seen"]
+    # A C-level membership test first: almost every event is new.
+    position = next((pos for fp, pos in seen if fp == mark), None) if mark in map(_FIRST, seen) else None
     return position is not None or by_offset, position
+
+
+_FIRST = itemgetter(0)
 
 
 def _is_open(state: dict[str, Any] | None) -> bool:
@@ -217,10 +229,11 @@ class SessionBook:
         current = state if _is_open(state) else None
         previous = state.get("previous") if state is not None else None
 
-        in_current, _ = _already_applied(current, mark, offset)
-        in_previous, position = _already_applied(previous, mark, offset)
+        in_current, position = _already_applied(current, mark, offset, event.timestamp)
+        in_previous, previous_position = _already_applied(previous, mark, offset)
         if in_previous and not in_current:
-            return self._example(previous, event, mark, position, duplicate=True), closed  # type: ignore[arg-type]
+            return self._example(previous, event, mark, previous_position, duplicate=True), closed  # type: ignore[arg-type]
+        # An event already applied is no later than its session's last event: no gap closes it.
         if current is not None and event.timestamp - current["last"] > self.window.gap:
             closed.append(self._close(partition, key, "gap", offset or 0))
             previous, current = _snapshot(current), None
@@ -229,7 +242,7 @@ class SessionBook:
             current = _new_state(event, partition, previous)
             self._open[partition] += 1
 
-        example = self._apply(current, event, mark, offset)
+        example = self._apply(current, event, mark, offset, in_current, position)
         self.store[key] = current  # reassign: a Faust table only changelogs on __setitem__
         heapq.heappush(self._heaps[partition], (current["last"], key))
 
@@ -241,17 +254,33 @@ class SessionBook:
         self._compact(partition)
         return example, closed
 
-    def _apply(self, state: dict[str, Any], event: Event, mark: str, offset: int | None) -> Example:
-        applied, position = _already_applied(state, mark, offset)
+    def _apply(
+        self,
+        state: dict[str, Any],
+        event: Event,
+        mark: str,
+        offset: int | None,
+        applied: bool,
+        position: int | None,
+    ) -> Example:
+        """Apply ``event`` to ``state`` unless ``applied`` already (at ``position``, if kept)."""
         if applied:
             return self._example(state, event, mark, position, duplicate=True)
         example = self._example(state, event, mark, state["n_events"], duplicate=False)
-        keep = self.window.max_items
-        state["seen"] = (state["seen"] + [[mark, state["n_events"]]])[-keep:]
-        state["items"] = (state["items"] + [event.item_id])[-keep:]
+        # In place: the lists belong to this state alone (prefixes and closed sessions copy).
+        seen, items = state["seen"], state["items"]
+        seen.append([mark, state["n_events"]])
+        items.append(event.item_id)
+        excess = len(items) - self.window.max_items
+        if excess > 0:
+            del items[:excess]
+        excess = len(seen) - self.window.max_items
+        if excess > 0:
+            del seen[:excess]
         state["n_events"] += 1
         counts = state["counts"]
-        counts[event.event_type.value] = counts.get(event.event_type.value, 0) + 1
+        kind = str(event.event_type)  # a StrEnum's value; Enum.value is a slow descriptor
+        counts[kind] = counts.get(kind, 0) + 1
         state["last"] = max(state["last"], event.timestamp)
         if offset is not None:
             state["offset"] = offset
@@ -274,7 +303,7 @@ class SessionBook:
             session_id=session["session_id"],
             user_id=event.user_id,
             item_id=event.item_id,
-            event_type=event.event_type.value,
+            event_type=str(event.event_type),
             timestamp=event.timestamp,
             prefix=_prefix_at(session, position) if position is not None else [],
             duplicate=duplicate,

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 from scipy import sparse
 
+from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.evaluation.harness import Query
 from onevec.models.online.config import ModelConfig
 from onevec.models.online.item_encoder import ItemEncoder
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-def _learnable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _learnable(records: list[ExampleRecord]) -> list[ExampleRecord]:
     return [r for r in records if not r.get("duplicate")]
 
 
@@ -60,14 +60,14 @@ class LiveModel:
         self.frozen = frozen
         self.name = name or ("session model, frozen" if frozen else "onevec live model")
 
-    def fit_history(self, records: list[dict[str, Any]]) -> None:
+    def fit_history(self, records: list[ExampleRecord]) -> None:
         pretrain(self.trainer, records, self.history_epochs)
 
     def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:
         sessions = self.trainer.encode_sessions([q.prefix for q in queries])
         return sessions @ self.trainer.encode_items(candidates).T
 
-    def learn(self, records: list[dict[str, Any]]) -> None:
+    def learn(self, records: list[ExampleRecord]) -> None:
         if not self.frozen:
             self.trainer.learn(records)
 
@@ -82,7 +82,7 @@ class FrozenSkipGram:
         self._rows: dict[str, int] = {}
         self._matrix = np.zeros((0, config.dim), dtype=np.float32)
 
-    def fit_history(self, records: list[dict[str, Any]], batch_size: int = 256) -> None:
+    def fit_history(self, records: list[ExampleRecord], batch_size: int = 256) -> None:
         for _ in range(self.epochs):
             for start in range(0, len(records), batch_size):
                 self.encoder.learn(records[start : start + batch_size])
@@ -93,8 +93,10 @@ class FrozenSkipGram:
     def _vectors(self, items: Sequence[str]) -> np.ndarray:
         rows = [self._rows.get(item) for item in items]
         out = np.zeros((len(items), self._matrix.shape[1]), dtype=np.float32)
-        known = [i for i, row in enumerate(rows) if row is not None]
-        out[known] = self._matrix[[rows[i] for i in known]]
+        known = [(i, row) for i, row in enumerate(rows) if row is not None]
+        if known:
+            at, source = zip(*known, strict=True)
+            out[list(at)] = self._matrix[list(source)]
         return out
 
     def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:
@@ -106,7 +108,7 @@ class FrozenSkipGram:
                 sessions[i] = self._matrix[rows].mean(0)
         return sessions @ self._vectors(candidates).T
 
-    def learn(self, records: list[dict[str, Any]]) -> None:
+    def learn(self, records: list[ExampleRecord]) -> None:
         """Never updated after the history: the point of this baseline."""
 
 
@@ -119,10 +121,10 @@ class RecentPopularity:
         self.window = window
         self.name = name
 
-    def fit_history(self, records: list[dict[str, Any]]) -> None:
+    def fit_history(self, records: list[ExampleRecord]) -> None:
         self.learn(records)
 
-    def learn(self, records: list[dict[str, Any]]) -> None:
+    def learn(self, records: list[ExampleRecord]) -> None:
         for record in _learnable(records):
             item = str(record["item_id"])
             self.recent.append(item)
@@ -145,10 +147,10 @@ class ItemTransitions:
         self.clicks: Counter[str] = Counter()
         self.name = name
 
-    def fit_history(self, records: list[dict[str, Any]]) -> None:
+    def fit_history(self, records: list[ExampleRecord]) -> None:
         self.learn(records)
 
-    def learn(self, records: list[dict[str, Any]]) -> None:
+    def learn(self, records: list[ExampleRecord]) -> None:
         for record in _learnable(records):
             item = str(record["item_id"])
             self.clicks[item] += 1
@@ -184,10 +186,10 @@ class SessionKNN:
         self._pairs: tuple[list[int], list[int]] = ([], [])
         self._matrix: sparse.csr_matrix | None = None
 
-    def fit_history(self, records: list[dict[str, Any]]) -> None:
+    def fit_history(self, records: list[ExampleRecord]) -> None:
         self.learn(records)
 
-    def learn(self, records: list[dict[str, Any]]) -> None:
+    def learn(self, records: list[ExampleRecord]) -> None:
         for record in _learnable(records):
             session = str(record["session_id"])
             row = self.session_row.setdefault(session, len(self.session_row))
@@ -215,7 +217,8 @@ class SessionKNN:
         if not self.session_items:
             return scores
         sessions = self._sessions()
-        rows, cols = [], []
+        rows: list[int] = []
+        cols: list[int] = []
         for i, query in enumerate(queries):
             known = {self.item_col[item] for item in query.prefix if item in self.item_col}
             rows.extend([i] * len(known))
@@ -238,9 +241,9 @@ class SessionKNN:
             nearest = sharing[np.argsort(-similarity[i, sharing], kind="stable")[: self.k]]
             weights[i, nearest] = similarity[i, nearest]
         item_scores = np.asarray(sessions.T @ weights.T).T
-        known = [(j, self.item_col[item]) for j, item in enumerate(candidates) if item in self.item_col]
-        if known:
-            targets, sources = zip(*known, strict=True)
+        pairs = [(j, self.item_col[item]) for j, item in enumerate(candidates) if item in self.item_col]
+        if pairs:
+            targets, sources = zip(*pairs, strict=True)
             scores[:, list(targets)] = item_scores[:, list(sources)]
         return scores
 
@@ -253,10 +256,10 @@ class RandomScores:
         self.values: dict[str, float] = {}
         self.name = name
 
-    def fit_history(self, records: list[dict[str, Any]]) -> None:
+    def fit_history(self, records: list[ExampleRecord]) -> None:
         """Nothing to learn."""
 
-    def learn(self, records: list[dict[str, Any]]) -> None:
+    def learn(self, records: list[ExampleRecord]) -> None:
         """Nothing to learn."""
 
     def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from onevec.models.alignment import align, linear_cka
+from onevec.models.alignment import align, centroid_shift, linear_cka
+from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.evaluation.data import Task
 from onevec.models.fusion import normalise
 from onevec.models.kernel_alignment import AlignmentTracker
@@ -76,7 +76,7 @@ class LiveWatch:
             self.published[item] = vector
             self.upserts += 1
 
-    def __call__(self, position: int, batch: list[dict[str, Any]]) -> None:
+    def __call__(self, position: int, batch: list[ExampleRecord]) -> None:
         clicked = {str(r["item_id"]) for r in batch}
         changed = self.trainer.changed_items()
         # Clicked items are always re-published; the rest only when they really moved.
@@ -105,9 +105,9 @@ class LiveWatch:
 
 def drift_series(snapshots: Sequence[Snapshot]) -> list[dict[str, float]]:
     """Per snapshot after the first, compared with the previous one and with the first, on the
-    items both hold: linear CKA, the centroid's shift relative to the mean vector norm, and the
-    mean cosine distance of each item after an orthogonal Procrustes alignment (the change a
-    rotation cannot explain)."""
+    items both hold: linear CKA, the centroid shift of the unit vectors (the live drift
+    monitor's signal), and the mean cosine distance of each item after an orthogonal
+    Procrustes alignment (the change a rotation cannot explain)."""
     rows = []
     for previous, current in zip(snapshots, snapshots[1:], strict=False):
         row = {"timestamp": current.timestamp}
@@ -116,8 +116,8 @@ def drift_series(snapshots: Sequence[Snapshot]) -> list[dict[str, float]]:
             old = reference.vectors
             new = current.vectors[: len(reference.items)]
             row[f"cka_{label}"] = linear_cka(new, old)
-            shift = np.linalg.norm(new.mean(0) - old.mean(0)) / max(np.linalg.norm(old, axis=1).mean(), 1e-12)
-            row[f"centroid_shift_{label}"] = float(shift)
+            # On unit vectors, as the live drift monitor reads the served ones.
+            row[f"centroid_shift_{label}"] = centroid_shift(normalise(old), normalise(new))
             aligned, _ = align(new, old, new)
             row[f"cosine_change_{label}"] = float(1.0 - (normalise(aligned) * normalise(old)).sum(1).mean())
         rows.append(row)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.evaluation.data import Task
 from onevec.models.evaluation.probes import probe_score
 from onevec.models.kernel_alignment import centred_alignment
@@ -39,7 +40,7 @@ class Variant:
 
 
 def default_variants(quick: bool = False) -> list[Variant]:
-    base = {"dim": 32, "window": 5, "negatives": 16, "seed": 0}
+    base: dict[str, Any] = {"dim": 32, "window": 5, "negatives": 16, "seed": 0}
 
     def skipgram(name: str, epochs: int = 2, **change: Any) -> Variant:
         return Variant(name, ModelConfig(**{**base, **change}), epochs)
@@ -63,7 +64,7 @@ def default_variants(quick: bool = False) -> list[Variant]:
     return variants
 
 
-def _train(variant: Variant, records: list[dict[str, Any]], batch_size: int = 256) -> ItemEncoder:
+def _train(variant: Variant, records: list[ExampleRecord], batch_size: int = 256) -> ItemEncoder:
     if variant.joint:
         trainer = OnlineTrainer(variant.config)
         pretrain(trainer, records, variant.epochs, batch_size)
@@ -92,7 +93,7 @@ class GridResult:
 
 
 def run_grid(
-    records: list[dict[str, Any]],
+    records: list[ExampleRecord],
     items: Sequence[str],
     tasks: Sequence[Task],
     variants: Sequence[Variant],

@@ -10,8 +10,9 @@ if an example would be learned before it was scored.
 
 One protocol for all: the candidates are the items seen in the stream so far (history
 included), the session's own previous items are excluded, a target never seen before is a
-miss, and ties are broken by a fixed random priority per item (a count-based baseline that
-scores most items 0 must not get the target's rank for free).
+miss, and ties are broken by the live learner's rule (:func:`onevec.models.ranking.count_above`:
+a fixed pseudo-random priority per item id, so a count-based baseline that scores most items
+0 does not get the target's rank for free).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from onevec.models.ranking import TOP_K
+from onevec.models.clickstream.examples import ExampleRecord
+from onevec.models.ranking import TOP_K, count_above, tie_priority
 
 __all__ = [
     "PeekingError",
@@ -50,13 +52,13 @@ class Recommender(Protocol):
 
     name: str
 
-    def fit_history(self, records: list[dict[str, Any]]) -> None:
+    def fit_history(self, records: list[ExampleRecord]) -> None:
         """Learn the history (pre-training period) before scoring starts."""
 
     def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:
         """(len(queries), len(candidates)) scores; higher ranks first."""
 
-    def learn(self, records: list[dict[str, Any]]) -> None:
+    def learn(self, records: list[ExampleRecord]) -> None:
         """Learn one micro-batch of example records (already scored)."""
 
 
@@ -121,12 +123,12 @@ class PrequentialResult:
         return rows
 
 
-def is_scorable(record: dict[str, Any]) -> bool:
+def is_scorable(record: ExampleRecord) -> bool:
     """Scored like the live learner: a non-empty prefix, not a redelivered duplicate."""
     return bool(record.get("prefix")) and not record.get("duplicate", False)
 
 
-def query_of(record: dict[str, Any]) -> Query:
+def query_of(record: ExampleRecord) -> Query:
     return Query(
         session_id=str(record["session_id"]),
         user_id=str(record["user_id"]),
@@ -136,13 +138,12 @@ def query_of(record: dict[str, Any]) -> Query:
 
 
 class _Candidates:
-    """Items seen so far, in first-seen order, each with a fixed random tie-break priority."""
+    """Items seen so far, in first-seen order, each with its tie priority."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self) -> None:
         self.ids: list[str] = []
         self.column: dict[str, int] = {}
-        self.priority = np.zeros(0)
-        self._rng = np.random.default_rng(seed)
+        self.priority = np.zeros(0, dtype=np.uint64)
 
     def add(self, items: Sequence[str]) -> None:
         new = [item for item in dict.fromkeys(items) if item not in self.column]
@@ -150,7 +151,7 @@ class _Candidates:
             self.column[item] = len(self.ids)
             self.ids.append(item)
         if new:
-            self.priority = np.concatenate([self.priority, self._rng.random(len(new))])
+            self.priority = np.concatenate([self.priority, tie_priority(new)])
 
 
 def rank_targets(
@@ -162,32 +163,34 @@ def rank_targets(
     k: int = TOP_K,
 ) -> np.ndarray:
     """1-based ranks of ``targets`` (0 when beyond ``k`` or never seen), prefix items excluded,
-    ties broken by ``priority`` (higher first)."""
-    scores = np.array(scores, dtype=np.float64, copy=True)
+    ties broken by ``priority`` (higher first), as :func:`onevec.models.ranking.count_above`."""
     ranks = np.zeros(len(targets), dtype=np.int64)
-    for row, (query, target) in enumerate(zip(queries, targets, strict=True)):
-        col = column.get(target)
-        if col is None:
-            continue
-        excluded = [column[item] for item in query.prefix if item in column and item != target]
-        scores[row, excluded] = -np.inf
-        own = scores[row, col]
-        above = scores[row] > own
-        tied = (scores[row] == own) & (priority > priority[col])
-        rank = int(above.sum() + tied.sum()) + 1
-        if rank <= k:
-            ranks[row] = rank
+    chosen = [row for row, target in enumerate(targets) if target in column]
+    if not chosen:
+        return ranks
+    block = np.asarray(scores)[chosen]
+    skipped = [  # the target itself and the session's own items
+        (position, column[item])
+        for position, row in enumerate(chosen)
+        for item in (targets[row], *queries[row].prefix)
+        if item in column
+    ]
+    skip_row, skip_column = np.array(skipped, dtype=np.int64).T
+    own = np.array([column[targets[row]] for row in chosen], dtype=np.int64)
+    target_scores = block[np.arange(len(chosen)), own]
+    above = count_above(block, target_scores, priority[own], priority.__getitem__, (skip_row, skip_column))
+    rank = above + 1
+    ranks[chosen] = np.where(rank <= k, rank, 0)
     return ranks
 
 
 def run_prequential(
     recommenders: Sequence[Recommender],
-    records: list[dict[str, Any]],
+    records: list[ExampleRecord],
     history: int,
     batch_size: int = 256,
     k: int = TOP_K,
-    seed: int = 0,
-    on_batch: Callable[[int, list[dict[str, Any]]], None] | None = None,
+    on_batch: Callable[[int, list[ExampleRecord]], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> PrequentialResult:
     """Fit ``records[:history]``, then score-then-learn ``records[history:]`` batch by batch.
@@ -198,7 +201,7 @@ def run_prequential(
     names = [r.name for r in recommenders]
     if len(set(names)) != len(names):
         raise ValueError(f"recommender names must be unique: {names}")
-    candidates = _Candidates(seed)
+    candidates = _Candidates()
     head = records[:history]
     for recommender in recommenders:
         recommender.fit_history(head)

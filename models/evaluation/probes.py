@@ -1,11 +1,15 @@
-"""Linear probes: how well a frozen item vector predicts a catalogue label (paper 1, task 1).
+"""Probes: how well a frozen item vector predicts a catalogue label (paper 1, task 1), and how
+well its neighbours share it. The one probe harness: ``onevec eval`` and ``onevec static
+report`` both measure with it.
 
 A logistic regression (scikit-learn, standardised inputs, balanced class weights) is fitted
-on a stratified 70% of the task's items and scored on the other 30% by *balanced accuracy*
-(mean recall per class), so chance is 1 / classes whatever the class balance. The unified
-vector is probed twice: with equal fusion weights, and with one set of weights for all tasks
-chosen on validation parts of the training splits (paper 1 chose its weights by downstream
-results, for one embedding serving every task).
+on a stratified 70% of the task's items and scored on the other 30% (or on a given test split)
+by *balanced accuracy* (mean recall per class), so chance is 1 / classes whatever the class
+balance; a label an item may have among others (a genre flag) is probed one-vs-rest and scored
+by ROC AUC (chance 0.5). Neighbours: the share of an item's nearest neighbours (cosine) with
+its label. The unified vector is probed twice: with equal fusion weights, and with one set of
+weights for all tasks chosen on validation parts of the training splits (paper 1 chose its
+weights by downstream results, for one embedding serving every task).
 """
 
 from __future__ import annotations
@@ -16,15 +20,25 @@ from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from onevec.models.evaluation.data import Task
 from onevec.models.evaluation.sources import unified
+from onevec.models.fusion import normalise
 
-__all__ = ["ProbeRow", "probe_score", "probe_tasks", "validation_score", "weight_candidates"]
+__all__ = [
+    "ProbeRow",
+    "label_aucs",
+    "neighbour_precision",
+    "probe_score",
+    "probe_tasks",
+    "split_probe_score",
+    "validation_score",
+    "weight_candidates",
+]
 
 
 def _probe() -> Any:
@@ -35,11 +49,48 @@ def _split(labels: np.ndarray, seed: int, test_size: float = 0.3) -> tuple[np.nd
     return train_test_split(np.arange(len(labels)), test_size=test_size, random_state=seed, stratify=labels)
 
 
+def split_probe_score(
+    train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray
+) -> float:
+    """Balanced accuracy on ``test`` of a linear probe fitted on ``train``."""
+    probe = _probe().fit(train, train_labels)
+    return float(balanced_accuracy_score(test_labels, probe.predict(test)))
+
+
 def probe_score(vectors: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     """Held-out balanced accuracy of a linear probe from ``vectors`` to ``labels``."""
     train, test = _split(labels, seed)
-    probe = _probe().fit(vectors[train], labels[train])
-    return float(balanced_accuracy_score(labels[test], probe.predict(vectors[test])))
+    return split_probe_score(vectors[train], labels[train], vectors[test], labels[test])
+
+
+def label_aucs(vectors: np.ndarray, flags: np.ndarray, min_items: int = 20, seed: int = 0) -> list[float]:
+    """Held-out ROC AUC of a one-vs-rest linear probe per label: ``flags`` is (items, labels)
+    0/1 (an item may have several labels); labels with fewer than ``min_items`` items on
+    either side are left out."""
+    aucs = []
+    for column in range(flags.shape[1]):
+        target = np.asarray(flags[:, column], dtype=np.int64)
+        if min(target.sum(), len(target) - target.sum()) < min_items:
+            continue
+        train, test = _split(target, seed)
+        probe = _probe().fit(vectors[train], target[train])
+        aucs.append(float(roc_auc_score(target[test], probe.decision_function(vectors[test]))))
+    return aucs
+
+
+def neighbour_precision(vectors: np.ndarray, labels: np.ndarray, k: int = 10, chunk: int = 2048) -> float:
+    """Share of each item's ``k`` nearest neighbours (cosine, the item itself excluded) that
+    have its label."""
+    units = normalise(vectors)
+    labels = np.asarray(labels)
+    hits = 0
+    for start in range(0, len(units), chunk):
+        scores = units[start : start + chunk] @ units.T
+        rows = np.arange(len(scores))
+        scores[rows, rows + start] = -np.inf
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        hits += int((labels[top] == labels[start : start + len(scores), None]).sum())
+    return hits / (len(units) * k)
 
 
 def weight_candidates(sources: Sequence[str]) -> list[dict[str, float]]:
@@ -60,8 +111,7 @@ def validation_score(
     train, _ = _split(labels, seed)
     fit, validate = train_test_split(train, test_size=0.3, random_state=seed, stratify=labels[train])
     fused = unified(sources, weights)
-    probe = _probe().fit(fused[fit], labels[fit])
-    return float(balanced_accuracy_score(labels[validate], probe.predict(fused[validate])))
+    return split_probe_score(fused[fit], labels[fit], fused[validate], labels[validate])
 
 
 @dataclass(frozen=True)

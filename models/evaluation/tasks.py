@@ -29,6 +29,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.fusion import normalise
 
 __all__ = [
@@ -195,7 +196,11 @@ def return_pairs(
 
 
 def cooccurrence_pairs(
-    records: Sequence[dict], items: Sequence[str], vectors: np.ndarray, max_pairs: int = 10_000, seed: int = 0
+    records: Sequence[ExampleRecord],
+    items: Sequence[str],
+    vectors: np.ndarray,
+    max_pairs: int = 10_000,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(a vectors, b vectors, labels, train mask): b followed a in a session (1) or b is a
     random item (0).

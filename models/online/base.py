@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from onevec.models.clickstream.examples import ExampleRecord
+
 __all__ = ["Encoder", "Example", "parse_examples", "top_k"]
 
 
@@ -35,7 +37,7 @@ class Example:
         )
 
 
-def parse_examples(records: Iterable[Mapping[str, Any]]) -> list[Example]:
+def parse_examples(records: Iterable[Mapping[str, Any]] | Iterable[ExampleRecord]) -> list[Example]:
     """Records to examples, dropping the ones flagged ``duplicate``.
 
     Delivery is at-least-once, so the same click may arrive twice; training on it twice

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.online.base import Example, parse_examples, top_k
 from onevec.models.online.config import ModelConfig
 from onevec.models.online.optim import RowAdam
@@ -179,12 +180,10 @@ class ItemEncoder:
         width = max(1, int(lengths.max()) if len(lengths) else 1)
         padded = np.zeros((len(examples), width), dtype=np.int64)
         padded[np.arange(width)[None, :] < lengths[:, None]] = rows[len(examples) :]  # row-major order
-        prefix = torch.from_numpy(padded)
-        lengths = torch.from_numpy(lengths)
         return Batch(
             targets=target_rows,
-            prefix=prefix,
-            lengths=lengths,
+            prefix=torch.from_numpy(padded),
+            lengths=torch.from_numpy(lengths),
             negatives=self.sample_negatives(self.config.negatives),
             users=users,
         )
@@ -324,7 +323,7 @@ class ItemEncoder:
         real = (batch.negatives[None, :] != batch.targets[:, None]).float()
         return ((F.softplus(negative - positive) * real).sum(-1) / real.sum(-1).clamp(min=1)).mean()
 
-    def learn(self, batch: list[dict[str, Any]]) -> float:
+    def learn(self, batch: Sequence[ExampleRecord]) -> float:
         """One optimiser step of the item objective on a micro-batch; returns the loss."""
         examples = parse_examples(batch)
         if not examples:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.online.base import parse_examples
 from onevec.models.online.config import ModelConfig
 from onevec.models.online.item_encoder import ItemEncoder
@@ -50,11 +51,11 @@ class OnlineTrainer:
     def set_attributes(self, item_id: str, tokens: Sequence[str]) -> None:
         self.item_encoder.set_attributes(item_id, tokens)
 
-    def learn(self, batch: list[dict[str, Any]]) -> float:
+    def learn(self, batch: Sequence[ExampleRecord]) -> float:
         """One step on a micro-batch of example records (duplicates skipped); returns the loss."""
         return self.learn_with_sessions(batch).loss
 
-    def learn_with_sessions(self, batch: list[dict[str, Any]]) -> LearnedStep:
+    def learn_with_sessions(self, batch: Sequence[ExampleRecord]) -> LearnedStep:
         """One step; also returns what the model *before* the step made of each non-duplicate
         record (in record order), for prequential scoring."""
         examples = parse_examples(batch)

@@ -14,7 +14,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -198,7 +198,7 @@ class StaticModels:
                     sources["text"] = vector
         with_image = [i for i, image in enumerate(images) if image is not None]
         if self.image is not None and with_image:
-            vectors = self.image.encode(np.stack([images[i] for i in with_image]))
+            vectors = self.image.encode(np.stack([image for image in images if image is not None]))
             for i, vector in zip(with_image, vectors, strict=True):
                 out[i]["image"] = vector
         return out
@@ -255,10 +255,3 @@ def load_bundle(root: Path) -> tuple[StaticModels, StaticVectors] | None:
         return None
     state = torch.load(root / pointer.read_text().strip() / "static.pt", weights_only=True)
     return StaticModels.from_state_dict(state["models"]), StaticVectors.from_state_dict(state["vectors"])
-
-
-def stack_sources(vectors: StaticVectors, ids: Iterable[str], source: str, dim: int) -> np.ndarray:
-    """(n, dim) matrix of one source for ``ids``; zero rows for items without it (fuse_batch's
-    convention for a missing source)."""
-    rows = [vectors.sources(i).get(source) for i in ids]
-    return np.stack([np.zeros(dim, np.float32) if r is None else r for r in rows]).astype(np.float32)

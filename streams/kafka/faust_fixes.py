@@ -17,7 +17,8 @@ when the app is built.
    also closed the window, but a worker restarted after kill -9 then sometimes never fetched
    again: 1 run of 4 stalled. With this correction alone, on 2026-11-30 and 12-01: 24 of 24
    rebalance runs lost nothing, 25 kill -9 runs restarted and fetched; one of those lost
-   learned state through a learner bug, since fixed: ``onevec.streams.app.checkpoint_coverage``.)
+   learned state through a learner bug, since fixed:
+   ``onevec.streams.learner.checkpoints.checkpoint_coverage``.)
 2. Against Tansu (the embedded broker), ``ListOffsets(latest)`` answers the base offset of a
    partition's last *record batch* + 1, not the offset after its last record (measured: 13
    records in two batches of 10 and 3 report an end offset of 11). Faust's table recovery
@@ -60,7 +61,7 @@ _ORIGINAL_CREATE_WORKER_CONSUMER = AIOKafkaConsumerThread._create_worker_consume
 def _seek_counts(fetcher: Fetcher) -> dict[Any, int]:
     counts = getattr(fetcher, "_onevec_seeks", None)
     if counts is None:
-        counts = fetcher._onevec_seeks = {}  # type: ignore[attr-defined]
+        counts = fetcher._onevec_seeks = {}
     return cast(dict[Any, int], counts)
 
 
@@ -73,7 +74,7 @@ def _seek_to_counted(self: Fetcher, tp: Any, offset: int) -> None:
     _fetcher_seek_to(self, tp, offset)
 
 
-class _UntilSought(list):  # type: ignore[type-arg]
+class _UntilSought(list):
     """A partition's fetched records that stop at the partition's next seek."""
 
     def __init__(self, records: list[Any], counts: dict[Any, int], tp: Any) -> None:
@@ -168,7 +169,7 @@ def _worker_consumer_with_fetch_wait(fetch_max_wait_ms: int) -> Any:
 
 
 def apply_faust_fixes(settings: Settings | None = None) -> None:
-    Fetcher.seek_to = _seek_to_counted  # type: ignore[method-assign]
+    Fetcher.seek_to = _seek_to_counted
     AIOKafkaConsumerThread._fetch_records = _fetch_records_until_sought  # type: ignore[method-assign]
     if settings is not None and (settings.embedded or settings.tansu):
         Recovery._build_highwaters = _tansu_build_highwaters(settings)  # type: ignore[method-assign]

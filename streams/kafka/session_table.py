@@ -34,10 +34,10 @@ class ChangelogBatchStore(MutableMapping[str, dict[str, Any]]):
 
     @property
     def _data(self) -> MutableMapping[str, Any]:
-        return self.table.data  # type: ignore[return-value]
+        return self.table.data
 
     def __getitem__(self, key: str) -> dict[str, Any]:
-        return self._data[key]  # type: ignore[no-any-return]
+        return self._data[key]
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._data.get(key, default)

@@ -1,7 +1,7 @@
 """The Qdrant side of a worker: item and session points (points), the store (store), the
 batching upsert buffer (buffer)."""
 
-from onevec.streams.qdrant.buffer import UpsertBuffer, backoff_delay
+from onevec.streams.qdrant.buffer import UpsertBuffer
 from onevec.streams.qdrant.points import (
     COLLECTION_VECTORS,
     ITEM_VECTORS,
@@ -38,7 +38,6 @@ __all__ = [
     "SessionRecord",
     "StoredItem",
     "UpsertBuffer",
-    "backoff_delay",
     "build_item_points",
     "build_session_points",
     "collection_vectors",

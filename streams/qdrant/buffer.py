@@ -8,7 +8,6 @@ import contextlib
 import itertools
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -21,18 +20,9 @@ from onevec.monitoring import metrics
 from onevec.streams.qdrant.points import CollectionKind, ItemRecord, PointRow, build_item_points
 from onevec.streams.qdrant.store import QdrantStore
 
-__all__ = ["UpsertBuffer", "backoff_delay"]
+__all__ = ["UpsertBuffer"]
 
 log = logging.getLogger(__name__)
-
-
-def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
-    """Full-jitter exponential backoff before retry number ``attempt`` (1-based).
-
-    Jitter spreads the retries of several workers that failed together (a Qdrant restart),
-    so they do not hit the server again in lockstep.
-    """
-    return rng.uniform(0.0, min(cap_s, base_s * 2 ** (attempt - 1)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +48,7 @@ class UpsertBuffer:
     * At most ``max_pending`` items wait (plus one batch in flight); when full, ``add()``
       awaits, which stalls the calling agent and so the Kafka consumer: back-pressure.
 
-    Counters for the metrics module: ``upserted_points``, ``coalesced``, ``retries`` (failed
+    Counters for the metrics module: ``upserted_points``, ``retries`` (failed
     calls retried within a batch's attempts), ``failures`` (batches that used up
     ``max_attempts``), ``last_error``, and the ``pending`` property.
     """
@@ -92,7 +82,6 @@ class UpsertBuffer:
         self.upserted_points = 0
         # Called with the item ids of every batch Qdrant accepted (the learner's freshness clock).
         self.on_written: Callable[[list[str]], None] | None = None
-        self.coalesced = 0
         self.retries = 0
         self.failures = 0
         self.last_error: Exception | None = None
@@ -139,7 +128,6 @@ class UpsertBuffer:
             if old is None:
                 self._pending[item_id] = _Pending(self._seq, loop.time(), point)
             else:
-                self.coalesced += 1
                 self._pending[item_id] = replace(old, point=point)
             if self._task is None:
                 self._task = loop.create_task(self._run(), name=f"onevec-{self.collection}-upsert-buffer")
@@ -302,7 +290,6 @@ class UpsertBuffer:
             else:
                 # Keep the newer vectors but the older seq/age, so flush() and the age
                 # deadline still cover the write that failed.
-                self.coalesced += 1
                 merged[key] = replace(failed, point=newer.point)
         merged.update(self._pending)  # failed entries are the oldest: they go first
         self._pending = merged

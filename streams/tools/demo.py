@@ -10,7 +10,7 @@ import urllib.request
 from contextlib import nullcontext
 from typing import Any
 
-import typer
+import click
 from rich.console import Console
 from rich.table import Table
 
@@ -19,7 +19,7 @@ from onevec.models.catalog import load_attributes
 from onevec.models.datasets import BUILTIN_DATASETS
 from onevec.models.pretrain import session_examples
 from onevec.models.ranking import prequential_popularity
-from onevec.streams.cli import progress_bar, read_events, replay_events
+from onevec.streams.console import progress_bar, read_events, replay_events
 from onevec.streams.settings import Settings
 from onevec.streams.worker import WorkerProcess, metric_total
 
@@ -159,5 +159,5 @@ def wait_for(worker: WorkerProcess, names: list[str], target: int, label: str, t
             if done >= target:
                 return
             if time.monotonic() > deadline:
-                raise typer.Exit(f"worker {label} {done:.0f} of {target} before the timeout")
+                raise click.ClickException(f"worker {label}: {done:.0f} of {target} before the timeout")
             time.sleep(0.5)

@@ -40,7 +40,6 @@ from onevec.streams.worker import WorkerProcess, metric_total
 __all__ = ["CONSTRUCTED_LABEL", "ScenarioRun", "remap_items", "run_drift_scenario"]
 
 CONSTRUCTED_LABEL = "constructed"
-DRIFT_ALERTS = ("OnevecEmbeddingDrift", "OnevecEmbeddingGeometryChanged", "OnevecStreamDrift")
 
 
 def remap_items(events: pd.DataFrame, start: int, seed: int = 0) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from onevec.models.evaluation.tasks import (
     purchase_similarity,
     return_pairs,
 )
+from onevec.models.ranking import tie_priority
 
 
 def stream(sessions: list[list[str]]) -> list[dict[str, Any]]:
@@ -72,10 +73,11 @@ def test_known_ranks_on_a_constructed_stream() -> None:
 
 
 def test_ties_do_not_give_the_target_a_free_rank() -> None:
-    # Every candidate scores the same: the rank comes from the fixed random priority.
+    # Every candidate scores the same: the rank comes from the item's fixed priority (a hash of
+    # its id; tests/models/test_prequential.py pins the rule on a table of tied scores).
     candidates = [f"i{n}" for n in range(100)]
     column = {item: n for n, item in enumerate(candidates)}
-    priority = np.random.default_rng(0).random(100)
+    priority = tie_priority(candidates)
     queries = [Query("s", "u", ("i0",), 0.0)] * 99
     ranks = rank_targets(np.zeros((99, 100)), queries, candidates[1:], column, priority, k=1000)
     expected = [1 + int((priority[1:] > priority[c]).sum()) for c in range(1, 100)]

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from onevec.models.clickstream.events import Event
-from onevec.models.clickstream.sessions import SessionBook, SessionWindow
+from onevec.models.clickstream.sessions import SessionBook, SessionWindow, fingerprint
 from onevec.models.datasets import load_events
 from onevec.models.online.config import ModelConfig
 from onevec.models.online.trainer import OnlineTrainer
@@ -48,12 +48,6 @@ def stream_examples(events: pd.DataFrame, max_items: int) -> list[dict[str, Any]
         book.process(Event.model_validate(event), 0, offset)[0].to_dict()
         for offset, event in enumerate(iter_event_dicts(events))
     ]
-
-
-def without_event_id(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # The stream's event id is a content hash; ours is session:position. Everything else
-    # must be identical.
-    return [{k: v for k, v in r.items() if k != "event_id"} for r in records]
 
 
 # ---- session_examples on hand-made frames ------------------------------------------------
@@ -93,7 +87,7 @@ def test_session_examples_prefixes_interleaved_sessions() -> None:
     records = session_examples(events, max_items=2)
     assert [r["prefix"] for r in records] == [row[4] for row in INTERLEAVED]
     assert records[0] == {
-        "event_id": "s1:0",
+        "event_id": fingerprint(Event.model_validate(next(iter_event_dicts(events)))),
         "session_id": "s1",
         "user_id": "u1",
         "item_id": "a",
@@ -102,12 +96,11 @@ def test_session_examples_prefixes_interleaved_sessions() -> None:
         "prefix": [],
         "duplicate": False,
     }
-    positions = ["s1:0", "s2:0", "s1:1", "s1:2", "s2:1", "s1:3", "s1:4", "s2:2"]
-    assert [r["event_id"] for r in records] == positions
+    assert len({r["event_id"] for r in records}) == len(records)
     assert not any(r["duplicate"] for r in records)
     # Prefixes are fresh lists, not views of the session state.
     assert records[2]["prefix"] is not records[3]["prefix"]
-    assert without_event_id(records) == without_event_id(stream_examples(events, max_items=2))
+    assert records == stream_examples(events, max_items=2)
 
 
 def test_session_examples_flags_exact_repeats_like_the_stream() -> None:
@@ -115,14 +108,14 @@ def test_session_examples_flags_exact_repeats_like_the_stream() -> None:
     records = session_examples(events)
     assert [(r["prefix"], r["duplicate"]) for r in records] == [(row[4], row[5]) for row in REPEATED]
     assert records[2]["event_id"] == records[1]["event_id"]  # the same event, sent again
-    assert without_event_id(records) == without_event_id(stream_examples(events, max_items=50))
+    assert records == stream_examples(events, max_items=50)
 
 
 def test_session_examples_restart_after_the_gap_like_the_stream() -> None:
     events = frame([row[:4] for row in PAUSED])
     records = session_examples(events)
     assert [r["prefix"] for r in records] == [row[4] for row in PAUSED]
-    assert without_event_id(records) == without_event_id(stream_examples(events, max_items=50))
+    assert records == stream_examples(events, max_items=50)
 
 
 def test_session_examples_rejects_what_the_stream_rejects() -> None:
@@ -179,13 +172,10 @@ def pretrained(movielens: Split) -> Pretrained:
 
 def test_movielens_examples_match_the_stream(movielens: Split) -> None:
     assert len(movielens.examples) == len(movielens.events) == 100_000
-    assert without_event_id(movielens.examples) == without_event_id(
-        stream_examples(movielens.events, max_items=50)
-    )
+    assert movielens.examples == stream_examples(movielens.events, max_items=50)
     # Stream order is time order, sessions interleaved.
     times = [e["timestamp"] for e in movielens.examples]
     assert times == sorted(times)
-    assert len({e["event_id"] for e in movielens.examples}) == len(movielens.examples)
 
 
 def test_pretrain_loss_falls_per_epoch_and_reports_progress(movielens: Split, pretrained: Pretrained) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from onevec.models.alignment import centroid_shift
 from onevec.models.kernel_alignment import centred_alignment
 from onevec.monitoring.drift import (
     DriftConfig,
@@ -16,7 +17,6 @@ from onevec.monitoring.drift import (
     LabelSpace,
     ReferenceSnapshot,
     StreamDriftDetectors,
-    centroid_shift,
     drifted_dimension_share,
     neighbour_overlap,
     window_signals,

@@ -25,11 +25,12 @@ from PIL import Image
 from onevec.models.catalog import load_attributes
 from onevec.models.fusion import normalise
 from onevec.models.static.bundle import save_bundle
+from onevec.models.static_build import BuildOptions, build_static
 from onevec.streams.kafka.catalog_publisher import publish_catalog
 from onevec.streams.kafka.producer import EventProducer
 from onevec.streams.kafka.topics import bootstrap_servers
 from onevec.streams.settings import Settings
-from onevec.streams.tools.static_report import FASHION_DIR, BuildOptions, build_static, fashion_mnist
+from onevec.streams.tools.static_report import FASHION_DIR, fashion_mnist
 from onevec.streams.worker import WorkerProcess, metric_total
 from tests.kafka_helpers import read_topic
 

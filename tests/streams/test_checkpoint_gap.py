@@ -7,8 +7,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from onevec.models.clickstream.examples import encode_examples
-from onevec.streams.app import checkpoint_coverage, read_committed_gap
 from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.learner.checkpoints import checkpoint_coverage, read_committed_gap
 from onevec.streams.settings import Settings
 
 
@@ -36,7 +36,7 @@ def test_partitions_missing_from_the_checkpoint_are_read_from_their_start(settin
     covered = checkpoint_coverage(settings, {f"{topic}:0": 1})
     assert covered == {f"{topic}:0": 1, f"{topic}:1": -1, f"{topic}:2": -1, f"{topic}:3": -1}
     gap = read_committed_gap(settings, covered)
-    learned = sorted((key, offset, [e["item_id"] for e in examples]) for key, offset, examples in gap)
+    learned = sorted((b.source, b.offset, [e["item_id"] for e in b.examples]) for b in gap)
     assert learned == [(f"{topic}:0", n, [f"i{n}"]) for n in (2, 3, 4)] + [
         (f"{topic}:3", n, [f"i{30 + n}"]) for n in range(5)
     ]

@@ -15,6 +15,7 @@ from onevec.models.catalog import load_attributes
 from onevec.models.datasets import load_events
 from onevec.models.pretrain import session_examples
 from onevec.streams.learner.learner import Learner
+from onevec.streams.learner.queue import ExamplesBatch
 from onevec.streams.qdrant import QdrantStore
 from onevec.streams.settings import Settings
 
@@ -31,7 +32,9 @@ def make_learner(tmp_path: Path, seed: int, store: QdrantStore, attributes: dict
 
 async def train(learner: Learner, examples: list[dict], publish: bool) -> None:
     if publish:
-        await learner.learn_records([("examples:0", offset, [e]) for offset, e in enumerate(examples)])
+        await learner.learn_records(
+            [ExamplesBatch("examples:0", offset, [e]) for offset, e in enumerate(examples)]
+        )
     else:
         for start in range(0, len(examples), 256):
             learner.trainer.learn(examples[start : start + 256])
@@ -113,12 +116,15 @@ def test_a_round_takes_as_many_steps_as_full_batches_would(
         await store.ensure_collections()
         learner = make_learner(tmp_path, 0, store)
         sizes: list[int] = []
-        step = learner._step
-        learner._step = lambda batch: sizes.append(len(batch)) or step(batch)  # type: ignore[method-assign]
+        step = learner.round.step
+        learner.round.step = lambda batch: sizes.append(len(batch)) or step(batch)  # type: ignore[method-assign]
         before = learner.trainer.steps
         bounds = np.cumsum([0, *records])
         await learner._process(
-            [("examples:0", i, examples[a:b]) for i, (a, b) in enumerate(itertools.pairwise(bounds))]
+            [
+                ExamplesBatch("examples:0", i, examples[a:b])
+                for i, (a, b) in enumerate(itertools.pairwise(bounds))
+            ]
         )
         await learner.buffer.flush()
         await store.close()
@@ -137,12 +143,13 @@ def test_a_round_takes_what_is_queued_up_to_its_batches(tmp_path: Path, examples
     async def scenario() -> tuple[list[int], list[int]]:
         store = QdrantStore(dim=32, path=tmp_path / "qdrant")
         learner = make_learner(tmp_path, 0, store)
-        learner.settings = learner.settings.model_copy(update={"learner_round_batches": 4})
-        assert learner.settings.learner_round_examples == 1024
+        learner.queue.round_examples = 1024  # rounds of 4 batches of 256
         for offset in range(8):  # a backlog: 8 records of 200 examples
-            await learner.submit(("examples:0", offset, examples[200 * offset : 200 * (offset + 1)]))
-        backlog = [offset for _, offset, _ in await learner._fill_batch(await learner.queue.get())]
-        rest = [offset for _, offset, _ in await learner._fill_batch(await learner.queue.get())]
+            await learner.submit(
+                ExamplesBatch("examples:0", offset, examples[200 * offset : 200 * (offset + 1)])
+            )
+        backlog = [batch.offset for batch in await learner.queue.take_round(await learner.queue.get())]
+        rest = [batch.offset for batch in await learner.queue.take_round(await learner.queue.get())]
         await store.close()
         return backlog, rest
 
@@ -162,7 +169,7 @@ def test_prequential_scores_whole_steps_above_the_item_budget(tmp_path: Path, ex
         per_step: list[int] = []
         for start in range(0, 10_240, 256):
             before = learner.score.scored
-            learner._learn(examples[start : start + 256])
+            learner.learn_round(examples[start : start + 256])
             per_step.append(learner.score.scored - before)
         return learner.score.scored, len(learner.trainer.item_encoder.item_vocab), per_step
 

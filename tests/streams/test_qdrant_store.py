@@ -10,7 +10,6 @@ the store's thread, and the AsyncQdrantClient code path.
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
 import time
 import uuid
@@ -31,7 +30,6 @@ from onevec.streams.qdrant import (
     QdrantStore,
     SessionRecord,
     UpsertBuffer,
-    backoff_delay,
     build_item_points,
     build_session_points,
     point_id,
@@ -584,12 +582,3 @@ def test_buffer_close_times_out_when_qdrant_stays_down(tmp_path: Path) -> None:
         assert buffer.failures >= 1 and buffer.upserted_points == 0
 
     buffered(tmp_path, body, faults={"fail_first": 10**9}, max_attempts=2)
-
-
-def test_backoff_grows_exponentially_up_to_the_cap_with_jitter() -> None:
-    rng = random.Random(7)
-    for attempt, bound in [(1, 0.1), (2, 0.2), (3, 0.4), (6, 2.0), (20, 2.0)]:
-        delays = [backoff_delay(attempt, 0.1, 2.0, rng) for _ in range(200)]
-        assert all(0.0 <= d <= bound for d in delays)
-        assert max(delays) > 0.8 * bound  # the full range is used
-        assert len(set(delays)) > 150  # jittered, not a fixed delay

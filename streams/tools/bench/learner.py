@@ -4,8 +4,8 @@ shapes the learner runs, and of the learner with its Qdrant sink, each against a
 of the same model (same tables, session network, losses and batch size; tensors prepared up
 front, stock torch optimisers, no online bookkeeping).
 
-``learn_round`` and ``mark_catalogue_published`` are the only places where the bench calls
-the learner's private methods (the memory section uses them too)."""
+``learn_round`` and ``mark_catalogue_published`` run the learner's work without its Qdrant
+writes (the memory section uses them too)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from onevec.models.catalog import attribute_tokens, load_attributes
+from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.datasets import load_events
 from onevec.models.online.session_encoder import _SessionNet
 from onevec.models.online.trainer import OnlineTrainer
 from onevec.models.pretrain import session_examples
 from onevec.streams.learner.learner import Learner
+from onevec.streams.learner.queue import ExamplesBatch
 from onevec.streams.qdrant import QdrantStore
 from onevec.streams.settings import Settings
 from onevec.streams.tools.bench.context import DATASET, WARMUP_BATCHES, BenchContext
@@ -34,22 +36,19 @@ from onevec.streams.tools.bench.report import BenchRow
 
 __all__ = ["bench_learner", "learn_round", "mark_catalogue_published"]
 
-Example = dict[str, Any]
 Attributes = dict[str, dict[str, Any]]
 
 
-def learn_round(learner: Learner, examples: list[Example]) -> None:
+def learn_round(learner: Learner, examples: list[ExampleRecord]) -> None:
     """One learner round, as the learner thread runs it: training and scoring step by step,
     then sessions, items to publish, drift and points once."""
-    learner._learn(examples)
+    learner.learn_round(examples)
 
 
 def mark_catalogue_published(learner: Learner) -> None:
     """What a starting worker does (``publish_all``) minus the writes: every known item is
     encoded and remembered as published, and the change marks are drained."""
-    ids = learner.trainer.item_encoder.item_ids()
-    learner._material_changes(ids, set(ids))
-    learner.trainer.changed_items()
+    learner.publish_catalogue()
 
 
 def bench_learner(ctx: BenchContext) -> None:
@@ -128,12 +127,14 @@ def bench_learner(ctx: BenchContext) -> None:
     ctx.add(BenchRow("learner", "learner + Qdrant sink (memory)", n / sink_seconds, "ex/s", raw))
 
 
-def _learner_inputs(count: int) -> tuple[list[Example], Attributes]:
+def _learner_inputs(count: int) -> tuple[list[ExampleRecord], Attributes]:
     events = load_events(DATASET, 1800.0)
     return session_examples(events.head(count)), load_attributes(DATASET)
 
 
-async def _learner_with_sink(settings: Settings, attributes: Attributes, examples: list[Example]) -> float:
+async def _learner_with_sink(
+    settings: Settings, attributes: Attributes, examples: list[ExampleRecord]
+) -> float:
     """Seconds for the learner to learn ``examples`` through ``learn_records`` (rounds as under
     backlog) and write their points to an in-memory Qdrant, after an untimed warm-up."""
     store = QdrantStore(dim=settings.model_dim)
@@ -141,7 +142,7 @@ async def _learner_with_sink(settings: Settings, attributes: Attributes, example
     learner = Learner(settings, store, attributes)
     await learner.publish_all()
     await learner.buffer.flush()
-    records = [("bench:0", offset, [example]) for offset, example in enumerate(examples)]
+    records = [ExamplesBatch("bench:0", offset, [example]) for offset, example in enumerate(examples)]
     warmup = WARMUP_BATCHES * settings.learner_batch_size
     await learner.learn_records(records[:warmup])
     started = time.perf_counter()
@@ -155,7 +156,7 @@ async def _learner_with_sink(settings: Settings, attributes: Attributes, example
 
 
 def _raw_torch_steps(
-    settings: Settings, batches: list[list[Example]], attributes: Attributes
+    settings: Settings, batches: list[list[ExampleRecord]], attributes: Attributes
 ) -> list[Callable[[], None]]:
     """The same model as OnlineTrainer (item + token tables, attention session network,
     logQ-corrected sampled softmax + SGNS), written as a plain torch loop: every id mapped
@@ -196,7 +197,7 @@ def _raw_torch_steps(
         )
         return (item_table(unique) + bags).index_select(0, inverse.reshape(-1)).reshape(*rows.shape, dim)
 
-    def prepare(chunk: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def prepare(chunk: list[ExampleRecord]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         targets = torch.tensor([items[str(e["item_id"])] for e in chunk])
         prefixes = [[items[str(i)] for i in e["prefix"][-max_prefix:]] for e in chunk]
         lengths = torch.tensor([len(p) for p in prefixes])

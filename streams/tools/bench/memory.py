@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from onevec.models.clickstream.examples import ExampleRecord
 from onevec.streams.learner.learner import Learner
 from onevec.streams.qdrant import QdrantStore
 from onevec.streams.settings import Settings
 from onevec.streams.tools.bench.context import BenchContext
-from onevec.streams.tools.bench.learner import Example, learn_round, mark_catalogue_published
+from onevec.streams.tools.bench.learner import learn_round, mark_catalogue_published
 from onevec.streams.tools.bench.report import BenchRow
 
 __all__ = ["MemoryResult", "bench_memory", "memory_main"]
@@ -137,14 +138,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _synthetic_batches(items: int, events: int, batch: int, seed: int = 0) -> Iterator[list[Example]]:
+def _synthetic_batches(items: int, events: int, batch: int, seed: int = 0) -> Iterator[list[ExampleRecord]]:
     """Synthetic sessions over ``items`` ids with Zipf-like popularity, generated batch by
     batch so the bench itself holds no events."""
     rng = np.random.default_rng(seed)
     session: list[str] = []
     number = 0
     for start in range(0, events, batch):
-        records: list[Example] = []
+        records: list[ExampleRecord] = []
         for _ in range(min(batch, events - start)):
             if not session or rng.random() < 0.15:
                 session, number = [], number + 1
@@ -153,6 +154,9 @@ def _synthetic_batches(items: int, events: int, batch: int, seed: int = 0) -> It
             item = f"item-{row}"
             records.append(
                 {
+                    "event_id": f"e{len(records)}",
+                    "event_type": "view",
+                    "timestamp": 0.0,
                     "session_id": f"s{number}",
                     "user_id": f"u{number % 997}",
                     "item_id": item,

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import faust
 
@@ -66,7 +67,12 @@ def noop_main(count: int, result: Path) -> None:
         consumer_auto_offset_reset="earliest",
         **settings.faust_broker_options,
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    raw: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
     topic = app.topic(settings.clicks_topic, **raw)
     state = {"seen": 0, "first": 0.0}
 

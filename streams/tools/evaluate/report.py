@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
+from onevec.models.evaluation.data import Task  # noqa: E402
 from onevec.streams.tools.evaluate.run import Evaluation  # noqa: E402
 
 __all__ = ["claims", "results_table", "write_report"]
@@ -141,10 +142,10 @@ def _mid(row: dict) -> np.datetime64:
     return np.datetime64(int((row["start"] + row["end"]) / 2), "s")
 
 
-def _map_task(ev: Evaluation):
+def _map_task(ev: Evaluation) -> Task | None:
     multiclass = [t for t in ev.tasks if t.classes != ["no", "yes"]]
     preferred = [t for t in multiclass if "single" in t.name]
-    return (preferred or multiclass or ev.tasks or [None])[0]
+    return next(iter(preferred or multiclass or ev.tasks), None)
 
 
 def _plot_map(ev: Evaluation, path: Path) -> None:
@@ -155,10 +156,12 @@ def _plot_map(ev: Evaluation, path: Path) -> None:
         axis.scatter(coords[:, 0], coords[:, 1], s=6)
     else:
         labels = np.array([task.labels.get(i, -1) for i in ev.probe_items])
-        axis.scatter(*coords[labels < 0].T, s=4, c="lightgrey", label="other / several")
+        axis.scatter(
+            coords[labels < 0, 0], coords[labels < 0, 1], s=4, c="lightgrey", label="other / several"
+        )
         cmap = plt.get_cmap("tab20")
         for c, name in enumerate(task.classes):
-            axis.scatter(*coords[labels == c].T, s=8, color=cmap(c % 20), label=name)
+            axis.scatter(coords[labels == c, 0], coords[labels == c, 1], s=8, color=cmap(c % 20), label=name)
         axis.legend(fontsize=7, markerscale=2)
     axis.set_title(f"unified item vectors, PCA 2-D, coloured by {task.name if task else 'nothing'}")
     fig.tight_layout()
@@ -245,7 +248,8 @@ def write_report(ev: Evaluation, out: Path) -> Path:
         f"## 1. Prequential next-item prediction (HR@{p.k}, MRR@{p.k})",
         "",
         "Every recommender ranks each example's next item before it learns that example; candidates are "
-        "the items seen so far, the session's own items excluded, ties broken by a fixed random order.",
+        "the items seen so far, the session's own items excluded, ties broken by a fixed pseudo-random "
+        "priority per item (a hash of its id), as the live learner ranks.",
         "",
         _table(
             ["recommender", f"HR@{p.k}", f"MRR@{p.k}"],

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.evaluation import sources as src
 from onevec.models.evaluation.baselines import (
     FrozenSkipGram,
@@ -115,7 +116,7 @@ def _run(data: EvalData, options: EvalOptions, stage: Callable[[str], None]) -> 
     stage(f"prequential: {len(records) - history:,} examples after {history:,} of history")
     watch: LiveWatch | None = None
 
-    def on_batch(position: int, batch: list[dict[str, Any]]) -> None:
+    def on_batch(position: int, batch: list[ExampleRecord]) -> None:
         nonlocal watch
         if watch is None:  # after the first batch: the live model has fitted the history
             watch = LiveWatch(
@@ -123,9 +124,7 @@ def _run(data: EvalData, options: EvalOptions, stage: Callable[[str], None]) -> 
             )
         watch(position, batch)
 
-    result = run_prequential(
-        recommenders, records, history, options.batch_size, seed=options.seed, on_batch=on_batch
-    )
+    result = run_prequential(recommenders, records, history, options.batch_size, on_batch=on_batch)
     assert watch is not None, "the stream after the history is empty"
 
     clicks = Counter(r["item_id"] for r in records if not r.get("duplicate"))

@@ -1,0 +1,64 @@
+"""What the command line and the demo share: the console, progress bars, and reading and
+replaying an events file into the clicks topic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from onevec.streams.settings import Settings
+
+__all__ = ["console", "progress_bar", "read_events", "replay_events", "staged_progress"]
+
+console = Console()
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def staged_progress(bar: Progress) -> Callable[[str, int, int], None]:
+    """A ``(stage, done, total)`` callback that shows one bar per stage of a long build."""
+    tasks: dict[str, Any] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done)
+
+    return on_progress
+
+
+def read_events(settings: Settings, source: str, limit: int = 0) -> pd.DataFrame:
+    from onevec.models.datasets import load_events
+
+    events = load_events(Path(source) if Path(source).exists() else source, settings.session_gap_seconds)
+    return events.head(limit) if limit else events
+
+
+def replay_events(settings: Settings, events: pd.DataFrame, label: str, speedup: float | None) -> float:
+    """Replay with a progress bar; returns the elapsed seconds."""
+    from onevec.streams.kafka.producer import EventProducer
+    from onevec.streams.kafka.replay import replay as run_replay
+    from onevec.streams.kafka.topics import bootstrap_servers, ensure_topics
+
+    ensure_topics(settings)
+    with (
+        EventProducer(
+            bootstrap_servers(settings), settings.clicks_topic, **settings.kafka_client_options()
+        ) as producer,
+        progress_bar() as bar,
+    ):
+        task = bar.add_task(f"replay {label}", total=len(events))
+        return run_replay(events, producer, speedup, lambda n: bar.advance(task, n))
