@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from qdrant_client import QdrantClient, models
 
+from onevec.models.fusion import normalise
 from onevec.streams.qdrant import (
     ITEM_VECTORS,
     VECTOR_DISTANCES,
@@ -61,7 +62,7 @@ def bench_sink(ctx: BenchContext) -> None:
 def _sink_records(count: int, dim: int) -> list[ItemRecord]:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((count, dim)).astype(np.float32)
-    units = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    units = normalise(vectors)
     return [
         ItemRecord(
             item_id=f"synthetic-{i}",
