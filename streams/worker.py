@@ -21,7 +21,8 @@ from typing import Any
 import faust
 from prometheus_client.parser import text_string_to_metric_families
 
-from onevec.deploy.embedded_broker import EmbeddedBroker, free_port, stop_process
+from onevec.deploy.embedded_broker import EmbeddedBroker, free_port
+from onevec.deploy.processes import start_child, stop_process
 from onevec.streams.app import OnevecApp
 from onevec.streams.http_api import register_routes
 from onevec.streams.kafka.faust_fixes import apply_faust_fixes
@@ -118,12 +119,7 @@ class WorkerProcess:
         env.update({"ONEVEC_BROKER_URL": self.broker_url, "ONEVEC_WEB_PORT": str(self.port)})
         env.update(self.extra_env)
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                list(self.command),
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+            self.proc = start_child(self.command, log=out, env=env)
         return self
 
     def wait_ready(self, timeout: float) -> None:

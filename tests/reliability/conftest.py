@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from onevec.deploy.embedded_broker import free_port, stop_process, wait_for_port
+from onevec.deploy.embedded_broker import free_port, wait_for_port
+from onevec.deploy.processes import stop_process
 
 S3RVER_VERSION = "3.7.1"  # npm package: a file-backed S3 API, enough for Tansu's s3:// engine
 BUCKET = "tansu"

@@ -11,7 +11,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from onevec.deploy.embedded_broker import free_port, stop_process, wait_for_port
+from onevec.deploy.embedded_broker import free_port, wait_for_port
+from onevec.deploy.processes import stop_process
 
 
 class TcpProxy:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -15,7 +14,8 @@ from typing import Any
 
 import faust
 
-from onevec.deploy.embedded_broker import free_port, stop_process
+from onevec.deploy.embedded_broker import free_port
+from onevec.deploy.processes import start_child, stop_process
 from onevec.streams.kafka.topics import bootstrap_servers
 from onevec.streams.settings import Settings, load_settings
 
@@ -29,11 +29,10 @@ def noop_rate(settings: Settings, count: int, timeout: float = 300.0) -> float:
     result, log_path = tmp / "result.json", tmp / "noop.log"
     with open(log_path, "ab") as log:
         # Faust sends a worker's stdout to its log, so the result comes back in a file.
-        proc = subprocess.Popen(
+        proc = start_child(
             [sys.executable, "-m", "onevec.streams.tools.bench", "noop", str(count), str(result)],
+            log=log,
             env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + timeout
