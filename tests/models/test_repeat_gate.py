@@ -1,0 +1,91 @@
+"""The repeat gate: a fresh gate ranks as the session encoder does, its learned weights follow
+how often next items are repeats, and its few numbers survive a checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from onevec.models.online.repeat_gate import FEATURES, HistoryFeatures, RepeatGate
+from onevec.models.online.user_history import Had, UserHistory
+
+HAD = FEATURES.index("had")
+
+
+def test_a_fresh_gate_keeps_the_session_scores() -> None:
+    scores = np.array([0.3, -1.0, 2.0])
+    gated = RepeatGate().combine(scores, ["a", "b", "c"], {"b": Had(3.0, 1), "zz": Had(1.0, 0)})
+    np.testing.assert_allclose(gated, scores)
+
+
+def test_combine_adds_the_history_term_on_the_users_items_only() -> None:
+    gate = RepeatGate()
+    gate.weights = np.array([1.0, 2.0, 4.0])
+    gate.scale = 0.5
+    gated = gate.combine(np.array([1.0, 1.0]), ["mine", "other"], {"mine": Had(np.e - 1, 1)})
+    # 0.5 * 1 + (1 * had + 2 * log1p(e - 1) + 4 * 0.5 ** 1)
+    np.testing.assert_allclose(gated, [0.5 + 1 + 2 + 2, 0.5])
+
+
+def test_history_features_keep_only_candidates() -> None:
+    features = HistoryFeatures.of(
+        [{"a": Had(1.0, 0)}, {"x": Had(1.0, 0), "b": Had(2.0, 3)}], {"a": 0, "b": 1}
+    )
+    assert features.rows.tolist() == [0, 1] and features.columns.tolist() == [0, 1]
+    np.testing.assert_allclose(features.values[1], [1.0, np.log1p(2.0), 0.125])
+
+
+def _learned_gate(repeat: float, seed: int = 0, steps: int = 150) -> RepeatGate:
+    """SYNTHETIC: 40 users with 8 earlier items each among 300 items, random session scores;
+    a next item is, with probability ``repeat``, one of the user's own, else any other."""
+    rng = np.random.default_rng(seed)
+    items = [f"i{j}" for j in range(300)]
+    column = {item: j for j, item in enumerate(items)}
+    history = UserHistory()
+    for user in range(40):
+        for item in rng.choice(300, 8, replace=False):
+            history.observe(f"u{user}", items[item], "earlier")
+    gate = RepeatGate()
+    for _ in range(steps):
+        users = rng.integers(40, size=32)
+        recalled = [history.recall(f"u{u}", "now") for u in users]
+        targets = np.array(
+            [
+                column[rng.choice(sorted(mine))]
+                if rng.random() < repeat
+                else column[rng.choice(sorted(set(items) - set(mine)))]
+                for mine in recalled
+            ]
+        )
+        gate.learn(rng.normal(size=(32, 300)), targets, HistoryFeatures.of(recalled, column))
+    return gate
+
+
+def test_the_learned_weight_follows_the_repeat_share() -> None:
+    always, half, never = (_learned_gate(p).weights[HAD] for p in (1.0, 0.5, 0.0))
+    assert always > half > never
+    assert always > 0 > never
+
+
+def test_targets_outside_the_candidates_and_excluded_items_are_handled() -> None:
+    gate = RepeatGate()
+    features = HistoryFeatures.of([{"a": Had(1.0, 1)}, {"a": Had(1.0, 1)}], {"a": 0, "b": 1})
+    # Query 0's target is unknown (skipped); query 1 had "a" in its session (excluded), and
+    # its next item is "b": excluding "a" leaves nothing to learn about "had" from it.
+    gate.learn(np.zeros((2, 2)), np.array([-1, 1]), features, (np.array([1]), np.array([0])))
+    assert gate.weights[HAD] == 0.0
+    gate.learn(np.zeros((2, 2)), np.array([-1, 1]), features)
+    assert gate.weights[HAD] < 0  # "a" was a candidate and not chosen
+
+
+def test_state_round_trip(tmp_path: object) -> None:
+    gate = _learned_gate(1.0, steps=5)
+    path = f"{tmp_path}/gate.pt"
+    torch.save(gate.state_dict(), path)
+    restored = RepeatGate()
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    np.testing.assert_array_equal(restored.weights, gate.weights)
+    assert (restored.scale, restored.steps) == (gate.scale, gate.steps)
+    with pytest.raises(ValueError):
+        RepeatGate(lr=0)
