@@ -13,12 +13,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from onevec.streams.console import console, progress_bar, read_events, replay_events, staged_progress
+from onevec.streams.console import (
+    console,
+    data_source,
+    progress_bar,
+    read_events,
+    replay_events,
+    staged_progress,
+)
 from onevec.streams.settings import Settings, load_settings
+from onevec.streams.user_errors import UserError, require_reachable
 
-__all__ = ["app"]
+__all__ = ["app", "main"]
 
 app = typer.Typer(help="onevec: live unified product embeddings.", no_args_is_help=True)
 
@@ -67,9 +76,10 @@ def replay(
     limit: Annotated[int, typer.Option(help="Only the first N events (0 = all).")] = 0,
 ) -> None:
     """Stream a user's events file or a built-in dataset into the clicks topic, in time order."""
+    data_source(source)
     settings = load_settings()
     if settings.embedded:
-        raise typer.BadParameter(
+        raise UserError(
             "set ONEVEC_BROKER_URL (e.g. from `onevec broker`); `onevec demo` runs everything at once"
         )
     count, elapsed = _replay(settings, source, speedup or None, limit)
@@ -103,7 +113,7 @@ def pretrain(
     cut = int(len(examples) * (1 - holdout))
     train, test = examples[:cut], examples[cut:]
     trainer = OnlineTrainer(settings.model_config_for_training())
-    for item_id, attrs in (load_attributes(catalog) if catalog else {}).items():
+    for item_id, attrs in (load_attributes(data_source(catalog)) if catalog else {}).items():
         trainer.set_attributes(item_id, attribute_tokens(attrs))
     with progress_bar() as bar:
         task = bar.add_task(f"pretrain {source}", total=epochs * len(train))
@@ -161,12 +171,14 @@ def recommend(
 
 
 def _get(url: str) -> dict[str, Any]:
+    require_reachable(url, "worker")
     try:
         with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - configured worker
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
-        console.print(f"[red]{error.code}: {json.loads(error.read()).get('error')}")
-        raise typer.Exit(1) from None
+        raise UserError(
+            f"the worker answered {error.code}: {json.loads(error.read()).get('error')}"
+        ) from None
 
 
 def _print_items(title: str, rows: list[dict[str, Any]]) -> None:
@@ -237,9 +249,13 @@ def eval_(
     from onevec.streams.tools.evaluate.run import EvalOptions, run_evaluation
 
     if (events is None) != (catalog is None):
-        raise typer.BadParameter("give both --events and --catalog, or neither")
+        raise UserError("give both --events and --catalog, or neither")
     settings = load_settings()
-    data = load_eval_data(events or dataset, catalog or dataset, settings.session_gap_seconds)
+    data = load_eval_data(
+        data_source(str(events or dataset)),
+        data_source(str(catalog or dataset)),
+        settings.session_gap_seconds,
+    )
     if limit:
         data = data.head(limit)
     options = EvalOptions(quick=quick, config=settings.model_config_for_training())
@@ -330,7 +346,7 @@ def static_build(
 
     settings = load_settings()
     if text_encoder not in ("autoencoder", "inductive"):
-        raise typer.BadParameter("--text-encoder must be autoencoder or inductive")
+        raise UserError("--text-encoder must be autoencoder or inductive")
     options = BuildOptions(
         dim=settings.model_dim,
         text_epochs=epochs,
@@ -338,6 +354,9 @@ def static_build(
         text_encoder=text_encoder,  # type: ignore[arg-type]
         session_gap_seconds=settings.session_gap_seconds,
     )
+    data_source(catalog)
+    if events:
+        data_source(events)
     with progress_bar() as bar:
         on_progress = staged_progress(bar)
         result = build_static(catalog, images, events, options, on_progress)
@@ -384,12 +403,23 @@ def catalog_publish(
 
     settings = load_settings()
     if settings.embedded:
-        raise typer.BadParameter("set ONEVEC_BROKER_URL (e.g. from `onevec broker`)")
+        raise UserError("set ONEVEC_BROKER_URL (e.g. from `onevec broker`)")
+    data_source(source)
+    require_reachable(settings.broker_url.split(",")[0], "broker (ONEVEC_BROKER_URL)")
     with progress_bar() as bar:
         task = bar.add_task(f"publish {source}", total=None)
         sent = publish_catalog(settings, source, lambda n: bar.update(task, completed=n))
     console.print(f"published {sent} catalogue records to {settings.catalog_topic}")
 
 
+def main() -> None:
+    """The ``onevec`` command: a user's mistake is one line on stderr and exit status 2."""
+    try:
+        app()
+    except UserError as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from onevec.streams.settings import Settings
+from onevec.streams.user_errors import UserError, require_reachable
 
-__all__ = ["console", "progress_bar", "read_events", "replay_events", "staged_progress"]
+__all__ = ["console", "data_source", "progress_bar", "read_events", "replay_events", "staged_progress"]
 
 console = Console()
 
@@ -40,10 +41,25 @@ def staged_progress(bar: Progress) -> Callable[[str, int, int], None]:
     return on_progress
 
 
+def data_source(source: str) -> Path | str:
+    """A user's file or a built-in dataset's name; UserError naming both kinds otherwise."""
+    from onevec.models.datasets import BUILTIN_DATASETS
+
+    if Path(source).is_file():
+        return Path(source)
+    if source in BUILTIN_DATASETS:
+        return source
+    names = ", ".join(sorted(BUILTIN_DATASETS))
+    raise UserError(f"{source}: no such file, and not a built-in dataset (built in: {names})")
+
+
 def read_events(settings: Settings, source: str, limit: int = 0) -> pd.DataFrame:
     from onevec.models.datasets import load_events
 
-    events = load_events(Path(source) if Path(source).exists() else source, settings.session_gap_seconds)
+    try:
+        events = load_events(data_source(source), settings.session_gap_seconds)
+    except (ValueError, KeyError) as error:  # unreadable, or not the documented events format
+        raise UserError(f"{source}: {error}") from None
     return events.head(limit) if limit else events
 
 
@@ -53,6 +69,7 @@ def replay_events(settings: Settings, events: pd.DataFrame, label: str, speedup:
     from onevec.streams.kafka.replay import replay as run_replay
     from onevec.streams.kafka.topics import bootstrap_servers, ensure_topics
 
+    require_reachable(bootstrap_servers(settings)[0], "broker (ONEVEC_BROKER_URL)")
     ensure_topics(settings)
     with (
         EventProducer(

@@ -15,10 +15,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from onevec.models.online.config import ModelConfig
+from onevec.streams.user_errors import settings_error, warn_unknown_variables
 
 __all__ = ["Settings", "load_settings"]
 
@@ -277,4 +278,11 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """The settings of a command: a refused value is a UserError naming its variable, and an
+    ``ONEVEC_*`` variable that is no setting is warned about (a typo would otherwise be
+    silently ignored)."""
+    warn_unknown_variables(os.environ, Settings.model_fields)
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise settings_error(error) from None
