@@ -1,14 +1,19 @@
 """What onevec writes to Qdrant: the collections' vectors, the records, and their validated points.
 
-Two collections (names optionally prefixed, e.g. one prefix per test or per model family):
+Three collections (names optionally prefixed, e.g. one prefix per test or per model family):
 
 * ``items``: one point per item with the named vectors ``unified``, ``behaviour``, ``text`` and
   ``image`` (each ``dim`` wide; a point holds only the sources the item really has) and the
   payload ``{item_id, attributes, model_version, updated_at, event_count}``.
 * ``sessions``: one point per live session with the vector ``session`` and the payload
   ``{session_id, user_id, updated_at, items}``.
+* ``users``: one point per user the learner's history holds, with the vector ``user`` (the
+  session encoder over the user's newest items, so it queries item vectors the way a session
+  vector does) and the payload ``{user_id, session_id, updated_at, items, counts, ago}``: the
+  user's latest session and their history as of it, as parallel lists (the items they had, each
+  one's decayed count, and how many sessions ago they last had it).
 
-Point ids are UUID5 of the item/session id (:func:`point_id`), so every write is an idempotent
+Point ids are UUID5 of the item/session/user id (:func:`point_id`), so every write is an idempotent
 overwrite: Kafka delivery is at-least-once and a redelivered record rewrites the same point.
 
 Everything here is pure: no client, no I/O.
@@ -32,28 +37,38 @@ __all__ = [
     "COLLECTION_VECTORS",
     "ITEM_VECTORS",
     "SESSION_VECTOR",
+    "USER_VECTOR",
     "VECTOR_DISTANCES",
     "BuiltPoints",
     "CollectionKind",
     "ItemHit",
+    "ItemQuery",
     "ItemRecord",
     "PointRow",
     "SessionRecord",
     "StoredItem",
+    "StoredSession",
+    "StoredUser",
+    "UserRecord",
     "build_item_points",
     "build_session_points",
+    "build_user_points",
     "collection_vectors",
     "payload_filter",
     "point_id",
+    "stored_session",
+    "stored_user",
 ]
 
-CollectionKind = Literal["items", "sessions"]
+CollectionKind = Literal["items", "sessions", "users"]
 
 ITEM_VECTORS: tuple[str, ...] = ("unified", "behaviour", "text", "image")
 SESSION_VECTOR = "session"
+USER_VECTOR = "user"
 COLLECTION_VECTORS: Mapping[CollectionKind, tuple[str, ...]] = {
     "items": ITEM_VECTORS,
     "sessions": (SESSION_VECTOR,),
+    "users": (USER_VECTOR,),
 }
 
 # Decode the way each vector was trained (WWW'23 "homogeneous configuration"):
@@ -63,7 +78,7 @@ COLLECTION_VECTORS: Mapping[CollectionKind, tuple[str, ...]] = {
 # * unified is the fused vector, L2-normalised by the fuser, so Dot == cosine on it; Dot keeps
 #   the stored vector identical to what the model produced (drift / Procrustes read it back),
 #   and build_item_points() rejects a unified vector that is not unit length so the two cannot
-#   silently diverge. Session vectors query this space by inner product.
+#   silently diverge. Session and user vectors query the behaviour space by inner product.
 # * text (denoising autoencoder codes) and image (Siamese/triplet on normalised embeddings)
 #   compare directions only: Cosine, whatever norm the encoder happens to emit.
 VECTOR_DISTANCES: Mapping[str, models.Distance] = {
@@ -72,6 +87,7 @@ VECTOR_DISTANCES: Mapping[str, models.Distance] = {
     "text": models.Distance.COSINE,
     "image": models.Distance.COSINE,
     SESSION_VECTOR: models.Distance.DOT,
+    USER_VECTOR: models.Distance.DOT,
 }
 
 _UNIT_NORM_TOLERANCE = 1e-3
@@ -117,6 +133,19 @@ class SessionRecord:
     items: Sequence[str] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """One user's point: their vector and their history as of ``session_id``, their latest
+    session; ``history`` maps each item they had to (decayed count, sessions since they last
+    had it), the form ``UserHistory.recall`` gives."""
+
+    user_id: str
+    vector: VectorValues
+    session_id: str | None = None
+    updated_at: float = 0.0
+    history: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+
+
 class PointRow(NamedTuple):
     """A validated point ready to be written: what :func:`build_item_points` and
     :func:`build_session_points` make. Lighter than a pydantic ``PointStruct`` (same field
@@ -156,8 +185,39 @@ class StoredItem:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """A live session as Qdrant holds it: its vector, its user and its items, oldest first."""
+
+    session_id: str
+    vector: list[float]
+    user_id: str | None
+    items: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUser:
+    """A user as Qdrant holds them: their vector, latest session and history as of it."""
+
+    user_id: str
+    vector: list[float]
+    session_id: str | None
+    updated_at: float
+    history: dict[str, tuple[float, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemQuery:
+    """One ranking of items by a query vector: its best ``limit``, among ``only`` (None: every
+    item) and never ``exclude`` (item ids)."""
+
+    limit: int
+    only: Collection[str] | None = None
+    exclude: Collection[str] = ()
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def point_id(kind: Literal["item", "session"], key: str) -> str:
+def point_id(kind: Literal["item", "session", "user"], key: str) -> str:
     """Deterministic point id, so a redelivered record overwrites instead of duplicating.
     (Cached: the learner re-publishes the same items over and over.)"""
     return str(uuid.uuid5(_ID_NAMESPACE, f"{kind}:{key}"))
@@ -264,25 +324,77 @@ def build_item_points(records: Sequence[ItemRecord], dim: int) -> BuiltPoints:
 
 def build_session_points(records: Sequence[SessionRecord], dim: int) -> BuiltPoints:
     """Validate session records and turn them into points."""
+    payloads = [
+        {
+            "session_id": r.session_id,
+            "user_id": r.user_id,
+            "updated_at": float(r.updated_at),
+            "items": [str(item) for item in r.items],
+        }
+        for r in records
+    ]
     keys = [r.session_id for r in records]
-    rows, rejected = _checked_rows(SESSION_VECTOR, keys, [r.vector for r in records], dim)
+    return _single_vector_points("session", SESSION_VECTOR, keys, [r.vector for r in records], payloads, dim)
+
+
+def build_user_points(records: Sequence[UserRecord], dim: int) -> BuiltPoints:
+    """Validate user records and turn them into points (a user's history as parallel lists)."""
+    payloads = []
+    for r in records:
+        items = list(r.history)
+        payloads.append(
+            {
+                "user_id": r.user_id,
+                "session_id": r.session_id,
+                "updated_at": float(r.updated_at),
+                "items": [str(item) for item in items],
+                "counts": [float(r.history[item][0]) for item in items],
+                "ago": [int(r.history[item][1]) for item in items],
+            }
+        )
+    keys = [r.user_id for r in records]
+    return _single_vector_points("user", USER_VECTOR, keys, [r.vector for r in records], payloads, dim)
+
+
+def _single_vector_points(
+    kind: Literal["session", "user"],
+    name: str,
+    keys: Sequence[str],
+    vectors: Sequence[VectorValues],
+    payloads: Sequence[dict[str, Any]],
+    dim: int,
+) -> BuiltPoints:
+    """Points of one named vector each; a record whose vector or numbers are not finite is
+    rejected alone (Qdrant takes no NaN, and one would fail its whole batch on every retry)."""
+    rows, rejected = _checked_rows(name, keys, vectors, dim)
     points = []
-    for record, row in zip(records, rows, strict=True):
+    for key, row, payload in zip(keys, rows, payloads, strict=True):
         if row is None:
             continue
-        updated_at = float(record.updated_at)
-        if not math.isfinite(updated_at):
-            rejected[record.session_id] = "updated_at is not finite"
+        numbers = [payload["updated_at"], *payload.get("counts", ())]
+        if not all(math.isfinite(number) for number in numbers):
+            rejected[key] = "updated_at or a history count is not finite"
             continue
-        payload = {
-            "session_id": record.session_id,
-            "user_id": record.user_id,
-            "updated_at": updated_at,
-            "items": [str(item) for item in record.items],
-        }
-        vector = {SESSION_VECTOR: row}
-        points.append((record.session_id, PointRow(point_id("session", record.session_id), vector, payload)))
+        points.append((key, PointRow(point_id(kind, key), {name: row}, payload)))
     return BuiltPoints(points, list(rejected.items()))
+
+
+def stored_session(session_id: str, vector: list[float], payload: Mapping[str, Any]) -> StoredSession:
+    """A session point read back (see :func:`build_session_points`)."""
+    user_id = payload.get("user_id")
+    items = [str(item) for item in payload.get("items", [])]
+    return StoredSession(session_id, vector, None if user_id is None else str(user_id), items)
+
+
+def stored_user(user_id: str, vector: list[float], payload: Mapping[str, Any]) -> StoredUser:
+    """A user point read back (see :func:`build_user_points`)."""
+    history = {
+        str(item): (float(count), int(ago))
+        for item, count, ago in zip(payload["items"], payload["counts"], payload["ago"], strict=True)
+    }
+    session = payload.get("session_id")
+    updated_at = float(payload["updated_at"])
+    return StoredUser(user_id, vector, None if session is None else str(session), updated_at, history)
 
 
 def _attribute_condition(key: str, value: str) -> models.Condition:
@@ -301,10 +413,15 @@ def _attribute_condition(key: str, value: str) -> models.Condition:
 
 
 def payload_filter(
-    attributes: Mapping[str, str] | None, exclude_point_ids: Collection[str] = ()
+    attributes: Mapping[str, str] | None,
+    exclude_point_ids: Collection[str] = (),
+    only_point_ids: Collection[str] | None = None,
 ) -> models.Filter | None:
-    """Filter on item attributes (all must match) minus the given point ids; None if empty."""
+    """Filter on item attributes (all must match), among ``only_point_ids`` (None: any point)
+    and minus ``exclude_point_ids``; None if it filters nothing."""
     must = [_attribute_condition(k, v) for k, v in (attributes or {}).items()]
+    if only_point_ids is not None:
+        must.append(models.HasIdCondition(has_id=list(only_point_ids)))
     must_not: list[models.Condition] = (
         [models.HasIdCondition(has_id=list(exclude_point_ids))] if exclude_point_ids else []
     )

@@ -24,13 +24,20 @@ from qdrant_client import AsyncQdrantClient, QdrantClient, models
 from onevec.streams.qdrant.points import (
     COLLECTION_VECTORS,
     ITEM_VECTORS,
+    SESSION_VECTOR,
+    USER_VECTOR,
     CollectionKind,
     ItemHit,
+    ItemQuery,
     PointRow,
     StoredItem,
+    StoredSession,
+    StoredUser,
     collection_vectors,
     payload_filter,
     point_id,
+    stored_session,
+    stored_user,
 )
 
 __all__ = ["CollectionSchemaError", "ItemNotFound", "QdrantStore"]
@@ -67,6 +74,7 @@ class _ThreadedClient:
         self.delete = self._on_thread(client.delete)
         self.retrieve = self._on_thread(client.retrieve)
         self.query_points = self._on_thread(client.query_points)
+        self.query_batch_points = self._on_thread(client.query_batch_points)
         self.count = self._on_thread(client.count)
 
     def _on_thread(self, method: Callable[_P, _R]) -> Callable[_P, Coroutine[Any, Any, _R]]:
@@ -91,7 +99,7 @@ def _local_client(path: Path | None) -> QdrantClient:
 
 
 class QdrantStore:
-    """The ``items`` and ``sessions`` collections of one Qdrant, from the event loop.
+    """The ``items``, ``sessions`` and ``users`` collections of one Qdrant, from the event loop.
 
     ``url`` (non-empty) selects a Qdrant server and ``api_key`` authenticates to it; otherwise
     local mode at ``path``, or in memory when ``path`` is None (``api_key`` is then unused, so
@@ -137,7 +145,7 @@ class QdrantStore:
         self._client = client
 
     async def ensure_collections(self) -> None:
-        """Create ``items`` and ``sessions`` if absent; raise CollectionSchemaError on mismatch."""
+        """Create the collections if absent; raise CollectionSchemaError on mismatch."""
         for kind, name in self.collections.items():
             vectors = collection_vectors(kind, self.dim)
             if not await self._client.collection_exists(name):
@@ -199,6 +207,54 @@ class QdrantStore:
             with_payload=True,
         )
         return [_hit(point) for point in response.points]
+
+    async def rank_items(
+        self, vector: Sequence[float], queries: Sequence[ItemQuery], using: str = "behaviour"
+    ) -> list[list[ItemHit]]:
+        """Items by inner product with ``vector`` (a session or user vector) in the ``using``
+        space, one ranking per query, all in one request. A query with ``only`` empty finds
+        nothing (without asking Qdrant)."""
+        if using not in ITEM_VECTORS:
+            raise ValueError(f"using must be one of {ITEM_VECTORS}, got {using!r}")
+        asked = [q.limit > 0 and (q.only is None or len(q.only) > 0) for q in queries]
+        requests = [
+            models.QueryRequest(
+                query=list(vector),
+                using=using,
+                filter=payload_filter(
+                    None,
+                    exclude_point_ids=[point_id("item", i) for i in q.exclude],
+                    only_point_ids=None if q.only is None else [point_id("item", i) for i in q.only],
+                ),
+                limit=q.limit,
+                with_payload=True,
+            )
+            for q, ask in zip(queries, asked, strict=True)
+            if ask
+        ]
+        if not requests:
+            return [[] for _ in queries]
+        responses = iter(await self._client.query_batch_points(self.collections["items"], requests))
+        return [[_hit(point) for point in next(responses).points] if ask else [] for ask in asked]
+
+    async def get_session(self, session_id: str) -> StoredSession | None:
+        found = await self._get("sessions", point_id("session", session_id), SESSION_VECTOR)
+        return None if found is None else stored_session(session_id, *found)
+
+    async def get_user(self, user_id: str) -> StoredUser | None:
+        found = await self._get("users", point_id("user", user_id), USER_VECTOR)
+        return None if found is None else stored_user(user_id, *found)
+
+    async def _get(
+        self, collection: CollectionKind, point: str, vector: str
+    ) -> tuple[list[float], dict[str, Any]] | None:
+        """One point's vector and payload, None when absent."""
+        found = await self._client.retrieve(
+            self.collections[collection], ids=[point], with_payload=True, with_vectors=[vector]
+        )
+        if not found:
+            return None
+        return _dense_vectors(found[0])[vector], dict(found[0].payload or {})
 
     async def get_item(self, item_id: str) -> StoredItem | None:
         found = await self._client.retrieve(

@@ -26,12 +26,15 @@ from onevec.streams.qdrant import (
     VECTOR_DISTANCES,
     CollectionSchemaError,
     ItemNotFound,
+    ItemQuery,
     ItemRecord,
     QdrantStore,
     SessionRecord,
     UpsertBuffer,
+    UserRecord,
     build_item_points,
     build_session_points,
+    build_user_points,
     point_id,
 )
 
@@ -173,6 +176,10 @@ async def write_sessions(store: QdrantStore, records: list[SessionRecord]) -> in
     return await store.upsert_points("sessions", build_session_points(records, DIM).all_or_error())
 
 
+async def write_users(store: QdrantStore, records: list[UserRecord]) -> int:
+    return await store.upsert_points("users", build_user_points(records, DIM).all_or_error())
+
+
 # --- ids and collections ----------------------------------------------------------------
 
 
@@ -195,6 +202,7 @@ def test_ensure_collections_creates_named_vectors_and_is_idempotent(tmp_path: Pa
     try:
         items = reader.get_collection("t_items").config.params.vectors
         sessions = reader.get_collection("t_sessions").config.params.vectors
+        users = reader.get_collection("t_users").config.params.vectors
     finally:
         reader.close()
     assert isinstance(items, dict) and set(items) == set(ITEM_VECTORS)
@@ -203,6 +211,9 @@ def test_ensure_collections_creates_named_vectors_and_is_idempotent(tmp_path: Pa
     assert items["unified"].distance == models.Distance.DOT
     assert isinstance(sessions, dict) and list(sessions) == ["session"]
     assert sessions["session"].size == DIM
+    # Users query item vectors by inner product, like sessions.
+    assert isinstance(users, dict) and list(users) == ["user"]
+    assert (users["user"].size, users["user"].distance) == (DIM, models.Distance.DOT)
 
 
 def test_ensure_collections_rejects_dimension_mismatch(tmp_path: Path) -> None:
@@ -395,6 +406,81 @@ def test_store_round_trip(tmp_path: Path, backend: str) -> None:
     with_store(tmp_path, backend, body)
 
 
+def test_user_points_carry_the_history_as_parallel_lists() -> None:
+    history = {"a": (1.7, 0), "b": (0.49, 2)}
+    built = build_user_points([UserRecord("u1", basis(0), "s9", 5.0, history)], DIM)
+    ((key, point),) = built.points
+    assert key == "u1" and point.id == point_id("user", "u1") != point_id("session", "u1")
+    assert point.payload == {
+        "user_id": "u1",
+        "session_id": "s9",
+        "updated_at": 5.0,
+        "items": ["a", "b"],
+        "counts": [1.7, 0.49],
+        "ago": [0, 2],
+    }
+    # One bad user (a NaN count or vector) is rejected alone.
+    bad = [
+        UserRecord("nan-count", basis(0), "s", 1.0, {"a": (float("nan"), 0)}),
+        UserRecord("nan-vector", np.full(DIM, np.nan), "s", 1.0, {}),
+        UserRecord("ok", basis(1), None, 1.0, {}),
+    ]
+    built = build_user_points(bad, DIM)
+    assert [key for key, _ in built.points] == ["ok"]
+    assert dict(built.rejected).keys() == {"nan-count", "nan-vector"}
+
+
+@pytest.mark.parametrize("backend", STORES)
+def test_users_and_sessions_read_back(tmp_path: Path, backend: str) -> None:
+    async def body(store: QdrantStore) -> None:
+        history = {"a": (1.7, 0), "b": (0.49, 2)}
+        await write_users(store, [UserRecord("u1", 2.0 * basis(0), "s9", 5.0, history)])
+        await write_sessions(store, [SessionRecord("s9", basis(1), "u1", 5.0, ["a", "c"])])
+        user = await store.get_user("u1")
+        assert user is not None and user.session_id == "s9" and user.history == history
+        assert user.vector == pytest.approx(list(2.0 * basis(0)))
+        session = await store.get_session("s9")
+        assert session is not None and (session.user_id, session.items) == ("u1", ["a", "c"])
+        assert session.vector == pytest.approx(list(basis(1)))
+        assert await store.get_user("s9") is None  # ids of one kind never find another's point
+        assert await store.get_session("u1") is None
+        assert await store.count("users") == 1
+
+    with_store(tmp_path, backend, body)
+
+
+@pytest.mark.parametrize("backend", STORES)
+def test_rank_items_by_inner_product_among_and_without_given_items(tmp_path: Path, backend: str) -> None:
+    """Each query of one request ranks by the behaviour inner product: among ``only``, never
+    ``exclude``; an empty ``only`` finds nothing."""
+    lengths = {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}
+    records = [ItemRecord(i, {"behaviour": n * basis(0)}) for i, n in lengths.items()]
+    records.append(ItemRecord("text-only", {"text": basis(0)}))  # no behaviour: never ranked
+
+    async def body(store: QdrantStore) -> None:
+        await write_items(store, records)
+        query = 0.5 * basis(0)
+        every, mine, others, none = await store.rank_items(
+            query,
+            [
+                ItemQuery(limit=10),
+                ItemQuery(limit=10, only={"b", "d", "never-stored"}),
+                ItemQuery(limit=2, exclude={"a"}),
+                ItemQuery(limit=10, only=set()),
+            ],
+        )
+        assert [h.item_id for h in every] == ["a", "b", "c", "d"]
+        assert [h.score for h in every] == pytest.approx([2.0, 1.5, 1.0, 0.5], abs=1e-5)
+        assert [h.item_id for h in mine] == ["b", "d"]
+        assert [h.item_id for h in others] == ["b", "c"]
+        assert none == []
+        assert await store.rank_items(query, []) == []
+        with pytest.raises(ValueError, match="using"):
+            await store.rank_items(query, [ItemQuery(limit=1)], using="session")
+
+    with_store(tmp_path, backend, body)
+
+
 # --- buffer -----------------------------------------------------------------------------
 
 
@@ -434,7 +520,6 @@ def test_buffer_coalesces_duplicate_ids_latest_wins(tmp_path: Path) -> None:
         assert buffer.pending == 2
         await buffer.flush()
         assert buffer.pending == 0
-        assert buffer.coalesced == 4
         assert buffer.upserted_points == 2
         assert client.upsert_sizes == [2]
         stored = await buffer.store.get_item("dup")
