@@ -81,6 +81,7 @@ class OnevecApp:
             max_event_bytes=settings.max_event_bytes,
             min_event_time=settings.min_event_time,
             max_clock_skew_seconds=settings.max_clock_skew_seconds,
+            timestamp_unit=settings.timestamp_unit,
         )
         raw: dict[str, Any] = {
             "key_type": bytes,

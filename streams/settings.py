@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(default=64 * 1024, ge=64)
     min_event_time: float = 631_152_000.0  # 1990-01-01: older is a broken clock, not a click
     max_clock_skew_seconds: float = 86_400.0  # events from further in the future are rejected
+    # Numeric event timestamps: seconds ("s"), milliseconds ("ms", common on Kafka), or "auto":
+    # a number above 1e11 is milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
+    timestamp_unit: Literal["s", "ms", "auto"] = "s"
     max_http_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # POST /events answers 200 only once the broker acknowledged every event of the body; after
     # this long without that it answers 503 (send again: duplicates are recognised downstream).

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -149,11 +149,23 @@ class Event(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
 
+TimestampUnit = Literal["s", "ms", "auto"]
+MILLISECONDS_ABOVE = 1e11  # as seconds the year 5138, as milliseconds 1973: "auto" reads ms above
+
+
 @dataclass(frozen=True, slots=True)
 class ValidationLimits:
     max_event_bytes: int = 64 * 1024
     min_event_time: float = 631_152_000.0
     max_clock_skew_seconds: float = 86_400.0
+    timestamp_unit: TimestampUnit = "s"  # of numeric timestamps (ISO 8601 strings carry their own)
+
+
+def in_seconds(timestamp: float, unit: TimestampUnit) -> float:
+    """A numeric timestamp in ``unit`` as epoch seconds."""
+    if unit == "ms" or (unit == "auto" and timestamp > MILLISECONDS_ABOVE):
+        return timestamp / 1000.0
+    return timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,13 +214,16 @@ def parse_event(data: Any, limits: ValidationLimits, now: float | None = None) -
         event = Event.model_validate(data)
     except ValidationError as error:
         return _describe(error)
+    if limits.timestamp_unit != "s" and isinstance(data.get("timestamp"), (int, float)):
+        event = event.model_copy(update={"timestamp": in_seconds(event.timestamp, limits.timestamp_unit)})
     now = time.time() if now is None else now
     if event.timestamp < limits.min_event_time:
         return Rejection("absurd_timestamp", f"timestamp {event.timestamp} is before the minimum")
     if event.timestamp > now + limits.max_clock_skew_seconds:
         return Rejection(
             "absurd_timestamp",
-            f"timestamp {event.timestamp} is in the future (expected seconds since the epoch)",
+            f"timestamp {event.timestamp} is in the future (expected seconds since the epoch;"
+            " milliseconds are read with the timestamp unit ms or auto)",
         )
     return event
 

@@ -126,3 +126,25 @@ def test_hostile_json_is_a_rejection_not_an_exception(raw: bytes, reason: str) -
 def test_nesting_up_to_the_cap_is_accepted() -> None:
     result = validate_event(raw_event(extra=nested(MAX_JSON_DEPTH - 1)), BIG, now=NOW)
     assert isinstance(result, Event) and result.user_id == "u"
+
+
+@pytest.mark.parametrize(
+    ("unit", "timestamp", "seconds"),
+    [
+        ("ms", NOW * 1000, NOW),
+        ("ms", int(NOW * 1000) + 250, int(NOW) + 0.25),
+        ("auto", NOW * 1000, NOW),
+        ("auto", NOW, NOW),  # below 1e11: seconds
+        ("ms", "2023-11-14T22:13:20+00:00", NOW),  # an ISO string carries its own unit
+    ],
+)
+def test_timestamps_in_milliseconds_when_the_unit_says_so(unit: str, timestamp: object, seconds: float) -> None:
+    limits = ValidationLimits(max_event_bytes=1024, timestamp_unit=unit)  # type: ignore[arg-type]
+    event = validate_event(with_(timestamp=timestamp), limits, now=NOW)
+    assert isinstance(event, Event) and event.timestamp == pytest.approx(seconds)
+
+
+def test_milliseconds_read_as_seconds_are_refused_with_a_hint() -> None:
+    rejection = check(with_(timestamp=NOW * 1000))
+    assert isinstance(rejection, Rejection) and rejection.reason == "absurd_timestamp"
+    assert "milliseconds" in rejection.detail
