@@ -26,8 +26,10 @@ __all__ = [
     "UPSERT_ERRORS",
     "UPSERT_SECONDS",
     "CHECKPOINTS_WRITTEN",
+    "CHECKPOINT_OTHER_STREAM",
     "CHECKPOINT_RESTORES",
     "EXAMPLES_LEARNED",
+    "EXAMPLES_RECORDS_SKIPPED",
     "ITEMS_UPSERTED",
     "LEARNER_ERRORS",
     "LEARNER_QUEUE",
@@ -103,6 +105,14 @@ PREQUENTIAL_RR = Gauge("onevec_prequential_reciprocal_rank", "Sum of reciprocal 
 ITEMS_UPSERTED = Gauge("onevec_items_upserted", "Item points written to Qdrant (since start).")
 CHECKPOINTS_WRITTEN = Counter("onevec_checkpoints_written", "Learner checkpoints written.")
 CHECKPOINT_RESTORES = Counter("onevec_checkpoint_restores", "Learner checkpoints restored at start.")
+CHECKPOINT_OTHER_STREAM = Counter(
+    "onevec_checkpoint_other_stream",
+    "Restored checkpoints whose offsets belong to another stream (another broker, a recreated topic).",
+)
+EXAMPLES_RECORDS_SKIPPED = Counter(
+    "onevec_examples_records_skipped",
+    "Examples records redelivered after they were learned (not learned again).",
+)
 
 # Pipeline health (issue 6): lag, sink latency and errors, freshness, model size and version.
 CONSUMER_LAG = Gauge(

@@ -28,7 +28,12 @@ from onevec.models.clickstream.sessions import ClosedSession, Example, SessionBo
 from onevec.monitoring import metrics
 from onevec.streams.kafka.session_table import ChangelogBatchStore
 from onevec.streams.kafka.topics import bootstrap_servers
-from onevec.streams.learner.checkpoints import checkpoint_coverage, read_committed_gap
+from onevec.streams.learner.checkpoints import (
+    CheckpointStreamError,
+    checkpoint_coverage,
+    read_committed_gap,
+    stream_identity,
+)
 from onevec.streams.learner.learner import Learner
 from onevec.streams.learner.queue import ExamplesBatch
 from onevec.streams.qdrant import CollectionSchemaError, QdrantStore
@@ -105,6 +110,7 @@ class OnevecApp:
         # Set once the learner has created the collections and published the catalogue: the
         # catalogue agent writes, and the lookups answer, only after that.
         self.store_ready = asyncio.Event()
+        self.stream_bound = asyncio.Event()  # the checkpoint's offsets checked against this stream
         # The partitions a worker reports as its own (readiness): its first stage's input.
         self.input_topic = settings.clicks_topic if settings.runs_sessions else settings.examples_topic
         if settings.runs_sessions:
@@ -297,6 +303,7 @@ class OnevecApp:
             return failed
 
     async def _learn(self, stream: StreamT[bytes]) -> None:
+        await self.stream_bound.wait()  # the checkpoint's offsets decide what is skipped
         async for event in stream.events():
             message = event.message
             try:
@@ -338,7 +345,7 @@ class OnevecApp:
         # examples wait in their topic. (Without the retry, a learner started before its Qdrant
         # server never started.) A schema mismatch is a configuration error: not retried.
         starting = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_not_exception_type(CollectionSchemaError),
+            retry=tenacity.retry_if_not_exception_type((CollectionSchemaError, CheckpointStreamError)),
             wait=tenacity.wait_random_exponential(multiplier=0.5, max=10.0),
             before_sleep=lambda state: log.warning(
                 "learner start: Qdrant not available (%r); again in %.1f s",
@@ -348,12 +355,28 @@ class OnevecApp:
         )
         async for attempt in starting:
             with attempt:
+                await self._bind_checkpoint_to_stream()
                 await self.store.ensure_collections()
                 await self.running_learner.align_to_serving()
                 await self.running_learner.publish_all()
         self.store_ready.set()
         await self._learn_since_checkpoint()
         await self.running_learner.run()
+
+    async def _bind_checkpoint_to_stream(self) -> None:
+        """Before any example is taken: do the restored offsets belong to this stream? If not,
+        they are dropped (the model is kept), or the worker stops when the settings refuse."""
+        if self.stream_bound.is_set():
+            return
+        identity = await asyncio.to_thread(stream_identity, self.settings)
+        try:
+            if not self.running_learner.checkpoints.bind_stream(identity):
+                self._covered_offsets = {}
+        except CheckpointStreamError as error:
+            log.error("%s", error)
+            await self.faust.crash(error)
+            raise
+        self.stream_bound.set()
 
     async def _learn_since_checkpoint(self) -> None:
         """Examples the agent had already taken (committed) but the lost process never put

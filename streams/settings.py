@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     # Numeric event timestamps: seconds ("s"), milliseconds ("ms", common on Kafka), or "auto":
     # a number above 1e11 is milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
     timestamp_unit: Literal["s", "ms", "auto"] = "s"
+    # A restored checkpoint whose offsets belong to another stream (another broker, a recreated
+    # examples topic): keep the model and learn the new stream from its start, or refuse to start.
+    checkpoint_other_stream: Literal["restart_offsets", "refuse"] = "restart_offsets"
     max_http_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # POST /events answers 200 only once the broker acknowledged every event of the body; after
     # this long without that it answers 503 (send again: duplicates are recognised downstream).

@@ -1,19 +1,25 @@
 """The learner's checkpoints and the examples they do not cover yet.
 
 A checkpoint holds the trainer (weights, optimiser state, id maps) and the example offsets it
-covers. The consumer group commits examples offsets as the ``learn`` agent takes records, which
-can be ahead of the last checkpoint: after a crash those records were taken but never
+covers, and beside it (``stream.json``) the identity of the stream those offsets belong to: the
+broker's cluster id and the examples topic's id. Offsets of another stream (another broker, or
+the topic recreated) mean nothing here: applied, they would skip every example up to them.
+
+The consumer group commits examples offsets as the ``learn`` agent takes records, which can be
+ahead of the last checkpoint: after a crash those records were taken but never
 checkpointed, so a starting learner reads them directly (from the checkpoint's offsets up to the
 group's committed ones) and learns them before the live stream. No learned state is lost.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
+from typing import Literal
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from onevec.models.clickstream.examples import decode_examples
 from onevec.models.online.trainer import OnlineTrainer
@@ -22,9 +28,34 @@ from onevec.streams.kafka.topics import bootstrap_servers
 from onevec.streams.learner.queue import ExamplesBatch
 from onevec.streams.settings import Settings
 
-__all__ = ["Checkpoints", "checkpoint_coverage", "read_committed_gap"]
+__all__ = [
+    "CheckpointStreamError",
+    "Checkpoints",
+    "StreamIdentity",
+    "checkpoint_coverage",
+    "read_committed_gap",
+    "stream_identity",
+]
 
 log = logging.getLogger(__name__)
+
+StreamIdentity = dict[str, str]  # cluster_id, examples_topic_id
+
+
+class CheckpointStreamError(RuntimeError):
+    """The checkpoint covers another stream and the settings say to refuse it."""
+
+
+def stream_identity(settings: Settings) -> StreamIdentity:
+    """The broker's cluster id and the examples topic's id: both change with another broker
+    (Tansu's cluster id is fixed, its topic ids are not) or a recreated topic."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), **settings.kafka_client_options())
+    try:
+        cluster = admin.describe_cluster()["cluster_id"]
+        (topic,) = admin.describe_topics([settings.examples_topic])
+    finally:
+        admin.close()
+    return {"cluster_id": str(cluster), "examples_topic_id": str(topic.get("topic_id"))}
 
 
 class Checkpoints:
@@ -33,19 +64,47 @@ class Checkpoints:
     def __init__(self, settings: Settings) -> None:
         self.directory = settings.data_dir / "checkpoints"
         self.path = self.directory / "learner.pt"
+        self.stream_path = self.directory / "stream.json"
+        self.on_other_stream: Literal["restart_offsets", "refuse"] = settings.checkpoint_other_stream
+        self.stream: StreamIdentity | None = None  # what the offsets belong to, once known
         self.interval = settings.checkpoint_interval_seconds
         self.offsets: dict[str, int] = {}  # "topic:partition" -> last example offset learned
         self.dirty = False  # learned since the last checkpoint
         self._last = time.monotonic()
+        self._skip_logged: set[str] = set()
 
     def restore(self, trainer: OnlineTrainer) -> dict[str, int]:
         """Load the last checkpoint into ``trainer``, if any; return the offsets it covers."""
         if not self.path.exists():
             return {}
         self.offsets = trainer.load_checkpoint(self.path)
+        if self.stream_path.exists():
+            self.stream = json.loads(self.stream_path.read_text())
         log.warning("restored checkpoint %s (%d steps)", self.path, trainer.steps)
         metrics.CHECKPOINT_RESTORES.inc()
         return dict(self.offsets)
+
+    def bind_stream(self, current: StreamIdentity) -> bool:
+        """Whether the restored offsets belong to the ``current`` stream. When they do not, the
+        worker says so (log and metric) and keeps the model but not the offsets, so it learns
+        the new stream from its start; or, by setting, refuses to start. A checkpoint without
+        an identity (written before onevec recorded one) is taken as this stream's."""
+        restored, self.stream = self.stream, current
+        if restored is None or restored == current or not self.offsets:
+            return True
+        message = (
+            f"the checkpoint {self.path} covers another stream ({restored}, now {current}):"
+            " another broker, or the examples topic was recreated"
+        )
+        metrics.CHECKPOINT_OTHER_STREAM.inc()
+        if self.on_other_stream == "refuse":
+            raise CheckpointStreamError(
+                f"{message}; refusing to start (ONEVEC_CHECKPOINT_OTHER_STREAM=refuse)"
+            )
+        log.warning("%s; keeping the model, learning the new stream from its start", message)
+        self.offsets = {}
+        self.dirty = True
+        return False
 
     def learned(self, batches: list[ExamplesBatch]) -> None:
         for batch in batches:
@@ -53,14 +112,24 @@ class Checkpoints:
         self.dirty = True
 
     def covers(self, batch: ExamplesBatch) -> bool:
-        """Already learned: covered by the restored checkpoint or an earlier round."""
-        return batch.offset <= self.offsets.get(batch.source, -1)
+        """Already learned: covered by the restored checkpoint or an earlier round (counted;
+        logged once per partition)."""
+        learned = self.offsets.get(batch.source, -1)
+        if batch.offset > learned:
+            return False
+        metrics.EXAMPLES_RECORDS_SKIPPED.inc()
+        if batch.source not in self._skip_logged:
+            self._skip_logged.add(batch.source)
+            log.info("%s: skipping examples records up to offset %d, already learned", batch.source, learned)
+        return True
 
     def due(self) -> bool:
         return self.dirty and time.monotonic() - self._last >= self.interval
 
     def save(self, trainer: OnlineTrainer) -> None:
         trainer.save_checkpoint(self.path, self.offsets)
+        if self.stream is not None:
+            self.stream_path.write_text(json.dumps(self.stream))
         self._last = time.monotonic()
         self.dirty = False
         metrics.CHECKPOINTS_WRITTEN.inc()
