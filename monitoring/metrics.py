@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "UPSERT_BUFFER_COALESCED",
     "UPSERT_BUFFER_FAILED_BATCHES",
     "UPSERT_BUFFER_PENDING",
     "UPSERT_BUFFER_RETRIES",
@@ -173,6 +174,10 @@ UPSERT_BUFFER_PENDING = Gauge(
     "onevec_upsert_buffer_pending_points",
     "Item points accepted by the Qdrant sink and not yet written (at most upsert_max_pending_points "
     "plus one batch in flight; when full, learning and consumption pause).",
+)
+UPSERT_BUFFER_COALESCED = Gauge(
+    "onevec_upsert_buffer_coalesced_points",
+    "Item points replaced by a newer vector of the same item before they were written (since start).",
 )
 UPSERT_BUFFER_RETRIES = Gauge(
     "onevec_upsert_buffer_retries", "Failed item upsert calls retried with backoff (since start)."

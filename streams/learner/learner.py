@@ -124,6 +124,7 @@ class Learner:
         # Read at scrape time: while Qdrant is down the learner blocks in buffer.add().
         metrics.UPSERT_BUFFER_PENDING.set_function(lambda: self.buffer.pending)
         metrics.UPSERT_BUFFER_RETRIES.set_function(lambda: self.buffer.retries)
+        metrics.UPSERT_BUFFER_COALESCED.set_function(lambda: self.buffer.coalesced)
         metrics.UPSERT_BUFFER_FAILED_BATCHES.set_function(lambda: self.buffer.failures)
         self.queue = ExampleQueue(
             max_examples=settings.learner_queue_batches * settings.learner_batch_size,

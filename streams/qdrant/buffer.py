@@ -48,7 +48,8 @@ class UpsertBuffer:
     * At most ``max_pending`` items wait (plus one batch in flight); when full, ``add()``
       awaits, which stalls the calling agent and so the Kafka consumer: back-pressure.
 
-    Counters for the metrics module: ``upserted_points``, ``retries`` (failed
+    Counters for the metrics module: ``upserted_points``, ``coalesced`` (adds folded into a
+    pending write of the same item), ``retries`` (failed
     calls retried within a batch's attempts), ``failures`` (batches that used up
     ``max_attempts``), ``last_error``, and the ``pending`` property.
     """
@@ -82,6 +83,7 @@ class UpsertBuffer:
         self.upserted_points = 0
         # Called with the item ids of every batch Qdrant accepted (the learner's freshness clock).
         self.on_written: Callable[[list[str]], None] | None = None
+        self.coalesced = 0
         self.retries = 0
         self.failures = 0
         self.last_error: Exception | None = None
@@ -128,6 +130,7 @@ class UpsertBuffer:
             if old is None:
                 self._pending[item_id] = _Pending(self._seq, loop.time(), point)
             else:
+                self.coalesced += 1
                 self._pending[item_id] = replace(old, point=point)
             if self._task is None:
                 self._task = loop.create_task(self._run(), name=f"onevec-{self.collection}-upsert-buffer")
@@ -290,6 +293,7 @@ class UpsertBuffer:
             else:
                 # Keep the newer vectors but the older seq/age, so flush() and the age
                 # deadline still cover the write that failed.
+                self.coalesced += 1
                 merged[key] = replace(failed, point=newer.point)
         merged.update(self._pending)  # failed entries are the oldest: they go first
         self._pending = merged
