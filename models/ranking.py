@@ -123,6 +123,7 @@ def target_ranks(
     sessions: np.ndarray | None = None,
     matrix: np.ndarray | None = None,
     exclude: tuple[np.ndarray, np.ndarray] | None = None,
+    boost: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> list[int | None]:
     """Rank (1-based, None beyond ``k``) of each target among all known items, scored by the
     inner product with its session vector, the prefix's own items excluded, ties broken by
@@ -135,7 +136,9 @@ def target_ranks(
     step computed *before* updating, so the model is scored as it was before it learned. Items
     beyond ``matrix``'s rows (added by that step) count as unseen. ``exclude`` gives each
     prefix's item rows when the caller has them already (the step mapped them), instead of
-    looking every prefix item up again: (prefix position, item row) pairs."""
+    looking every prefix item up again: (prefix position, item row) pairs. ``boost`` adds to
+    the scores of some items for some prefixes, (prefix position, item row, amount) triples:
+    the repeat gate's term on a user's own items (:mod:`onevec.models.online.repeat_gate`)."""
     if not prefixes:
         return []
     vocab = trainer.item_encoder.item_vocab  # rows of the item matrix
@@ -157,6 +160,24 @@ def target_ranks(
     rows = np.array(scored, dtype=np.int64)
     own = np.array([columns[i] for i in scored], dtype=np.int64)
     starts = range(0, len(matrix), chunk_items)
+    position = np.full(len(prefixes), -1, dtype=np.int64)  # prefix -> its row among the scored
+    position[rows] = np.arange(len(scored))
+    if boost is not None:
+        boosted = (position[boost[0]] >= 0) & (boost[1] < known)
+        boost = (position[boost[0][boosted]], boost[1][boosted], boost[2][boosted])
+
+    def scores_of(start: int) -> np.ndarray:
+        """The scored prefixes' scores of the chunk of items from ``start``."""
+        # All rows, then the scored ones, like the unchunked product: the same shapes give the
+        # same rounding.
+        block = sessions @ matrix[start : start + chunk_items].T
+        if len(rows) != len(block):
+            block = block[rows]
+        if boost is not None:
+            inside = (boost[1] >= start) & (boost[1] < start + block.shape[1])
+            np.add.at(block, (boost[0][inside], boost[1][inside] - start), boost[2][inside])
+        return block
+
     # The target's score must come from the very product its rivals' scores come from (same
     # rounding), or an item tied with it (same attributes, no clicks) would not count as tied.
     target_scores = np.empty(len(scored), dtype=matrix.dtype)
@@ -164,8 +185,8 @@ def target_ranks(
     for start in starts:
         inside = (own >= start) & (own < start + chunk_items)
         if inside.any():
-            block = sessions @ matrix[start : start + chunk_items].T
-            target_scores[inside] = block[rows[inside], own[inside] - start]
+            block = scores_of(start)
+            target_scores[inside] = block[np.flatnonzero(inside), own[inside] - start]
             if len(starts) == 1:
                 kept[start] = block
     # Never counted as ranking above the target: the target itself and the prefix's items.
@@ -179,8 +200,6 @@ def target_ranks(
         excluded_rows = np.concatenate([np.zeros(0, dtype=np.int64), *excluded])
     else:
         which, excluded_rows = (np.asarray(a, dtype=np.int64) for a in exclude)
-    position = np.full(len(prefixes), -1, dtype=np.int64)  # prefix -> its row among the scored
-    position[rows] = np.arange(len(scored))
     mine = (position[which] >= 0) & (excluded_rows < known)  # items the step added are not ranked
     skip_row = np.concatenate([np.arange(len(scored)), position[which[mine]]])
     skip_column = np.concatenate([own, excluded_rows[mine]])
@@ -189,9 +208,7 @@ def target_ranks(
     for start in starts:
         # With several chunks, rounding may still split a tie of equal vectors differently.
         full = kept.pop(start, None)
-        block = sessions @ matrix[start : start + chunk_items].T if full is None else full
-        if len(rows) != len(block):
-            block = block[rows]
+        block = scores_of(start) if full is None else full
         inside = (skip_column >= start) & (skip_column < start + block.shape[1])
         skip = (skip_row[inside], skip_column[inside] - start)
         above += count_above(block, target_scores, target_priority, _row_priority(vocab, start), skip)

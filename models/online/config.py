@@ -27,5 +27,19 @@ class ModelConfig(BaseModel):
     # Weight of the item objective (sgns/bpr) next to the session next-item loss.
     item_loss_weight: float = Field(default=1.0, ge=0)
     init_std: float = Field(default=0.1, gt=0)
+    # Learning each example more than once (one SGD pass over a stream underfits): after each
+    # step, ``replay`` extra steps on ``replay_batch`` examples (None: as many as the step had)
+    # drawn uniformly from the ``replay_size`` most recent ones.
+    replay: int = Field(default=0, ge=0)
+    replay_size: int = Field(default=10_000, ge=1)
+    replay_batch: int | None = Field(default=None, ge=1)
+    # The repeat gate (``repeat_gate.RepeatGate``) over each user's own history
+    # (``user_history.UserHistory``): counts decayed ``history_decay`` per session, bounded to
+    # ``history_users`` users of ``history_items`` items each; the gate's Adagrad rate.
+    repeat_gate: bool = False
+    history_decay: float = Field(default=0.7, gt=0, le=1)
+    history_users: int = Field(default=50_000, ge=1)
+    history_items: int = Field(default=100, ge=1)
+    gate_lr: float = Field(default=0.5, gt=0)
     initial_capacity: int = Field(default=1024, ge=1)
     seed: int = 0

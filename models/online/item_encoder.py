@@ -162,8 +162,12 @@ class ItemEncoder:
 
     # ---- training -----------------------------------------------------------------------
 
-    def prepare(self, examples: Sequence[Example]) -> Batch:
-        """Map a batch to rows (growing the tables), count clicks, sample negatives."""
+    def prepare(self, examples: Sequence[Example], count: bool = True) -> Batch:
+        """Map a batch to rows (growing the tables), count clicks, sample negatives.
+
+        ``count=False`` for examples learned again (replay): their clicks were counted when they
+        arrived, and counting them twice would skew negative sampling and the log-Q correction
+        towards whatever the buffer happens to hold."""
         max_prefix = self.config.max_prefix
         prefixes = [e.prefix[-max_prefix:] for e in examples]
         lengths = np.fromiter(map(len, prefixes), dtype=np.int64, count=len(prefixes))
@@ -176,7 +180,8 @@ class ItemEncoder:
         if self.config.objective == "bpr":
             users = torch.tensor(self._rows("user", [e.user_id for e in examples]))
         target_rows = torch.tensor(targets, dtype=torch.long)
-        self.counts.index_add_(0, target_rows, torch.ones(len(targets), dtype=torch.float64))
+        if count:
+            self.counts.index_add_(0, target_rows, torch.ones(len(targets), dtype=torch.float64))
         width = max(1, int(lengths.max()) if len(lengths) else 1)
         padded = np.zeros((len(examples), width), dtype=np.int64)
         padded[np.arange(width)[None, :] < lengths[:, None]] = rows[len(examples) :]  # row-major order

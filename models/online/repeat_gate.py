@@ -22,7 +22,8 @@ API (stable; the learner's prequential scoring and the serving side both use it)
     gate.weights -> np.ndarray (3,), in the order of FEATURES; gate.scale -> float
     gate.combine(session_scores, candidates, history.recall(user_id, session_id)) -> scores
         # one query: (n,) session scores of the candidate item ids -> (n,) gated scores
-    gate.combine_batch(session_scores, features) -> scores     # (q, n), HistoryFeatures.of(...)
+    gate.combine_batch(session_scores, features) -> scores     # (q, n); features: HistoryFeatures.of(
+                                                               #   [history.recall(...) per query], column_of)
     gate.learn(session_scores, targets, features, excluded)    # after the batch was scored
     gate.state_dict() / gate.load_state_dict(state)
 
@@ -34,7 +35,7 @@ changes nothing: every score is ``scale * s``). The vectors stay plain inner-pro
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,15 +66,18 @@ class HistoryFeatures:
     values: np.ndarray  # (m, len(FEATURES)) float64
 
     @classmethod
-    def of(cls, histories: Sequence[Mapping[str, Had]], column: Mapping[str, int]) -> HistoryFeatures:
-        """Features of each query's history (``UserHistory.recall``) over the candidates
-        ``column`` maps (item id -> column)."""
+    def of(
+        cls, histories: Sequence[Mapping[str, Had]], column: Callable[[str], int | None]
+    ) -> HistoryFeatures:
+        """Features of each query's history (``UserHistory.recall``) over the candidates:
+        ``column(item_id)`` is the item's candidate column, None when it is not a candidate
+        (``dict.get`` of an id -> column map, or a vocabulary's ``get``)."""
         rows: list[int] = []
         columns: list[int] = []
         had: list[Had] = []
         for row, history in enumerate(histories):
             for item, entry in history.items():
-                position = column.get(item)
+                position = column(item)
                 if position is not None:
                     rows.append(row)
                     columns.append(position)
@@ -101,7 +105,7 @@ class RepeatGate:
         self, session_scores: np.ndarray, candidates: Sequence[str], history: Mapping[str, Had]
     ) -> np.ndarray:
         """Gated scores of one query's ``candidates`` (item ids) from their session scores."""
-        features = HistoryFeatures.of([history], {item: j for j, item in enumerate(candidates)})
+        features = HistoryFeatures.of([history], {item: j for j, item in enumerate(candidates)}.get)
         return self.combine_batch(np.asarray(session_scores)[None, :], features)[0]
 
     def combine_batch(self, session_scores: np.ndarray, features: HistoryFeatures) -> np.ndarray:

@@ -2,8 +2,13 @@
 
 Every step first *scores* its examples (prequential: the model ranks each example's next item
 as it was *before* learning it) and then trains on them, so the running HR@k / MRR@k never
-peeks at the future. The worker's learner runs rounds on its own thread and turns the outcome
-into metrics, drift observations and Qdrant points; this module holds only the computation.
+peeks at the future. With the trainer's repeat gate, the ranking is the gated one (the session
+encoder's score plus the gate's term on the user's own earlier items, read from the user
+history as it was before the step); after the step the gate learns from how the step was
+ranked, and only then does the history take in the step's clicks.
+
+The worker's learner runs rounds on its own thread and turns the outcome into metrics, drift
+observations and Qdrant points; this module holds only the computation.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from onevec.models.clickstream.examples import ExampleRecord
-from onevec.models.online.trainer import OnlineTrainer
+from onevec.models.online.repeat_gate import HistoryFeatures
+from onevec.models.online.trainer import LearnedStep, OnlineTrainer
 from onevec.models.ranking import PrequentialScore, target_ranks
 
 __all__ = ["LearningRound", "RoundConfig", "StepOutcome"]
@@ -31,6 +37,9 @@ class RoundConfig:
     # step's ranking and item matrix grow with the catalogue.
     item_budget: int = 50_000
     seed: int = 0  # which examples and steps scoring samples
+    # Scores (examples x known items) the repeat gate learns from per step: above it, from a
+    # sample of the scored examples (its softmax reads every item's score).
+    gate_cells: int = 4_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +83,66 @@ class LearningRound:
                 i for i, e in enumerate(fresh) if e.get("prefix") and (rate >= 1 or self._rng.random() < rate)
             ]
         matrix = self.trainer.item_encoder.item_matrix().numpy() if scored and known_before else None
+        history = self._history_features([fresh[i] for i in scored]) if matrix is not None else None
         step = self.trainer.learn_with_sessions(list(examples))
         prefixes = [fresh[i]["prefix"] for i in scored]
+        exclude = self.trainer.prefix_pairs(step, scored, prefixes)
+        boost = None
+        if history is not None and self.trainer.repeat_gate is not None:
+            gate = self.trainer.repeat_gate
+            # scale * s + bonus ranks as s + bonus / scale does (scale > 0).
+            boost = (history.rows, history.columns, gate.bonus(history) / gate.scale)
         ranks = target_ranks(
             self.trainer,
             prefixes,
             [fresh[i]["item_id"] for i in scored],
             sessions=step.sessions[scored],
             matrix=matrix,
-            exclude=self.trainer.prefix_pairs(step, scored, prefixes),
+            exclude=exclude,
+            boost=boost,
         )
+        if history is not None and matrix is not None:
+            self._learn_gate(step, scored, [fresh[i]["item_id"] for i in scored], matrix, history, exclude)
+        if self.trainer.user_history is not None:
+            self.trainer.user_history.observe_records(fresh)
         for rank in ranks:
             self.score.add(rank)
         return StepOutcome(loss=step.loss, examples=len(examples), hits=[rank is not None for rank in ranks])
+
+    def _history_features(self, records: Sequence[ExampleRecord]) -> HistoryFeatures | None:
+        """The gate's features of the scored records' users' own items, from the history as
+        it is before the step (so never a click of the step itself, nor a later one)."""
+        history = self.trainer.user_history
+        if history is None or self.trainer.repeat_gate is None:
+            return None
+        recalled = [history.recall(str(r["user_id"]), str(r["session_id"])) for r in records]
+        return HistoryFeatures.of(recalled, self.trainer.item_encoder.item_vocab.get)
+
+    def _learn_gate(
+        self,
+        step: LearnedStep,
+        scored: list[int],
+        targets: list[str],
+        matrix: np.ndarray,
+        history: HistoryFeatures,
+        exclude: tuple[np.ndarray, np.ndarray],
+    ) -> None:
+        """One gate step on the session scores the step was ranked with (items the step added
+        are not candidates); above ``gate_cells`` on a sample of the scored examples."""
+        assert self.trainer.repeat_gate is not None
+        known = len(matrix)
+        chosen = np.arange(len(scored))
+        room = max(1, self.config.gate_cells // max(1, known))
+        if len(chosen) > room:
+            chosen = np.sort(np.asarray(self._rng.sample(range(len(scored)), room), dtype=np.int64))
+        vocab = self.trainer.item_encoder.item_vocab
+        columns = [vocab.get(targets[i]) for i in chosen.tolist()]
+        target_columns = np.array([-1 if c is None or c >= known else c for c in columns], dtype=np.int64)
+        which = np.full(len(scored), -1, dtype=np.int64)
+        which[chosen] = np.arange(len(chosen))
+        mine = which[history.rows] >= 0
+        features = HistoryFeatures(which[history.rows[mine]], history.columns[mine], history.values[mine])
+        own = (which[exclude[0]] >= 0) & (exclude[1] < known)
+        excluded = (which[exclude[0][own]], exclude[1][own])
+        sessions = step.sessions[np.asarray(scored, dtype=np.int64)[chosen]]
+        self.trainer.repeat_gate.learn(sessions @ matrix.T, target_columns, features, excluded)

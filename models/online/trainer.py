@@ -1,8 +1,11 @@
-"""Online trainer: both encoders, one optimiser, checkpoints that record input offsets."""
+"""Online trainer: both encoders, one optimiser, a replay buffer, the repeat gate and the user
+history it reads, and checkpoints that record input offsets."""
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +15,12 @@ import numpy as np
 import torch
 
 from onevec.models.clickstream.examples import ExampleRecord
-from onevec.models.online.base import parse_examples
+from onevec.models.online.base import Example, parse_examples
 from onevec.models.online.config import ModelConfig
-from onevec.models.online.item_encoder import ItemEncoder
+from onevec.models.online.item_encoder import Batch, ItemEncoder
+from onevec.models.online.repeat_gate import RepeatGate
 from onevec.models.online.session_encoder import SessionEncoder
+from onevec.models.online.user_history import UserHistory
 
 __all__ = ["LearnedStep", "OnlineTrainer"]
 
@@ -40,13 +45,32 @@ class OnlineTrainer:
     times the item objective (sgns or bpr); one backward pass and one step of the single
     optimiser (``item_encoder.optimizer``, which grows with the tables) per micro-batch, so a
     row touched by both losses gets one Adam update from the summed gradient.
+
+    With ``replay`` > 0 each micro-batch is followed by that many steps on examples drawn
+    uniformly from a buffer of the ``replay_size`` most recent ones: an example is learned more
+    than once, as offline epochs would. Replayed clicks were counted when they arrived, so they
+    do not enter the counts behind negative sampling and the log-Q correction again.
+
+    With ``repeat_gate`` the trainer also holds the gate and the per-user history it reads
+    (``repeat_gate``, ``user_history``; None otherwise): they are part of the model's state and
+    its checkpoint, while the prequential round (``round.LearningRound``) drives them, since
+    the gate learns from how the batch was ranked.
     """
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         self.config = config or ModelConfig()
         self.item_encoder = ItemEncoder(self.config)
         self.session_encoder = SessionEncoder(self.item_encoder)
-        self.steps = 0
+        self.steps = 0  # micro-batches learned (a replay step is part of its micro-batch's)
+        self.replay_buffer: deque[Example] = deque(maxlen=self.config.replay_size)
+        self._replay_generator = torch.Generator().manual_seed(self.config.seed)
+        self.repeat_gate: RepeatGate | None = None
+        self.user_history: UserHistory | None = None
+        if self.config.repeat_gate:
+            self.repeat_gate = RepeatGate(lr=self.config.gate_lr)
+            self.user_history = UserHistory(
+                self.config.history_decay, self.config.history_users, self.config.history_items
+            )
 
     def set_attributes(self, item_id: str, tokens: Sequence[str]) -> None:
         self.item_encoder.set_attributes(item_id, tokens)
@@ -63,14 +87,35 @@ class OnlineTrainer:
             empty = np.zeros((0, 1), dtype=np.int64)
             return LearnedStep(0.0, np.zeros((0, self.config.dim), dtype=np.float32), empty, empty[:, 0])
         prepared = self.item_encoder.prepare(examples)
+        loss, sessions = self._step(prepared)
+        learned = LearnedStep(loss, sessions.numpy(), prepared.prefix.numpy(), prepared.lengths.numpy())
+        if self.config.replay:
+            self._replay(examples)
+        self.steps += 1
+        return learned
+
+    def _step(self, prepared: Batch) -> tuple[float, torch.Tensor]:
+        """One backward pass and optimiser step: the loss and the (detached) session vectors the
+        model before the step computed."""
         vectors = self.item_encoder.batch_vectors(prepared)  # one lookup for both losses
         loss, sessions = self.session_encoder.loss_and_sessions(prepared, vectors)
         if self.config.item_loss_weight:
             loss = loss + self.config.item_loss_weight * self.item_encoder.loss(prepared, vectors)
         loss.backward()
         self.item_encoder.step(self.session_encoder.named_parameters())
-        self.steps += 1
-        return LearnedStep(loss.item(), sessions.numpy(), prepared.prefix.numpy(), prepared.lengths.numpy())
+        return loss.item(), sessions
+
+    def _replay(self, examples: Sequence[Example]) -> None:
+        """Buffer ``examples`` (their prefixes cut to what a step reads), then take the replay
+        steps on uniform draws from the buffer."""
+        keep = self.config.max_prefix
+        self.replay_buffer.extend(
+            e if len(e.prefix) <= keep else Example(e.user_id, e.item_id, e.prefix[-keep:]) for e in examples
+        )
+        size = self.config.replay_batch or len(examples)
+        for _ in range(self.config.replay):
+            drawn = torch.randint(len(self.replay_buffer), (size,), generator=self._replay_generator).tolist()
+            self._step(self.item_encoder.prepare([self.replay_buffer[i] for i in drawn], count=False))
 
     def prefix_pairs(
         self, step: LearnedStep, positions: Sequence[int], prefixes: Sequence[Sequence[str]]
@@ -107,15 +152,57 @@ class OnlineTrainer:
         return self.item_encoder.changed_items()
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "config": self.config.model_dump(),  # for inspection; the loader's config governs
             "steps": self.steps,
             "session": self.session_encoder.state_dict(),
+            "replay": self._replay_state(),
         }
+        if self.repeat_gate is not None and self.user_history is not None:
+            state["repeat_gate"] = self.repeat_gate.state_dict()
+            state["user_history"] = self.user_history.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state; one written before the replay buffer or the gate existed loads
+        with an empty buffer, a fresh gate and an empty history."""
         self.session_encoder.load_state_dict(state["session"])
         self.steps = int(state["steps"])
+        self.replay_buffer.clear()
+        if "replay" in state:
+            self._load_replay_state(state["replay"])
+        if self.repeat_gate is not None and self.user_history is not None and "repeat_gate" in state:
+            self.repeat_gate.load_state_dict(state["repeat_gate"])
+            self.user_history.load_state_dict(state["user_history"])
+
+    def _replay_state(self) -> dict[str, Any]:
+        """The buffer as plain lists (a checkpoint is loaded ``weights_only``) and the settings
+        it was kept with (for inspection: the loader's config governs)."""
+        buffer = self.replay_buffer
+        return {
+            "settings": {
+                "replay": self.config.replay,
+                "size": buffer.maxlen,
+                "batch": self.config.replay_batch,
+            },
+            "users": [e.user_id for e in buffer],
+            "items": [e.item_id for e in buffer],
+            "prefix_lengths": torch.tensor([len(e.prefix) for e in buffer], dtype=torch.int64),
+            "prefixes": [item for e in buffer for item in e.prefix],
+            "generator": self._replay_generator.get_state(),
+        }
+
+    def _load_replay_state(self, state: dict[str, Any]) -> None:
+        lengths = state["prefix_lengths"].tolist()
+        if not len(state["users"]) == len(state["items"]) == len(lengths) or sum(lengths) != len(
+            state["prefixes"]
+        ):
+            raise ValueError("replay state: users, items and prefixes differ in length")
+        flat = iter(state["prefixes"])
+        prefixes = (tuple(itertools.islice(flat, n)) for n in lengths)
+        # A smaller replay_size now keeps the newest (the deque drops from the left).
+        self.replay_buffer.extend(map(Example, state["users"], state["items"], prefixes))
+        self._replay_generator.set_state(state["generator"])
 
     def save_checkpoint(self, path: str | os.PathLike[str], offsets: Mapping[str, int]) -> None:
         """Write weights, optimiser state, vocabularies, counts, step count and the input

@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from onevec.models.clickstream.examples import ExampleRecord
+from onevec.models.online.config import ModelConfig
 from onevec.models.online.repeat_gate import FEATURES, HistoryFeatures, RepeatGate
+from onevec.models.online.round import LearningRound, RoundConfig
+from onevec.models.online.trainer import LearnedStep, OnlineTrainer
 from onevec.models.online.user_history import Had, UserHistory
+from tests.models.synthetic_streams import repeat_stream
 
 HAD = FEATURES.index("had")
 
@@ -30,7 +35,7 @@ def test_combine_adds_the_history_term_on_the_users_items_only() -> None:
 
 def test_history_features_keep_only_candidates() -> None:
     features = HistoryFeatures.of(
-        [{"a": Had(1.0, 0)}, {"x": Had(1.0, 0), "b": Had(2.0, 3)}], {"a": 0, "b": 1}
+        [{"a": Had(1.0, 0)}, {"x": Had(1.0, 0), "b": Had(2.0, 3)}], {"a": 0, "b": 1}.get
     )
     assert features.rows.tolist() == [0, 1] and features.columns.tolist() == [0, 1]
     np.testing.assert_allclose(features.values[1], [1.0, np.log1p(2.0), 0.125])
@@ -58,7 +63,7 @@ def _learned_gate(repeat: float, seed: int = 0, steps: int = 150) -> RepeatGate:
                 for mine in recalled
             ]
         )
-        gate.learn(rng.normal(size=(32, 300)), targets, HistoryFeatures.of(recalled, column))
+        gate.learn(rng.normal(size=(32, 300)), targets, HistoryFeatures.of(recalled, column.get))
     return gate
 
 
@@ -70,7 +75,7 @@ def test_the_learned_weight_follows_the_repeat_share() -> None:
 
 def test_targets_outside_the_candidates_and_excluded_items_are_handled() -> None:
     gate = RepeatGate()
-    features = HistoryFeatures.of([{"a": Had(1.0, 1)}, {"a": Had(1.0, 1)}], {"a": 0, "b": 1})
+    features = HistoryFeatures.of([{"a": Had(1.0, 1)}, {"a": Had(1.0, 1)}], {"a": 0, "b": 1}.get)
     # Query 0's target is unknown (skipped); query 1 had "a" in its session (excluded), and
     # its next item is "b": excluding "a" leaves nothing to learn about "had" from it.
     gate.learn(np.zeros((2, 2)), np.array([-1, 1]), features, (np.array([1]), np.array([0])))
@@ -89,3 +94,62 @@ def test_state_round_trip(tmp_path: object) -> None:
     assert (restored.scale, restored.steps) == (gate.scale, gate.steps)
     with pytest.raises(ValueError):
         RepeatGate(lr=0)
+
+
+# ---- the gate in the learner's prequential round ------------------------------------------
+
+
+def _round(repeat: float, gate: bool = True) -> LearningRound:
+    """A round over a SYNTHETIC stream where ``repeat`` of the next items are repeats."""
+    trainer = OnlineTrainer(ModelConfig(dim=16, negatives=32, repeat_gate=gate, seed=0))
+    learning = LearningRound(trainer, RoundConfig(batch_size=64))
+    learning.learn(repeat_stream(repeat))
+    return learning
+
+
+def _typical_term(learning: LearningRound) -> float:
+    """The gate's term for an item the user had once, one session ago."""
+    gate = learning.trainer.repeat_gate
+    assert gate is not None
+    return float(gate.bonus(HistoryFeatures.of([{"x": Had(1.0, 1)}], {"x": 0}.get))[0])
+
+
+def test_the_round_learns_whether_repeats_pay() -> None:
+    always, half, never = (_round(p) for p in (1.0, 0.5, 0.0))
+    assert _typical_term(always) > _typical_term(half) > 0 > _typical_term(never)
+    # Where everything is a repeat, the session encoder's share shrinks.
+    assert always.trainer.repeat_gate is not None and always.trainer.repeat_gate.scale < 1.0
+
+
+def test_the_gate_lifts_the_live_score_where_people_buy_again() -> None:
+    gated, plain = _round(1.0), _round(1.0, gate=False)
+    assert gated.score.hr > 2 * plain.score.hr and gated.score.mrr > 2 * plain.score.mrr
+
+
+def test_scoring_never_reads_a_users_future(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every history the round reads holds only clicks of steps learned before: were the
+    step's own clicks (or later ones) observed first, a user's next item would be in it."""
+    trainer = OnlineTrainer(ModelConfig(dim=16, negatives=32, repeat_gate=True, seed=0))
+    learning = LearningRound(trainer, RoundConfig(batch_size=64))
+    history = trainer.user_history
+    assert history is not None
+    learned: dict[str, set[str]] = {}
+    read: list[int] = []
+    learn, recall = trainer.learn_with_sessions, history.recall
+
+    def learn_spy(batch: list[ExampleRecord]) -> LearnedStep:
+        step = learn(batch)
+        for record in batch:
+            learned.setdefault(record["user_id"], set()).add(record["item_id"])
+        return step
+
+    def recall_spy(user_id: str, session_id: str | None = None) -> dict[str, Had]:
+        items = recall(user_id, session_id)
+        assert set(items) <= learned.get(user_id, set()), "a history read a click not learned yet"
+        read.append(len(items))
+        return items
+
+    monkeypatch.setattr(trainer, "learn_with_sessions", learn_spy)
+    monkeypatch.setattr(history, "recall", recall_spy)
+    learning.learn(repeat_stream(0.5))
+    assert sum(read) > 1000  # histories were read, and were not empty
