@@ -24,6 +24,7 @@ from onevec.streams.user_errors import settings_error, warn_unknown_variables
 __all__ = ["Settings", "load_settings"]
 
 MIN_TOKEN_CHARS = 16
+_MODEL = ModelConfig()  # the model settings default to the model's own defaults (the recipe)
 
 
 class Settings(BaseSettings):
@@ -84,6 +85,17 @@ class Settings(BaseSettings):
     model_dim: int = Field(default=64, ge=2)
     model_seed: int = 0
     model_objective: Literal["sgns", "bpr"] = "sgns"  # item objective: session skip-gram or user BPR
+    # Sampled negatives per step (log-Q corrected); replay steps per step, examples per replay
+    # step (0: as many as the step) and the replay buffer's size; the repeat gate over each
+    # user's own history, bounded to model_history_users users of model_history_items items
+    # (see models/online/config.py and docs/model.md).
+    model_negatives: int = Field(default=_MODEL.negatives, ge=1)
+    model_replay: int = Field(default=_MODEL.replay, ge=0)
+    model_replay_batch: int = Field(default=_MODEL.replay_batch or 0, ge=0)
+    model_replay_size: int = Field(default=_MODEL.replay_size, ge=1)
+    model_repeat_gate: bool = _MODEL.repeat_gate
+    model_history_users: int = Field(default=_MODEL.history_users, ge=1)
+    model_history_items: int = Field(default=_MODEL.history_items, ge=1)
     learner_batch_size: int = Field(default=256, ge=1)
     # A batch waits this long for more examples only while the learner keeps up (when it falls
     # behind, the queue holds full batches): short, so freshness is not spent waiting.
@@ -200,7 +212,18 @@ class Settings(BaseSettings):
     log_level: str = "warning"
 
     def model_config_for_training(self) -> ModelConfig:
-        return ModelConfig(dim=self.model_dim, seed=self.model_seed, objective=self.model_objective)
+        return ModelConfig(
+            dim=self.model_dim,
+            seed=self.model_seed,
+            objective=self.model_objective,
+            negatives=self.model_negatives,
+            replay=self.model_replay,
+            replay_batch=self.model_replay_batch or None,
+            replay_size=self.model_replay_size,
+            repeat_gate=self.model_repeat_gate,
+            history_users=self.model_history_users,
+            history_items=self.model_history_items,
+        )
 
     @property
     def embedded(self) -> bool:
