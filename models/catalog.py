@@ -14,9 +14,17 @@ A catalogue record is one JSON object (a row of a CSV / Parquet / JSON lines cat
   publisher's, not the worker's;
 * a category column (``category``, ``brand``, ``department``, ``class``, ...; see
   :data:`CATEGORY_COLUMNS`): an attribute, and the token ``department=Dresses``;
-* 0/1 flag columns (MovieLens genres): the attribute ``genre`` and tokens ``genre=Comedy``;
-* ``release_date`` ending in a year: the attribute and token ``decade=1990s``;
-* any other text column (title, description, review text): words.
+* flags (MovieLens genres): the attribute ``genre`` and tokens ``genre=Comedy`` for every
+  column that is ``true``. In a record a flag is a boolean; in a table (a catalogue file, a
+  built-in dataset) a column whose every value is 0 or 1 is a flag column, and
+  :func:`frame_records` turns it into booleans. That is the one place the rule is decided, so
+  a table read for attributes (:func:`load_attributes`) and the same table published to the
+  topic (``onevec catalog publish``) give the same genres, and a number that happens to be 0
+  or 1 in one record (a count, a rating) is never a genre;
+* a year column (``year``, ``release_year``, ``release_date``): the attribute and token
+  ``decade=1990s`` from a year given as a number (1995), a string ("1995") or a date
+  ("01-Jan-1995", "1995-01-01");
+* other numbers: ignored; any other text column (title, description, review text): words.
 
 Bad records are refused with a :class:`~onevec.models.clickstream.events.Rejection` (sent to the dead-letter
 topic with the reason, like bad clicks): not JSON, no ``item_id``, a field of the wrong type
@@ -27,9 +35,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 import math
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,10 +60,12 @@ __all__ = [
     "attribute_tokens",
     "load_attributes",
     "catalog_records",
+    "flag_columns",
     "inline_images",
     "frame_records",
     "parse_catalog_record",
     "read_image_file",
+    "table_items",
     "validate_catalog_record",
 ]
 
@@ -64,7 +76,20 @@ TITLE_COLUMNS = ("title", "movie_title", "name")
 MAX_TEXT_CHARS = 100_000
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 # Columns read as one categorical attribute each (and its side-information token).
-CATEGORY_COLUMNS = {"category", "brand", "colour", "color", "department", "division", "class", "price_band"}
+CATEGORY_COLUMNS = {
+    "category",
+    "subcategory",
+    "brand",
+    "colour",
+    "color",
+    "department",
+    "division",
+    "class",
+    "price_band",
+}
+# Columns whose year becomes the ``decade`` attribute.
+YEAR_COLUMNS = {"year", "release_year", "release_date"}
+_YEAR = re.compile(r"(?<!\d)(\d{4})(?!\d)")
 
 
 @dataclass(frozen=True)
@@ -139,9 +164,13 @@ def parse_catalog_record(data: Any, allow_paths: bool = False) -> CatalogItem | 
             if isinstance(decoded, Rejection):
                 return decoded
             image = decoded
-        elif isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
+        elif isinstance(value, bool):
             if value:
                 genres.append(column)
+        elif column.lower() in YEAR_COLUMNS and isinstance(value, (str, int, float)):
+            decade = _decade(value)
+            if decade is not None:
+                attributes["decade"] = decade
         elif isinstance(value, (int, float)):
             continue  # other numbers (ratings, counts) are not catalogue text
         elif not isinstance(value, str):
@@ -155,23 +184,34 @@ def parse_catalog_record(data: Any, allow_paths: bool = False) -> CatalogItem | 
         elif column in TITLE_COLUMNS:
             attributes["title"] = value  # payload only: its words are text, not a token
             text.extend(words(value[:MAX_TEXT_CHARS]))
-        elif column == "release_date" and value[-4:].isdigit():
-            attributes["decade"] = f"{value[-4:-1]}0s"
         else:
             text.extend(words(value[:MAX_TEXT_CHARS]))
-    if genres:
-        attributes["genre"] = genres
-    tokens = [
-        f"{key}={v}"
-        for key, value in attributes.items()
-        if key != "title"
-        for v in (value if isinstance(value, list) else [value])
-    ]
-    return CatalogItem(item_id=item_id, text=text, attributes=attributes, image=image, tokens=tokens)
+    if genres:  # first: the order of an item's tokens is the order the model meets them in
+        attributes = {"genre": genres, **attributes}
+    return CatalogItem(
+        item_id=item_id, text=text, attributes=attributes, image=image, tokens=attribute_tokens(attributes)
+    )
 
 
 def _missing(value: Any) -> bool:
-    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+    if value is None or value is pd.NaT or value is pd.NA:
+        return True
+    return value == "" or (isinstance(value, float) and math.isnan(value))
+
+
+def _decade(value: str | float) -> str | None:
+    """``1990s`` from a year as a number or the first four-digit group of a string; None
+    when there is no year."""
+    if isinstance(value, str):
+        found = _YEAR.search(value)
+        year = int(found.group(1)) if found else None
+    elif isinstance(value, int):
+        year = value
+    else:
+        year = int(value) if math.isfinite(value) and value.is_integer() else None
+    if year is None or not 1000 <= year <= 9999:
+        return None
+    return f"{year // 10 * 10}s"
 
 
 def _pixels(value: Any) -> np.ndarray | Rejection:
@@ -252,33 +292,20 @@ def attribute_tokens(attributes: dict[str, Any]) -> list[str]:
     return tokens
 
 
-def load_attributes(source: str | Path) -> dict[str, dict[str, Any]]:
-    """Catalogue attributes per item: MovieLens genres and release-year band, or any columns."""
-    catalog = load_catalog(source)
-    flag_columns = [
-        c for c in catalog.columns if c != "item_id" and set(catalog[c].dropna().unique()) <= {0, 1}
+def table_items(catalog: pd.DataFrame) -> list[CatalogItem]:
+    """A catalogue table's rows read by :func:`parse_catalog_record`, as the worker reads the
+    ``catalog`` topic, images left out (not read); a row the worker would refuse (a field of
+    the wrong shape) is left out too."""
+    images = [
+        c for c in (*IMAGE_PATH_COLUMNS, IMAGE_PIXELS_COLUMN, IMAGE_DATA_COLUMN) if c in catalog.columns
     ]
-    attributes: dict[str, dict[str, Any]] = {}
-    for row in catalog.to_dict("records"):
-        attrs: dict[str, Any] = {}
-        flags = [c for c in flag_columns if row.get(c) == 1]
-        if flags:
-            attrs["genre"] = flags
-        for column, value in row.items():
-            if column == "item_id" or column in flag_columns or value is None:
-                continue
-            if isinstance(value, str) and 0 < len(value) <= 64 and column.lower() in CATEGORY_COLUMNS:
-                attrs[column] = value
-        if (
-            "release_date" in row
-            and isinstance(row["release_date"], str)
-            and row["release_date"][-4:].isdigit()
-        ):
-            attrs["decade"] = f"{row['release_date'][-4:-1]}0s"
-        if "movie_title" in row:
-            attrs["title"] = row["movie_title"]
-        attributes[str(row["item_id"])] = attrs
-    return attributes
+    parsed = (parse_catalog_record(record) for record in frame_records(catalog.drop(columns=images)))
+    return [item for item in parsed if isinstance(item, CatalogItem)]
+
+
+def load_attributes(source: str | Path) -> dict[str, dict[str, Any]]:
+    """Catalogue attributes per item of a file or a built-in dataset (see :func:`table_items`)."""
+    return {item.item_id: item.attributes for item in table_items(load_catalog(source))}
 
 
 def catalog_records(source: str) -> list[dict[str, Any]]:
@@ -290,10 +317,25 @@ def catalog_records(source: str) -> list[dict[str, Any]]:
     return frame_records(read_table(path), base_dir=path.parent)
 
 
+def flag_columns(frame: pd.DataFrame) -> list[str]:
+    """The table's flag columns: boolean, or numbers that are all 0 or 1 (gaps aside)."""
+    flags = []
+    for column in frame.columns:
+        values = frame[column]
+        if column == "item_id" or values.dtype.kind not in "biuf":
+            continue
+        if values.dtype.kind == "b" or values.dropna().isin((0, 1)).all():
+            flags.append(str(column))
+    return flags
+
+
 def frame_records(frame: pd.DataFrame, base_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Rows as JSON-ready dicts: missing values dropped to None, an integral float item_id
+    """Rows as JSON-ready dicts: missing values dropped to None, flag columns (see
+    :func:`flag_columns`) as booleans, dates as ISO strings, an integral float item_id
     (pandas' type for an integer column with gaps) back to an integer, relative image paths
     resolved against ``base_dir``."""
+    flags = flag_columns(frame)
+    frame = frame.astype({column: "boolean" for column in flags})
     records = []
     for row in frame.to_dict("records"):
         record = {str(k): _plain(v) for k, v in row.items()}
@@ -313,6 +355,8 @@ def _plain(value: Any) -> Any:
         return value.tolist()
     if _missing(value):
         return None
+    if isinstance(value, (dt.date, np.datetime64)):
+        return pd.Timestamp(value).isoformat()
     return value.item() if isinstance(value, np.generic) else value
 
 

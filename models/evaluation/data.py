@@ -5,10 +5,14 @@ docs/evaluation.md): an events file (``user_id``, ``item_id``, ``timestamp``, op
 ``session_id``, ``event_type``, ``rating``) and a catalogue (``item_id`` plus any attribute
 and text columns).
 
-* **Labels** (probe tasks) come from the catalogue attributes the learner already reads
-  (``onevec.streams.learner.learner.load_attributes``): a single-valued attribute (decade, department, ...)
-  is one multi-class task; a multi-valued one (MovieLens genres) gives one yes/no task per
-  frequent value plus a multi-class task over the items that have exactly one value.
+* **Attributes and text** are read by the worker's own catalogue parser
+  (``onevec.models.catalog.table_items``), so the evaluation probes the attributes and words the
+  worker serves.
+* **Labels** (probe tasks) come from those attributes: a single-valued attribute (decade,
+  department, ...) is one multi-class task; a multi-valued one (MovieLens genres) gives one
+  yes/no task per frequent value plus a multi-class task over the items that have exactly one
+  value. Each task lists the other attributes that determine its label (their values alone
+  predict it): a probe must withhold them with the label's own, or it reads the answer.
 * **Outcomes** (paper 1's purchase and return tasks) come from ``event_type``
   (``purchase``, ``return``) or, failing that, from a ``rating`` column: rating >= 4 stands in
   for a purchase ("highly rated") and rating <= 2 for a return. Those are *proxies* and the
@@ -25,8 +29,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import balanced_accuracy_score
 
-from onevec.models.catalog import attribute_tokens, load_attributes
+from onevec.models.catalog import attribute_tokens, table_items
 from onevec.models.datasets import (
     BUILTIN_DATASETS,
     load_catalog,
@@ -35,26 +40,45 @@ from onevec.models.datasets import (
     read_table,
 )
 
-__all__ = ["EvalData", "Task", "load_eval_data", "restrict", "tasks_from_attributes", "text_documents"]
+__all__ = [
+    "EvalData",
+    "Task",
+    "determining_attributes",
+    "load_eval_data",
+    "restrict",
+    "tasks_from_attributes",
+    "text_documents",
+]
 
 HIGH_RATING = 4.0
 LOW_RATING = 2.0
 _MIN_CLASS_ITEMS = 20
 _MAX_BINARY_TASKS = 6
+# An attribute whose values alone predict a label this well (balanced accuracy) determines it.
+DETERMINES_LABEL = 0.9
 
 
 @dataclass(frozen=True)
 class Task:
     """A probe task: a label per item (items without one are not part of the task).
 
-    ``key`` is the attribute the label comes from: its tokens are withheld from the attribute
-    source when probing this task, or the probe would read the answer.
+    ``key`` is the attribute the label comes from; ``determined_by`` the other attributes
+    whose values alone predict the label (attribute -> balanced accuracy of that prediction,
+    see :func:`determining_attributes`). The tokens of all of them (:attr:`withheld`) are
+    withheld from the attribute source when probing this task, or the probe would read the
+    answer.
     """
 
     name: str
     key: str
     labels: dict[str, int]
     classes: list[str]
+    determined_by: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def withheld(self) -> tuple[str, ...]:
+        """The attributes a probe of this task must not read."""
+        return (self.key, *self.determined_by)
 
 
 @dataclass
@@ -114,7 +138,7 @@ def load_eval_data(
     has_sessions = "session_id" in raw.columns
     events = normalise_events(raw, gap_seconds)
     catalog = load_catalog(catalog_source)
-    attributes = load_attributes(catalog_source)
+    attributes = {item.item_id: item.attributes for item in table_items(catalog)}
     notes = []
     types = events["event_type"].to_numpy()
     if (types == "purchase").any() or (types == "return").any():
@@ -184,7 +208,55 @@ def tasks_from_attributes(
             task = _multiclass(key, key, {item: str(v) for item, v in values.items()}, min_items)
         if task is not None:
             tasks.append(task)
-    return tasks
+    return [replace(task, determined_by=determining_attributes(task, attributes)) for task in tasks]
+
+
+def determining_attributes(
+    task: Task, attributes: dict[str, dict[str, Any]], threshold: float = DETERMINES_LABEL
+) -> dict[str, float]:
+    """The attributes other than the task's own whose values alone predict its label with a
+    balanced accuracy of at least ``threshold`` (attribute -> that accuracy): a sub-category
+    that determines the category, say.
+
+    The prediction is leave-one-out: an item's label is guessed as the most common label of
+    the *other* items with the same value of the attribute (for a multi-valued attribute,
+    the same set of values), or the most common label overall when no other item has that
+    value, so an attribute unique to each item (which would "determine" anything) predicts
+    nothing. Only the task's items that have the attribute are scored."""
+    others = sorted(
+        {k for item in task.labels for k in attributes.get(item, {}) if k not in ("title", task.key)}
+    )
+    overall = Counter(task.labels.values())
+    found: dict[str, float] = {}
+    for other in others:
+        values = {
+            item: _hashable(attributes[item][other])
+            for item in task.labels
+            if attributes.get(item, {}).get(other) not in (None, "", [])
+        }
+        if not values:
+            continue
+        by_value: dict[Any, Counter[int]] = {}
+        for item, value in values.items():
+            by_value.setdefault(value, Counter())[task.labels[item]] += 1
+        truth = [task.labels[item] for item in values]
+        guesses = [_leave_one_out(by_value[values[item]], overall, task.labels[item]) for item in values]
+        score = float(balanced_accuracy_score(truth, guesses))
+        if score >= threshold:
+            found[other] = round(score, 4)
+    return found
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(sorted(map(str, value))) if isinstance(value, list) else str(value)
+
+
+def _leave_one_out(same_value: Counter[int], overall: Counter[int], label: int) -> int:
+    """The most common label among the other items with the same value, else among all the
+    other items; ties go to the smallest label (a fixed rule)."""
+    rest = +(same_value - Counter({label: 1})) or +(overall - Counter({label: 1}))
+    top = max(rest.values())
+    return min(c for c, n in rest.items() if n == top)
 
 
 def restrict(task: Task, items: Collection[str], min_per_class: int = 10) -> Task | None:
@@ -208,20 +280,6 @@ def _multiclass(name: str, key: str, values: dict[str, str], min_items: int) -> 
 
 
 def text_documents(catalog: pd.DataFrame) -> dict[str, str]:
-    """Each item's free text: the string columns of several words on average (titles,
-    descriptions), not identifiers, dates, URLs or category columns."""
-    columns = []
-    for column in catalog.columns:
-        if column == "item_id" or catalog[column].dtype.kind not in "OSU":
-            continue
-        values = catalog[column].dropna().astype(str)
-        if values.empty or values.str.startswith("http").mean() > 0.5:
-            continue
-        if values.str.split().str.len().mean() >= 2:
-            columns.append(column)
-    texts = (
-        catalog[columns].fillna("").astype(str).agg(" ".join, axis=1)
-        if columns
-        else pd.Series("", index=catalog.index)
-    )
-    return dict(zip(catalog["item_id"].astype(str), texts, strict=True))
+    """Each item's free text: the words the catalogue parser reads from its text columns
+    (titles, descriptions; not category, flag or year columns, numbers or URLs)."""
+    return {item.item_id: " ".join(item.text) for item in table_items(catalog)}

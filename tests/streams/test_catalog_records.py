@@ -49,9 +49,9 @@ def test_a_movielens_row_becomes_words_and_attribute_tokens() -> None:
             "movie_title": "Toy Story (1995)",
             "release_date": "01-Jan-1995",
             "IMDb_URL": "http://us.imdb.com/M/title-exact?Toy%20Story%20(1995)",
-            "Animation": 1,
-            "Comedy": 1,
-            "Drama": 0,
+            "Animation": True,  # flags as `onevec catalog publish` sends a 0/1 column
+            "Comedy": True,
+            "Drama": False,
             "video_release_date": float("nan"),
         }
     )
@@ -62,7 +62,7 @@ def test_a_movielens_row_becomes_words_and_attribute_tokens() -> None:
         "decade": "1990s",
         "genre": ["Animation", "Comedy"],
     }
-    assert item.tokens == ["decade=1990s", "genre=Animation", "genre=Comedy"]
+    assert item.tokens == ["genre=Animation", "genre=Comedy", "decade=1990s"]
     assert item.image is None
 
 
