@@ -4,6 +4,7 @@ verdict on each claim of the papers that the evaluation tests."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -12,15 +13,18 @@ matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from onevec.models.evaluation.data import Task  # noqa: E402
+from onevec.models.evaluation.data import DETERMINES_LABEL, Task  # noqa: E402
+from onevec.models.evaluation.similar_items import SimilarItems  # noqa: E402
 from onevec.streams.tools.evaluate.run import Evaluation  # noqa: E402
 
-__all__ = ["claims", "results_table", "write_report"]
+__all__ = ["claims", "map_figure", "map_groups", "results_table", "similar_items_lines", "write_report"]
 
 LIVE = "onevec live model"
 FROZEN_LIVE = "session model, frozen"
+MAP_CLASSES = 10  # distinct colours on the item map; the other classes are one grey "other"
 
 
 def _date(ts: float) -> str:
@@ -148,23 +152,48 @@ def _map_task(ev: Evaluation) -> Task | None:
     return next(iter(preferred or multiclass or ev.tasks), None)
 
 
-def _plot_map(ev: Evaluation, path: Path) -> None:
-    task = _map_task(ev)
-    coords = PCA(2, random_state=0).fit_transform(ev.map_vectors)
-    fig, axis = plt.subplots(figsize=(7, 6))
+def map_groups(
+    labels: np.ndarray, classes: Sequence[str], top: int = MAP_CLASSES
+) -> tuple[list[tuple[str, np.ndarray]], np.ndarray]:
+    """The item map's colour groups: (name, item mask) of the ``top`` classes with the most
+    items, largest first, and the mask of the rest ("other": every other class and the items
+    without a label, ``labels`` -1)."""
+    counts = np.bincount(labels[labels >= 0], minlength=len(classes))
+    largest = [int(c) for c in np.argsort(-counts, kind="stable")[:top] if counts[c] > 0]
+    return [(classes[c], labels == c) for c in largest], ~np.isin(labels, largest)
+
+
+def map_figure(vectors: np.ndarray, items: Sequence[str], task: Task | None) -> Figure:
+    """2-D PCA of the item vectors coloured by the task's largest classes, the legend beside
+    the axes, never over the points."""
+    coords = PCA(2, random_state=0).fit_transform(vectors)
+    fig, axis = plt.subplots(figsize=(9, 6))
     if task is None:
         axis.scatter(coords[:, 0], coords[:, 1], s=6)
     else:
-        labels = np.array([task.labels.get(i, -1) for i in ev.probe_items])
-        axis.scatter(
-            coords[labels < 0, 0], coords[labels < 0, 1], s=4, c="lightgrey", label="other / several"
-        )
-        cmap = plt.get_cmap("tab20")
-        for c, name in enumerate(task.classes):
-            axis.scatter(coords[labels == c, 0], coords[labels == c, 1], s=8, color=cmap(c % 20), label=name)
-        axis.legend(fontsize=7, markerscale=2)
+        labels = np.array([task.labels.get(i, -1) for i in items])
+        groups, other = map_groups(labels, task.classes)
+        if other.any():
+            axis.scatter(
+                coords[other, 0],
+                coords[other, 1],
+                s=4,
+                color="lightgrey",
+                label=f"other ({int(other.sum()):,})",
+            )
+        colours = plt.get_cmap("tab10")
+        for c, (name, mask) in enumerate(groups):
+            axis.scatter(
+                coords[mask, 0], coords[mask, 1], s=8, color=colours(c), label=f"{name} ({int(mask.sum()):,})"
+            )
+        axis.legend(fontsize=7, markerscale=2, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     axis.set_title(f"unified item vectors, PCA 2-D, coloured by {task.name if task else 'nothing'}")
     fig.tight_layout()
+    return fig
+
+
+def _plot_map(ev: Evaluation, path: Path) -> None:
+    fig = map_figure(ev.map_vectors, ev.probe_items, _map_task(ev))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -221,7 +250,8 @@ def write_report(ev: Evaluation, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     p = ev.prequential
     _plot_over_time(ev, out / "metrics_over_time.png")
-    _plot_map(ev, out / "item_map.png")
+    if _has_map(ev):
+        _plot_map(ev, out / "item_map.png")
     if ev.drift:
         _plot_drift(ev, out / "drift.png")
     if ev.grid is not None:
@@ -275,22 +305,43 @@ def write_report(ev: Evaluation, out: Path) -> Path:
         )
     )
     md += ["", "![metrics over time](metrics_over_time.png)", ""]
-    md += [
-        "## 2. Paper 1's tasks",
-        "",
-        f"Sources: {', '.join(ev.sources)}. `behaviour` = the live model's id vectors (clicks only); "
-        "`attributes` = "
-        "the mean of its attribute-token vectors **without the tokens of the attribute being predicted**; "
-        "`text` = denoising autoencoder over the catalogue's free-text words; `unified` = availability-aware "
-        "fusion of the L2-normalised sources with one set of weights for every task (one embedding "
-        "for all tasks), chosen by the mean score on validation parts of the probes' training splits: "
-        + ", ".join(f"{k} {v:g}" for k, v in ev.fusion_weights.items())
-        + " (`unified, equal weights`: all 1). "
-        f"Items: the {len(ev.probe_items):,} clicked at least {ev.options.min_clicks} times. "
-        "Probe: logistic regression, 70/30 stratified split, balanced accuracy (chance = 1/classes).",
-        "",
+    sections = [
+        section
+        for section in (
+            _paper1_section(ev),
+            _kernel_section(ev),
+            _map_and_drift_section(ev),
+            _similar_items_section(ev),
+        )
+        if section is not None
     ]
+    for number, (title, lines) in enumerate(sections, start=2):
+        md += [f"## {number}. {title}", "", *lines, ""]
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
+Section = tuple[str, list[str]]  # (heading, Markdown lines); a section without data is None
+
+
+def _paper1_section(ev: Evaluation) -> Section | None:
+    md: list[str] = []
     if ev.probes:
+        md += [
+            f"Sources: {', '.join(ev.sources)}. `behaviour` = the live model's id vectors (clicks only); "
+            "`attributes` = the mean of its attribute-token vectors **without the tokens of the attribute "
+            "being predicted, nor of any attribute that determines it**; "
+            "`text` = denoising autoencoder over the catalogue's free-text words; `unified` = "
+            "availability-aware fusion of the L2-normalised sources with one set of weights for every task "
+            "(one embedding for all tasks), chosen by the mean score on validation parts of the probes' "
+            "training splits: "
+            + ", ".join(f"{k} {v:g}" for k, v in ev.fusion_weights.items())
+            + " (`unified, equal weights`: all 1). "
+            f"Items: the {len(ev.probe_items):,} clicked at least {ev.options.min_clicks} times. "
+            "Probe: logistic regression, 70/30 stratified split, balanced accuracy (chance = 1/classes).",
+            "",
+        ]
         sources = list(ev.probes[0].scores)
         md.append(
             _table(
@@ -307,39 +358,51 @@ def write_report(ev: Evaluation, out: Path) -> Path:
                 ],
             )
         )
+        leaks = [t for t in ev.tasks if t.determined_by]
+        if leaks:
+            md += [
+                "",
+                "Attributes that determine a task's label (their values alone predict it, leave-one-out "
+                f"balanced accuracy >= {DETERMINES_LABEL:g}), withheld from `attributes` with the label's "
+                "own: "
+                + "; ".join(
+                    f"{t.name}: " + ", ".join(f"{a} {v:.3f}" for a, v in t.determined_by.items())
+                    for t in leaks
+                )
+                + ".",
+            ]
+        md.append("")
     purchase = ev.purchase
-    md += [
-        "",
-        "The session and outcome tasks below read the model **frozen at the end of the history** (it "
-        "never learned the events they are scored on) and only the scored stream.",
-        "",
-        "Purchased vs non-purchased items of the same session (sessions wholly in the scored stream): "
-        "an item's score is its mean cosine to the session's other items; AUC over every (purchased, "
-        f"non-purchased) pair within a session ({purchase.purchased:,} purchased items, "
-        f"{purchase.pairs:,} pairs, {purchase.sessions:,} sessions; outcomes from "
-        f"{ev.data.outcome_source}):",
-        "",
-    ]
+    if purchase.aucs or ev.heads:
+        md += [
+            "The session and outcome tasks below read the model **frozen at the end of the history** (it "
+            "never learned the events they are scored on) and only the scored stream.",
+            "",
+        ]
     if purchase.aucs:
-        md.append(_table(["source", "AUC"], [[s, f"{v:.3f}"] for s, v in purchase.aucs.items()]))
-    md += [
-        "",
-        "Downstream heads over the frozen served item vectors (held-out AUC; paper 3's homogeneous "
-        "configuration = the inner product the vectors were trained with):",
-        "",
-    ]
+        md += [
+            "Purchased vs non-purchased items of the same session (sessions wholly in the scored stream): "
+            "an item's score is its mean cosine to the session's other items; AUC over every (purchased, "
+            f"non-purchased) pair within a session ({purchase.purchased:,} purchased items, "
+            f"{purchase.pairs:,} pairs, {purchase.sessions:,} sessions; outcomes from "
+            f"{ev.data.outcome_source}):",
+            "",
+            _table(["source", "AUC"], [[s, f"{v:.3f}"] for s, v in purchase.aucs.items()]),
+            "",
+        ]
     if ev.heads:
         head_names = list(next(iter(ev.heads.values())))
-        md.append(
+        md += [
+            "Downstream heads over the frozen served item vectors (held-out AUC; paper 3's homogeneous "
+            "configuration = the inner product the vectors were trained with):",
+            "",
             _table(
                 ["task", "rows", *head_names],
                 [
                     [t, f"{ev.head_rows[t]:,}", *[f"{h[k]:.3f}" for k in head_names]]
                     for t, h in ev.heads.items()
                 ],
-            )
-        )
-        md += [
+            ),
             "",
             "`return` / `return proxy`: a user vector (mean of the user's items with an earlier "
             "timestamp, never the row's own or a later one) and the item vector predict the return "
@@ -351,15 +414,17 @@ def write_report(ev: Evaluation, out: Path) -> Path:
             "concatenation heads can also read how popular b is (and, for the return proxy, how an item "
             "is rated whoever rates it), which an inner product cannot express.",
         ]
-    md += ["", "## 3. Kernel predictability (paper 3)", ""]
+    return ("Paper 1's tasks", md) if md else None
+
+
+def _kernel_section(ev: Evaluation) -> Section | None:
+    md: list[str] = []
     if ev.tracked_alignment:
-        md.append(
+        md += [
             _table(
                 ["task", "alignment of served vectors, running sums", "batch recomputation"],
                 [[t, f"{a:.4f}", f"{b:.4f}"] for t, (a, b) in ev.tracked_alignment.items()],
-            )
-        )
-        md += [
+            ),
             "",
             "(The served vectors contain the attribute tokens, so attribute tasks align partly through "
             "them.)",
@@ -367,12 +432,10 @@ def write_report(ev: Evaluation, out: Path) -> Path:
         ]
     if ev.grid is not None:
         grid = ev.grid
-        md.append(
+        md += [
             "Embedding variants (behaviour only, trained on the whole stream): alignment / probe "
-            "balanced accuracy"
-        )
-        md.append("")
-        md.append(
+            "balanced accuracy",
+            "",
             _table(
                 ["variant", *grid.tasks],
                 [
@@ -385,17 +448,26 @@ def write_report(ev: Evaluation, out: Path) -> Path:
                     ]
                     for i, v in enumerate(grid.variants)
                 ],
-            )
-        )
-        md += [
+            ),
             "",
             _table(
                 ["task", "Spearman(alignment, probe)"],
                 [[t, f"{r:.2f}"] for t, r in zip(grid.tasks, grid.spearman(), strict=True)],
             ),
+            "",
+            "![alignment vs probe](alignment_grid.png)",
         ]
-        md += ["", "![alignment vs probe](alignment_grid.png)", ""]
-    md += ["## 4. Item map and drift", "", "![item map](item_map.png)", ""]
+    return ("Kernel predictability (paper 3)", md) if md else None
+
+
+def _has_map(ev: Evaluation) -> bool:
+    return len(ev.probe_items) > 2  # a 2-D PCA needs more than two items
+
+
+def _map_and_drift_section(ev: Evaluation) -> Section | None:
+    md: list[str] = []
+    if _has_map(ev):
+        md += ["![item map](item_map.png)", ""]
     if ev.drift:
         last = ev.drift[-1]
         md += [
@@ -404,11 +476,36 @@ def write_report(ev: Evaluation, out: Path) -> Path:
             f"cosine change after Procrustes {last['cosine_change_first']:.3f}.",
             "",
             "![drift](drift.png)",
-            "",
         ]
-    path = out / "report.md"
-    path.write_text("\n".join(md) + "\n")
-    return path
+    return ("Item map and drift", md) if md else None
+
+
+def similar_items_lines(result: SimilarItems) -> list[str]:
+    """The similar-items measurement as Markdown; nothing when no item could be scored."""
+    if not result.rows:
+        return []
+    return [
+        f"At the end of the history ({_date(result.cut)}), each item's {result.k} nearest neighbours "
+        "by each vector of the model frozen there, and by two references computed from the events "
+        "before it (the items it co-occurred with most, ties by clicks; the most clicked items), "
+        f"against the items it co-occurs with **after** it (clicked at most {result.window} clicks apart "
+        f"in one session). Items scored: the {result.scored:,} clicked at least {result.min_clicks} "
+        f"times before the cut that co-occur with another item after it; neighbours among "
+        f"{result.candidates:,} candidates (probe items clicked before the cut). Popularity "
+        "percentile: of the neighbours, by clicks before the cut (100 = the most clicked candidate; "
+        "a random list averages 50).",
+        "",
+        _table(
+            ["neighbours by", f"precision@{result.k}", "neighbours' popularity percentile"],
+            [[r.method, f"{r.precision:.3f}", f"{r.popularity_percentile:.1f}"] for r in result.rows],
+        ),
+    ]
+
+
+def _similar_items_section(ev: Evaluation) -> Section | None:
+    result: SimilarItems | None = getattr(ev, "similar_items", None)
+    lines = similar_items_lines(result) if result is not None else []
+    return ("Similar items", lines) if lines else None
 
 
 def _verdict(held: bool | None) -> str:
