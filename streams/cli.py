@@ -233,6 +233,35 @@ def bench(
     )
 
 
+@app.command()
+def chaos(
+    dataset: Annotated[
+        str, typer.Option(help="Built-in dataset or events file to replay.")
+    ] = "movielens-100k",
+    events: Annotated[int, typer.Option(help="Events to replay (0 = all).")] = 50_000,
+    kills: Annotated[int, typer.Option(help="Workers killed with SIGKILL, then restarted.")] = 20,
+    cuts: Annotated[int, typer.Option(help="Times every broker connection is cut for a while.")] = 3,
+    outages: Annotated[int, typer.Option(help="Times the learn worker's Qdrant goes away for a while.")] = 2,
+    every: Annotated[float, typer.Option(help="Seconds between two faults.")] = 5.0,
+    ingest_workers: Annotated[int, typer.Option(help="Ingest workers (plus one learn worker).")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the fault schedule.")] = 0,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Data, Qdrant and logs (default: a temp folder).")
+    ] = None,
+) -> None:
+    """Chaos soak: replay a dataset into ingest and learn workers while killing them, cutting
+    their broker connection and taking Qdrant away, then reconcile everything (docs/operations.md).
+    Exit status 1 when an accepted event was lost or a duplicate went unflagged."""
+    from onevec.deploy.processes import exit_on_signals
+    from onevec.streams.tools.chaos import ChaosPlan, run_chaos
+
+    logging.basicConfig(level=logging.WARNING)
+    exit_on_signals()  # its broker and workers stop with it
+    plan = ChaosPlan(dataset, events, kills, cuts, outages, every, ingest_workers, seed, workdir)
+    if not run_chaos(load_settings(), plan, console):
+        raise typer.Exit(1)
+
+
 @app.command("eval")
 def eval_(
     dataset: Annotated[str, typer.Argument(help="Built-in dataset (not with --events).")] = "movielens-100k",
