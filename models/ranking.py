@@ -137,7 +137,8 @@ def target_ranks(
     beyond ``matrix``'s rows (added by that step) count as unseen. ``exclude`` gives each
     prefix's item rows when the caller has them already (the step mapped them), instead of
     looking every prefix item up again: (prefix position, item row) pairs. ``boost`` adds to
-    the scores of some items for some prefixes, (prefix position, item row, amount) triples:
+    the scores of some items for some prefixes, (prefix position, item row, amount) triples,
+    each pair at most once:
     the repeat gate's term on a user's own items (:mod:`onevec.models.online.repeat_gate`)."""
     if not prefixes:
         return []
@@ -175,7 +176,8 @@ def target_ranks(
             block = block[rows]
         if boost is not None:
             inside = (boost[1] >= start) & (boost[1] < start + block.shape[1])
-            np.add.at(block, (boost[0][inside], boost[1][inside] - start), boost[2][inside])
+            # Fancy-index addition (not np.add.at, ~10x slower): each (prefix, item) pair occurs once.
+            block[boost[0][inside], boost[1][inside] - start] += boost[2][inside]
         return block
 
     # The target's score must come from the very product its rivals' scores come from (same

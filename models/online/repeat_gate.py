@@ -35,6 +35,7 @@ changes nothing: every score is ``scale * s``). The vectors stay plain inner-pro
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from onevec.models.online.user_history import Had
+from onevec.models.online.user_history import Had, Recalled
 
 __all__ = ["FEATURES", "HistoryFeatures", "RepeatGate"]
 
@@ -50,16 +51,10 @@ FEATURES = ("had", "log_count", "recency")
 _MIN_SCALE = 1e-3  # the session score never switches off entirely, nor changes sign
 
 
-def _feature_rows(had: Sequence[Had]) -> np.ndarray:
-    counts = np.fromiter((h.count for h in had), dtype=np.float64, count=len(had))
-    ago = np.fromiter((h.ago for h in had), dtype=np.float64, count=len(had))
-    return np.stack([np.ones(len(had)), np.log1p(counts), 0.5**ago], axis=1)
-
-
 @dataclass(frozen=True, slots=True)
 class HistoryFeatures:
     """The history features of a batch of queries, as (query row, candidate column, features)
-    triples: only the users' own items that are candidates appear."""
+    triples: only the users' own items that are candidates appear, each once per query."""
 
     rows: np.ndarray  # (m,) int64 query index
     columns: np.ndarray  # (m,) int64 candidate column
@@ -67,26 +62,26 @@ class HistoryFeatures:
 
     @classmethod
     def of(
-        cls, histories: Sequence[Mapping[str, Had]], column: Callable[[str], int | None]
+        cls, histories: Sequence[Mapping[str, Had] | Recalled], column: Callable[[str], int | None]
     ) -> HistoryFeatures:
-        """Features of each query's history (``UserHistory.recall``) over the candidates:
-        ``column(item_id)`` is the item's candidate column, None when it is not a candidate
-        (``dict.get`` of an id -> column map, or a vocabulary's ``get``)."""
-        rows: list[int] = []
-        columns: list[int] = []
-        had: list[Had] = []
-        for row, history in enumerate(histories):
-            for item, entry in history.items():
-                position = column(item)
-                if position is not None:
-                    rows.append(row)
-                    columns.append(position)
-                    had.append(entry)
-        return cls(
-            rows=np.asarray(rows, dtype=np.int64),
-            columns=np.asarray(columns, dtype=np.int64),
-            values=_feature_rows(had) if had else np.zeros((0, len(FEATURES))),
+        """Features of each query's history (``UserHistory.recall`` or ``recall_arrays``) over
+        the candidates: ``column(item_id)`` is the item's candidate column, None when it is not
+        a candidate (``dict.get`` of an id -> column map, or a vocabulary's ``get``)."""
+        recalled = [h if isinstance(h, Recalled) else Recalled.of(h) for h in histories]
+        sizes = [len(r.items) for r in recalled]
+        found = np.array(
+            [
+                -1 if c is None else c
+                for c in map(column, itertools.chain.from_iterable(r.items for r in recalled))
+            ],
+            dtype=np.int64,
         )
+        keep = found >= 0
+        rows = np.repeat(np.arange(len(recalled), dtype=np.int64), sizes)[keep]
+        counts = np.concatenate([np.zeros(0), *(r.counts for r in recalled)])[keep]
+        ago = np.concatenate([np.zeros(0), *(r.ago for r in recalled)])[keep]
+        values = np.stack([np.ones(len(rows)), np.log1p(counts), 0.5**ago], axis=1)
+        return cls(rows=rows, columns=found[keep], values=values)
 
 
 class RepeatGate:
@@ -111,7 +106,7 @@ class RepeatGate:
     def combine_batch(self, session_scores: np.ndarray, features: HistoryFeatures) -> np.ndarray:
         """Gated (q, n) scores from (q, n) session scores and the batch's history features."""
         out = self.scale * np.asarray(session_scores, dtype=np.float64)
-        np.add.at(out, (features.rows, features.columns), self.bonus(features))
+        out[features.rows, features.columns] += self.bonus(features)  # each pair once
         return out
 
     def bonus(self, features: HistoryFeatures) -> np.ndarray:
@@ -141,7 +136,7 @@ class RepeatGate:
         mine = remap[features.rows] >= 0
         rows, columns, values = remap[features.rows[mine]], features.columns[mine], features.values[mine]
         logits = self.scale * scores
-        np.add.at(logits, (rows, columns), values @ self.weights)
+        logits[rows, columns] += values @ self.weights  # each pair once
         if excluded is not None:
             keep = remap[excluded[0]] >= 0
             ex_rows, ex_columns = remap[excluded[0][keep]], excluded[1][keep]

@@ -37,9 +37,9 @@ class RoundConfig:
     # step's ranking and item matrix grow with the catalogue.
     item_budget: int = 50_000
     seed: int = 0  # which examples and steps scoring samples
-    # Scores (examples x known items) the repeat gate learns from per step: above it, from a
-    # sample of the scored examples (its softmax reads every item's score).
-    gate_cells: int = 4_000_000
+    # Scored examples per step the repeat gate learns from (a sample when more were scored):
+    # its softmax reads every known item's score, and four weights need few examples.
+    gate_examples: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,7 @@ class LearningRound:
         history = self.trainer.user_history
         if history is None or self.trainer.repeat_gate is None:
             return None
-        recalled = [history.recall(str(r["user_id"]), str(r["session_id"])) for r in records]
+        recalled = [history.recall_arrays(str(r["user_id"]), str(r["session_id"])) for r in records]
         return HistoryFeatures.of(recalled, self.trainer.item_encoder.item_vocab.get)
 
     def _learn_gate(
@@ -128,13 +128,13 @@ class LearningRound:
         exclude: tuple[np.ndarray, np.ndarray],
     ) -> None:
         """One gate step on the session scores the step was ranked with (items the step added
-        are not candidates); above ``gate_cells`` on a sample of the scored examples."""
+        are not candidates), on at most ``gate_examples`` of the scored examples."""
         assert self.trainer.repeat_gate is not None
         known = len(matrix)
         chosen = np.arange(len(scored))
-        room = max(1, self.config.gate_cells // max(1, known))
-        if len(chosen) > room:
-            chosen = np.sort(np.asarray(self._rng.sample(range(len(scored)), room), dtype=np.int64))
+        if len(chosen) > self.config.gate_examples:
+            sample = self._rng.sample(range(len(scored)), self.config.gate_examples)
+            chosen = np.sort(np.asarray(sample, dtype=np.int64))
         vocab = self.trainer.item_encoder.item_vocab
         columns = [vocab.get(targets[i]) for i in chosen.tolist()]
         target_columns = np.array([-1 if c is None or c >= known else c for c in columns], dtype=np.int64)

@@ -17,6 +17,7 @@ API (stable; the learner's prequential scoring and the serving side both use it)
     history.items(user_id, session_id)                 # ... as of that session (the current one,
                                                        #     when it is the user's latest)
     history.recall(user_id, session_id=None) -> dict[str, Had]   # Had(count, ago): what the gate reads
+    history.recall_arrays(user_id, session_id=None) -> Recalled  # the same as parallel arrays
     history.state_dict() / history.load_state_dict(state)
 
 "As of a session": for the user's latest session (events of it were observed) counts are
@@ -32,14 +33,16 @@ a session id other than the user's latest starts a new session.
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["Had", "UserHistory"]
+__all__ = ["Had", "Recalled", "UserHistory"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +53,56 @@ class Had:
     ago: int  # sessions since the user last had it (0: in this very session)
 
 
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    """A user's items as of some session, as parallel arrays (what scoring a batch reads)."""
+
+    items: list[str]
+    counts: np.ndarray  # (n,) float64 decayed counts
+    ago: np.ndarray  # (n,) int64 sessions since the user last had each
+
+    @classmethod
+    def of(cls, history: Mapping[str, Had]) -> Recalled:
+        had = list(history.values())
+        return cls(
+            list(history),
+            np.fromiter((h.count for h in had), dtype=np.float64, count=len(had)),
+            np.fromiter((h.ago for h in had), dtype=np.int64, count=len(had)),
+        )
+
+
+_NOTHING = Recalled([], np.zeros(0), np.zeros(0, dtype=np.int64))
+
+
 @dataclass(slots=True)
 class _User:
+    """Slot-indexed parallel arrays: an item's count is decayed to ``last``, the ordinal of
+    the latest session in which the user had it."""
+
     session: str  # the latest session id
     ordinal: int  # its ordinal among the user's sessions (0 = first)
-    # item -> (count decayed to ``last``, ``last`` = ordinal of the latest session with it)
-    items: dict[str, tuple[float, int]] = field(default_factory=dict)
+    slots: dict[str, int] = field(default_factory=dict)
+    items: list[str] = field(default_factory=list)
+    counts: array = field(default_factory=lambda: array("d"))
+    last: array = field(default_factory=lambda: array("q"))
+
+    def decayed(self, decay: float, now: int) -> tuple[np.ndarray, np.ndarray]:
+        """(counts decayed to session ``now``, sessions ago) of every slot."""
+        ago = now - np.frombuffer(self.last, dtype=np.int64) if self.last else np.zeros(0, dtype=np.int64)
+        counts = np.frombuffer(self.counts, dtype=np.float64) if self.counts else np.zeros(0)
+        return counts * decay**ago, ago
+
+    def remove(self, slot: int) -> None:
+        """Drop a slot; the last slot takes its place (order carries no meaning)."""
+        del self.slots[self.items[slot]]
+        end = len(self.items) - 1
+        if slot != end:
+            moved = self.items[end]
+            self.items[slot], self.counts[slot], self.last[slot] = moved, self.counts[end], self.last[end]
+            self.slots[moved] = slot
+        self.items.pop()
+        self.counts.pop()
+        self.last.pop()
 
 
 class UserHistory:
@@ -89,14 +136,17 @@ class UserHistory:
             if session_id != user.session:
                 user.session, user.ordinal = session_id, user.ordinal + 1
         now = user.ordinal
-        previous = user.items.get(item_id)
-        if previous is None:
+        slot = user.slots.get(item_id)
+        if slot is None:
             if len(user.items) >= self.max_items:
                 self._forget_weakest(user)
-            user.items[item_id] = (1.0, now)
+            user.slots[item_id] = len(user.items)
+            user.items.append(item_id)
+            user.counts.append(1.0)
+            user.last.append(now)
         else:
-            count, last = previous
-            user.items[item_id] = (count * self.decay ** (now - last) + 1.0, now)
+            user.counts[slot] = user.counts[slot] * self.decay ** (now - user.last[slot]) + 1.0
+            user.last[slot] = now
 
     def observe_records(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Observe example records in order (``user_id``, ``item_id``, ``session_id``),
@@ -107,26 +157,34 @@ class UserHistory:
 
     def _forget_weakest(self, user: _User) -> None:
         # Decayed to a common session: the smallest count now; among equals the oldest.
-        weakest = min(
-            user.items.items(), key=lambda kv: (kv[1][0] * self.decay ** (user.ordinal - kv[1][1]), kv[1][1])
-        )
-        del user.items[weakest[0]]
+        counts, ago = user.decayed(self.decay, user.ordinal)
+        user.remove(int(np.lexsort((-ago, counts))[0]))
+
+    def recall_arrays(self, user_id: str, session_id: str | None = None) -> Recalled:
+        """The user's items as of session ``session_id`` (see the module doc), as arrays;
+        empty for an unknown user."""
+        user = self._users.get(user_id)
+        if user is None:
+            return _NOTHING
+        now = user.ordinal if session_id is not None and session_id == user.session else user.ordinal + 1
+        counts, ago = user.decayed(self.decay, now)
+        return Recalled(list(user.items), counts, ago)
 
     def recall(self, user_id: str, session_id: str | None = None) -> dict[str, Had]:
         """The user's items as of session ``session_id`` (see the module doc); empty for an
         unknown user."""
-        user = self._users.get(user_id)
-        if user is None:
-            return {}
-        now = user.ordinal if session_id is not None and session_id == user.session else user.ordinal + 1
-        decay = self.decay
+        recalled = self.recall_arrays(user_id, session_id)
         return {
-            item: Had(count * decay ** (now - last), now - last) for item, (count, last) in user.items.items()
+            item: Had(count, ago)
+            for item, count, ago in zip(
+                recalled.items, recalled.counts.tolist(), recalled.ago.tolist(), strict=True
+            )
         }
 
     def items(self, user_id: str, session_id: str | None = None) -> dict[str, float]:
         """Decayed counts of the user's items as of session ``session_id``."""
-        return {item: had.count for item, had in self.recall(user_id, session_id).items()}
+        recalled = self.recall_arrays(user_id, session_id)
+        return dict(zip(recalled.items, recalled.counts.tolist(), strict=True))
 
     # ---- state --------------------------------------------------------------------------
 
@@ -140,19 +198,15 @@ class UserHistory:
             "ordinals": torch.tensor([user.ordinal for user in users], dtype=torch.int64),
             "sizes": torch.tensor([len(user.items) for user in users], dtype=torch.int64),
             "items": [item for user in users for item in user.items],
-            "counts": torch.tensor(
-                [c for user in users for c, _ in user.items.values()], dtype=torch.float64
-            ),
-            "last": torch.tensor(
-                [last for user in users for _, last in user.items.values()], dtype=torch.int64
-            ),
+            "counts": torch.tensor([c for user in users for c in user.counts], dtype=torch.float64),
+            "last": torch.tensor([last for user in users for last in user.last], dtype=torch.int64),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         sizes = state["sizes"].tolist()
         if not len(state["users"]) == len(state["sessions"]) == len(sizes) == len(state["ordinals"]):
             raise ValueError("user history state: users, sessions, ordinals and sizes differ in length")
-        if sum(sizes) != len(state["items"]):
+        if not sum(sizes) == len(state["items"]) == len(state["counts"]) == len(state["last"]):
             raise ValueError("user history state: item count does not match the users' sizes")
         counts, last = state["counts"].tolist(), state["last"].tolist()
         users: OrderedDict[str, _User] = OrderedDict()
@@ -161,14 +215,15 @@ class UserHistory:
             state["users"], state["sessions"], state["ordinals"].tolist(), sizes, strict=True
         ):
             end = start + size
-            items = dict(
-                zip(
-                    state["items"][start:end],
-                    zip(counts[start:end], last[start:end], strict=True),
-                    strict=True,
-                )
+            items = list(state["items"][start:end])
+            users[user_id] = _User(
+                session,
+                ordinal,
+                {item: slot for slot, item in enumerate(items)},
+                items,
+                array("d", counts[start:end]),
+                array("q", last[start:end]),
             )
-            users[user_id] = _User(session, ordinal, items)
             start = end
         # The bounds of this instance govern (a restart may lower them): keep the most recent.
         while len(users) > self.max_users:

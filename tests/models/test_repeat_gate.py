@@ -12,7 +12,7 @@ from onevec.models.online.config import ModelConfig
 from onevec.models.online.repeat_gate import FEATURES, HistoryFeatures, RepeatGate
 from onevec.models.online.round import LearningRound, RoundConfig
 from onevec.models.online.trainer import LearnedStep, OnlineTrainer
-from onevec.models.online.user_history import Had, UserHistory
+from onevec.models.online.user_history import Had, Recalled, UserHistory
 from tests.models.synthetic_streams import repeat_stream
 
 HAD = FEATURES.index("had")
@@ -135,7 +135,7 @@ def test_scoring_never_reads_a_users_future(monkeypatch: pytest.MonkeyPatch) -> 
     assert history is not None
     learned: dict[str, set[str]] = {}
     read: list[int] = []
-    learn, recall = trainer.learn_with_sessions, history.recall
+    learn, recall = trainer.learn_with_sessions, history.recall_arrays
 
     def learn_spy(batch: list[ExampleRecord]) -> LearnedStep:
         step = learn(batch)
@@ -143,13 +143,13 @@ def test_scoring_never_reads_a_users_future(monkeypatch: pytest.MonkeyPatch) -> 
             learned.setdefault(record["user_id"], set()).add(record["item_id"])
         return step
 
-    def recall_spy(user_id: str, session_id: str | None = None) -> dict[str, Had]:
-        items = recall(user_id, session_id)
-        assert set(items) <= learned.get(user_id, set()), "a history read a click not learned yet"
-        read.append(len(items))
-        return items
+    def recall_spy(user_id: str, session_id: str | None = None) -> Recalled:
+        recalled = recall(user_id, session_id)
+        assert set(recalled.items) <= learned.get(user_id, set()), "a history read a click not learned yet"
+        read.append(len(recalled.items))
+        return recalled
 
     monkeypatch.setattr(trainer, "learn_with_sessions", learn_spy)
-    monkeypatch.setattr(history, "recall", recall_spy)
+    monkeypatch.setattr(history, "recall_arrays", recall_spy)
     learning.learn(repeat_stream(0.5))
     assert sum(read) > 1000  # histories were read, and were not empty
