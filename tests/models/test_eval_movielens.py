@@ -16,9 +16,11 @@ from onevec.models.evaluation.baselines import (
     LiveModel,
     RandomScores,
     RecentPopularity,
-    SessionKNN,
 )
+from onevec.models.evaluation.gru4rec import GRU4Rec
 from onevec.models.evaluation.harness import PrequentialResult, run_prequential
+from onevec.models.evaluation.neighbours import VSKNN, SessionKNN
+from onevec.models.evaluation.personal import TIFUKNN, PersonalPopularity
 from onevec.models.online.config import ModelConfig
 from onevec.models.pretrain import session_examples
 
@@ -36,8 +38,12 @@ def result() -> Iterator[PrequentialResult]:
         LiveModel(config, tokens, history_epochs=1),
         FrozenSkipGram(config, epochs=2),
         SessionKNN(),
+        VSKNN(),
         ItemTransitions(),
         RecentPopularity(),
+        PersonalPopularity(),
+        TIFUKNN(),
+        GRU4Rec(epochs=3, lr=0.002),
         RandomScores(seed=0),
     ]
     try:

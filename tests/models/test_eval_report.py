@@ -61,15 +61,25 @@ def test_report_from_user_files(tmp_path: Path) -> None:
         "onevec live model",
         "session model, frozen",
         "skip-gram, frozen",
-        "session-kNN",
         "item-to-item transitions",
+        "session-kNN",
+        "V-SKNN",
         "recent popularity",
+        "P-Pop",
+        "TIFU-KNN",
+        "GRU4Rec, frozen",
+        "GRU4Rec, retrained",  # 5,000 events: within the default retraining budget
         "random",
     ]
     for name in recommenders:
-        row = re.search(rf"^\| {re.escape(name)} \| (0\.\d{{4}}) \| (0\.\d{{4}}) \|$", report, re.M)
+        row = re.search(
+            rf"^\| {re.escape(name)} \| (0\.\d{{4}}) \| (0\.\d{{4}}) \| ([^|]*) \|$", report, re.M
+        )
         assert row, f"no results row for {name}"
         assert name in answer.output  # and the same table was printed
+        tuned = name not in ("onevec live model", "session model, frozen", "skip-gram, frozen", "random")
+        assert ("validation" in row.group(3)) == (tuned and name != "item-to-item transitions")
+    assert re.search(r"^Repeat share: \d+\.\d% of the scored next items", report, re.M)
     # The catalogue's own category column became a probe task, next to the title text source.
     sources = ["behaviour", "text", "attributes", "unified, equal weights", "unified"]
     header = "| task | items | chance | " + " | ".join(sources) + " | unified >= best single |"

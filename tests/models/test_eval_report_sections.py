@@ -84,6 +84,8 @@ def bare_evaluation(**overrides: object) -> SimpleNamespace:
         "data": SimpleNamespace(name="tiny", events=events, outcome_source="none"),
         "options": EvalOptions(),
         "prequential": PrequentialResult(20, np.array([10.0, 20.0, 30.0]), ranks, 1, 3),
+        "repeat_share": 0.0,
+        "tuned": {},
         "tasks": [],
         "probes": [],
         "fusion_weights": {},

@@ -282,9 +282,15 @@ def write_report(ev: Evaluation, out: Path) -> Path:
         "priority per item (a hash of its id), as the live learner ranks.",
         "",
         _table(
-            ["recommender", f"HR@{p.k}", f"MRR@{p.k}"],
-            [[n, f"{h:.4f}", f"{m:.4f}"] for n, h, m in results_table(ev)],
+            ["recommender", f"HR@{p.k}", f"MRR@{p.k}", "setting (chosen on the history's validation slice)"],
+            [
+                [n, f"{h:.4f}", f"{m:.4f}", ev.tuned[n].summary if n in ev.tuned else ""]
+                for n, h, m in results_table(ev)
+            ],
         ),
+        "",
+        f"Repeat share: {ev.repeat_share:.1%} of the scored next items are items the same user had before "
+        "(the most that recommending a user's own items, as P-Pop and TIFU-KNN do, can hit).",
         "",
         f"Per time window (HR@{p.k} / MRR@{p.k}):",
         "",

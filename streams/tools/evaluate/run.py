@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -14,18 +13,13 @@ from threadpoolctl import threadpool_limits
 
 from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.evaluation import sources as src
-from onevec.models.evaluation.baselines import (
-    FrozenSkipGram,
-    ItemTransitions,
-    LiveModel,
-    RandomScores,
-    RecentPopularity,
-    SessionKNN,
-)
+from onevec.models.evaluation.baselines import FrozenSkipGram, LiveModel, RandomScores
 from onevec.models.evaluation.data import EvalData, Task, restrict, tasks_from_attributes, text_documents
 from onevec.models.evaluation.drift import LiveWatch, drift_series
 from onevec.models.evaluation.grid import GridResult, default_variants, run_grid
-from onevec.models.evaluation.harness import PrequentialResult, run_prequential
+from onevec.models.evaluation.harness import PrequentialResult, Recommender, run_prequential
+from onevec.models.evaluation.lineup import baselines
+from onevec.models.evaluation.personal import repeat_share
 from onevec.models.evaluation.probes import ProbeRow, probe_tasks
 from onevec.models.evaluation.tasks import (
     PurchaseResult,
@@ -34,6 +28,7 @@ from onevec.models.evaluation.tasks import (
     purchase_similarity,
     return_pairs,
 )
+from onevec.models.evaluation.tuning import Tuned
 from onevec.models.kernel_alignment import centred_alignment
 from onevec.models.online.config import ModelConfig
 from onevec.models.pretrain import session_examples
@@ -50,6 +45,9 @@ class EvalOptions:
     quick: bool = False  # smaller grid, fewer epochs
     seed: int = 0
     config: ModelConfig = field(default_factory=ModelConfig)
+    # GRU4Rec retrained from scratch at each window boundary; None: only where affordable
+    # (onevec.models.evaluation.lineup.retrain_affordable).
+    retrain: bool | None = None
 
 
 @dataclass
@@ -57,6 +55,8 @@ class Evaluation:
     data: EvalData
     options: EvalOptions
     prequential: PrequentialResult
+    repeat_share: float  # scored next items the user had before
+    tuned: dict[str, Tuned]  # baseline -> its setting chosen on the validation slice of the history
     tasks: list[Task]
     probes: list[ProbeRow]
     fusion_weights: dict[str, float]  # the unified vector's, chosen on validation over all tasks
@@ -75,18 +75,36 @@ class Evaluation:
     notes: list[str]
 
 
-def _recommenders(data: EvalData, options: EvalOptions) -> list[Any]:
+def prequential_lineup(
+    data: EvalData,
+    records: list[ExampleRecord],
+    history: int,
+    options: EvalOptions,
+    stage: Callable[[str], None],
+) -> tuple[list[Recommender], dict[str, Tuned]]:
+    """The live model, the same frozen, and every baseline (tuned on the history's validation
+    slice), in the order of the report's columns."""
     tokens = data.tokens()
     epochs = 1 if options.quick else 2
+    stage("baselines: settings chosen on the validation slice of the history")
+    lineup = baselines(
+        records,
+        history,
+        options.windows,
+        seed=options.seed,
+        quick=options.quick,
+        retrain=options.retrain,
+        on_tuned=lambda name, tuned: stage(f"  {name}: {tuned.summary}"),
+    )
+    if not lineup.retrained:
+        stage("  GRU4Rec, retrained: not run (over the default budget; EvalOptions.retrain=True runs it)")
     return [
         LiveModel(options.config, tokens, history_epochs=epochs),
         LiveModel(options.config, tokens, history_epochs=epochs, frozen=True),
         FrozenSkipGram(options.config, epochs=epochs + 1),
-        SessionKNN(),
-        ItemTransitions(),
-        RecentPopularity(),
+        *lineup.recommenders,
         RandomScores(options.seed),
-    ]
+    ], lineup.tuned
 
 
 def run_evaluation(
@@ -108,10 +126,10 @@ def _run(data: EvalData, options: EvalOptions, stage: Callable[[str], None]) -> 
     records = session_examples(data.events)
     history = int(options.history_share * len(records))
     all_tasks = tasks_from_attributes(data.attributes)  # on every catalogue item: tracked live
-    recommenders = _recommenders(data, options)
-    live: LiveModel = recommenders[0]
-    frozen: LiveModel = recommenders[1]  # stops learning at the end of the history
-    assert frozen.frozen
+    recommenders, tuned = prequential_lineup(data, records, history, options, stage)
+    live = recommenders[0]
+    frozen = recommenders[1]  # stops learning at the end of the history
+    assert isinstance(live, LiveModel) and isinstance(frozen, LiveModel) and frozen.frozen
 
     stage(f"prequential: {len(records) - history:,} examples after {history:,} of history")
     watch: LiveWatch | None = None
@@ -193,6 +211,8 @@ def _run(data: EvalData, options: EvalOptions, stage: Callable[[str], None]) -> 
         data=data,
         options=options,
         prequential=result,
+        repeat_share=repeat_share(records, history),
+        tuned=tuned,
         tasks=tasks,
         probes=probes,
         fusion_weights=fusion_weights,
