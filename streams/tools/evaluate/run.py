@@ -4,7 +4,8 @@ alignment grid, drift; returns an :class:`Evaluation` that ``report`` writes out
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +34,14 @@ from onevec.models.kernel_alignment import centred_alignment
 from onevec.models.online.config import ModelConfig
 from onevec.models.pretrain import session_examples
 
-__all__ = ["EvalOptions", "Evaluation", "run_evaluation"]
+__all__ = [
+    "EvalOptions",
+    "Evaluation",
+    "embedding_models",
+    "prequential_lineup",
+    "run_evaluation",
+    "single_threaded",
+]
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,6 @@ def prequential_lineup(
 ) -> tuple[list[Recommender], dict[str, Tuned]]:
     """The live model, the same frozen, and every baseline (tuned on the history's validation
     slice), in the order of the report's columns."""
-    tokens = data.tokens()
-    epochs = 1 if options.quick else 2
     stage("baselines: settings chosen on the validation slice of the history")
     lineup = baselines(
         records,
@@ -98,26 +104,36 @@ def prequential_lineup(
     )
     if not lineup.retrained:
         stage("  GRU4Rec, retrained: not run (over the default budget; EvalOptions.retrain=True runs it)")
+    return [*embedding_models(data, options), *lineup.recommenders, RandomScores(options.seed)], lineup.tuned
+
+
+def embedding_models(data: EvalData, options: EvalOptions) -> list[Recommender]:
+    """The live model, the same frozen after the history, and a frozen skip-gram."""
+    tokens = data.tokens()
+    epochs = 1 if options.quick else 2
     return [
         LiveModel(options.config, tokens, history_epochs=epochs),
         LiveModel(options.config, tokens, history_epochs=epochs, frozen=True),
         FrozenSkipGram(options.config, epochs=epochs + 1),
-        *lineup.recommenders,
-        RandomScores(options.seed),
-    ], lineup.tuned
+    ]
 
 
 def run_evaluation(
     data: EvalData, options: EvalOptions, on_stage: Callable[[str], None] | None = None
 ) -> Evaluation:
-    stage = on_stage or (lambda _: None)
+    with single_threaded():
+        return _run(data, options, on_stage or (lambda _: None))
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """One thread for torch and BLAS: the steps are small, and on a shared machine spinning
+    worker threads made training ~4x slower, not faster."""
     threads = torch.get_num_threads()
-    # One thread for torch and BLAS: the steps are small, and on a shared machine spinning
-    # worker threads made training ~4x slower, not faster.
     torch.set_num_threads(1)
     try:
         with threadpool_limits(1):
-            return _run(data, options, stage)
+            yield
     finally:
         torch.set_num_threads(threads)
 
