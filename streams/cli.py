@@ -158,16 +158,31 @@ def similar(
 @app.command()
 def recommend(
     worker: WorkerOption,
+    user: Annotated[
+        str, typer.Option(help="A user id: what to show them as their next session starts.")
+    ] = "",
     session: Annotated[str, typer.Option(help="A live session id (the worker's session key).")] = "",
     items: Annotated[str, typer.Option(help="Comma-separated item ids, oldest first.")] = "",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="For a user or session: mixed (the repeat gate's mixture), again (only items the "
+            "user had) or discover (only items they never had)."
+        ),
+    ] = "mixed",
     k: Annotated[int, typer.Option(help="How many items.")] = 20,
 ) -> None:
-    """Next items for a live session, or for a list of items, by the live session encoder."""
-    if bool(session) == bool(items):
-        raise typer.BadParameter("give exactly one of --session or --items")
-    query = urllib.parse.urlencode({"k": k, **({"session": session} if session else {"items": items})})
-    answer = _get(f"{worker}/recommend?{query}")
-    _print_items(f"recommended after {', '.join(answer['items'][-5:])}", answer["recommended"])
+    """Next items for a user, a live session or a list of items, ranked by Qdrant over the live
+    model's vectors."""
+    given = {name: value for name, value in (("user", user), ("session", session), ("items", items)) if value}
+    if len(given) != 1:
+        raise typer.BadParameter("give exactly one of --user, --session or --items")
+    answer = _get(f"{worker}/recommend?{urllib.parse.urlencode({'k': k, 'mode': mode, **given})}")
+    if answer["user_id"] is not None and answer["session_id"] is None:
+        title = f"{mode} for user {answer['user_id']}"
+    else:
+        title = f"{mode} after {', '.join(answer['items'][-5:])}"
+    _print_items(title, answer["recommended"])
 
 
 def _get(url: str) -> dict[str, Any]:
@@ -182,12 +197,16 @@ def _get(url: str) -> dict[str, Any]:
 
 
 def _print_items(title: str, rows: list[dict[str, Any]]) -> None:
+    """Items with their score and attributes; recommendations add the user's decayed count of
+    each item they had before."""
+    had = any("had" in row for row in rows)
     table = Table(title=title)
-    for column in ("item", "score", "attributes"):
+    for column in ("item", "score", *(("had",) if had else ()), "attributes"):
         table.add_column(column)
     for row in rows:
         attrs = ", ".join(f"{k}={v}" for k, v in row.get("attributes", {}).items())
-        table.add_row(row["item_id"], f"{row['score']:.3f}", attrs)
+        count = [] if not had else ["-" if row.get("had") is None else f"{row['had']:.2f}"]
+        table.add_row(row["item_id"], f"{row['score']:.3f}", *count, attrs)
     console.print(table)
 
 

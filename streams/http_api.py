@@ -22,6 +22,7 @@ from prometheus_client import generate_latest
 from onevec.models.clickstream.events import TOO_DEEP, Rejection, json_error, validate_event
 from onevec.monitoring import metrics
 from onevec.streams.app import OnevecApp
+from onevec.streams.learner.recommend import MODES, UnknownSession, UnknownUser
 
 __all__ = ["register_routes", "split_body"]
 
@@ -213,25 +214,41 @@ def register_routes(onevec: OnevecApp) -> None:
             k = parse_k(request.query.get("k", "20"))
             if k is None:
                 return self.json({"error": K_ERROR}, status=400)
-            if "session" in request.query:
-                if onevec.session_table is None:
-                    error = "this worker (role=learn) keeps no sessions: give ?items=a,b,c"
-                    return self.json({"error": error}, status=400)
-                state = onevec.session_table.get(request.query["session"])
-                if state is None or state.get("tombstone"):
-                    return self.json({"error": "no open session with that id on this worker"}, status=404)
-                items = list(state["items"])
-            else:
-                items = [i for i in request.query.get("items", "").split(",") if i]
-            if not items:
-                return self.json({"error": "give ?session=ID or ?items=a,b,c"}, status=400)
-            ranked = await onevec.running_learner.recommend_for_items(items, k)
-            attributes = onevec.running_learner.attributes
+            mode = request.query.get("mode", "mixed")
+            if mode not in MODES:
+                return self.json({"error": f"mode must be one of {', '.join(MODES)}"}, status=400)
+            asked = [name for name in ("user", "session", "items") if name in request.query]
+            if len(asked) != 1:
+                return self.json({"error": "give one of ?user=ID, ?session=ID or ?items=a,b,c"}, status=400)
+            items = [i for i in request.query.get("items", "").split(",") if i]
+            if asked == ["items"] and (not items or mode != "mixed"):
+                error = "?items= needs item ids and has no user (mode=again or discover needs one)"
+                return self.json({"error": error}, status=400)
+            recommender = onevec.running_learner.recommender
+            try:
+                if asked == ["user"]:
+                    found = await recommender.for_user(request.query["user"], k, mode)
+                elif asked == ["session"]:
+                    found = await recommender.for_session(request.query["session"], k, mode)
+                else:
+                    found = await onevec.running_learner.recommend_for_items(items, k)
+            except UnknownUser as error:
+                if onevec.running_learner.trainer.user_history is None:
+                    error_text = "this worker keeps no user history (ONEVEC_MODEL_REPEAT_GATE is off)"
+                else:
+                    error_text = f"unknown user {error.args[0]!r}: no history of them"
+                return self.json({"error": error_text}, status=404)
+            except UnknownSession as error:
+                return self.json({"error": f"no live session {error.args[0]!r} in Qdrant"}, status=404)
             return self.json(
                 {
-                    "items": items,
+                    "user_id": found.user_id,
+                    "session_id": found.session_id,
+                    "items": found.items,
+                    "mode": found.mode,
                     "recommended": [
-                        {"item_id": i, "score": s, "attributes": attributes.get(i, {})} for i, s in ranked
+                        {"item_id": r.item_id, "score": r.score, "attributes": r.attributes, "had": r.had}
+                        for r in found.recommended
                     ],
                 }
             )

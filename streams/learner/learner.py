@@ -7,9 +7,10 @@ back-pressures the agent when training falls behind (:mod:`.queue`).
 A learning round (:class:`~onevec.models.online.round.LearningRound`) scores every example
 before learning it (prequential HR@20 / MRR@20); then the items worth re-publishing
 (:mod:`.publish`) are fused with their static sources (:mod:`.item_sources`), rotated onto the
-served version (:mod:`.serving`) and upserted, batched, to Qdrant, and the round's sessions get
-fresh live session vectors. Checkpoints record the example offsets they cover
-(:mod:`.checkpoints`), so a crash loses no learned state.
+served version (:mod:`.serving`) and upserted, batched, to Qdrant, and the round's sessions and
+users get fresh live vectors (:mod:`.users`). Checkpoints record the example offsets they cover
+(:mod:`.checkpoints`), so a crash loses no learned state. Lookups are ranked by Qdrant
+(:mod:`.recommend`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from onevec.streams.learner.checkpoints import Checkpoints
 from onevec.streams.learner.item_sources import ItemSources
 from onevec.streams.learner.publish import PublishPolicy, VectorUpdate
 from onevec.streams.learner.queue import ExampleQueue, ExamplesBatch
+from onevec.streams.learner.recommend import Recommendation, Recommender
 from onevec.streams.learner.serving import ServingRotation
+from onevec.streams.learner.users import UserContext, every_user, user_contexts, user_records
 from onevec.streams.qdrant import (
     PointRow,
     QdrantStore,
@@ -46,6 +49,7 @@ from onevec.streams.qdrant import (
     UpsertBuffer,
     build_item_points,
     build_session_points,
+    build_user_points,
 )
 from onevec.streams.settings import Settings
 
@@ -55,6 +59,7 @@ log = logging.getLogger(__name__)
 
 DRIFT_UPDATE_SECONDS = 1.0  # how often the drift monitor takes the queued vector updates
 IDLE_TICK_SECONDS = 1.0  # without examples, upkeep (sweep, drift, checkpoint) runs this often
+USERS_PER_PUBLISH = 4096  # users encoded at once when a starting worker publishes them all
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -68,6 +73,7 @@ class Published:
     loss: float
     items: list[tuple[str, PointRow]]
     sessions: list[tuple[str, PointRow]]
+    users: list[tuple[str, PointRow]]
 
 
 class Learner:
@@ -111,7 +117,7 @@ class Learner:
             refresh_seconds=settings.upsert_refresh_seconds,
             sweep_items=settings.upsert_sweep_items,
         )
-        self.buffer, self.session_buffer = (
+        self.buffer, self.session_buffer, self.user_buffer = (
             UpsertBuffer(
                 store,
                 collection=collection,
@@ -119,7 +125,11 @@ class Learner:
                 max_delay_ms=settings.upsert_interval_ms,
                 max_pending=settings.upsert_max_pending_points,
             )
-            for collection in ("items", "sessions")
+            for collection in ("items", "sessions", "users")
+        )
+        history = self.trainer.user_history
+        self.recommender = Recommender(
+            store, lambda: self.trainer.repeat_gate, decay=1.0 if history is None else history.decay
         )
         # Read at scrape time: while Qdrant is down the learner blocks in buffer.add().
         metrics.UPSERT_BUFFER_PENDING.set_function(lambda: self.buffer.pending)
@@ -148,10 +158,6 @@ class Learner:
         self.buffer.on_written = self._observe_freshness
 
     @property
-    def attributes(self) -> dict[str, dict[str, Any]]:
-        return self.sources.attributes
-
-    @property
     def score(self) -> PrequentialScore:
         return self.round.score
 
@@ -177,17 +183,23 @@ class Learner:
         )
 
     async def publish_all(self) -> None:
-        """Send every known item to Qdrant: after a restart the serving store may be empty
-        (in-memory local mode) or hold an older version."""
+        """Send every known item and user to Qdrant: after a restart the serving store may be
+        empty (in-memory local mode) or hold an older version."""
         published = await self._in_thread(self.publish_catalogue)
         await self.buffer.add_points(published.items)
+        history = self.trainer.user_history
+        latest = {} if history is None else await self._in_thread(every_user, history)
+        users = list(latest.items())
+        for start in range(0, len(users), USERS_PER_PUBLISH):
+            chunk = dict(users[start : start + USERS_PER_PUBLISH])
+            await self.user_buffer.add_points(await self._in_thread(self._user_points, chunk, {}))
 
     def publish_catalogue(self) -> Published:
         """On the learner thread: every known item, and the catalogue items the behaviour
         model never met (static sources only)."""
         items = self._changes(*self.publish.everything())
         unseen = dict.fromkeys(self.sources.static_only())
-        return self._published(0.0, items | unseen, {}, {})
+        return self._published(0.0, items | unseen)
 
     async def upsert_catalog(self, item: CatalogItem) -> bool:
         """A new or changed catalogue record: encoded with the static encoders and upserted at
@@ -253,10 +265,11 @@ class Learner:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
         await self.buffer.close(timeout=30)
-        try:
-            await self.session_buffer.close(timeout=10)
-        except TimeoutError as error:  # live session vectors are rewritten by the next event
-            log.warning("%s", error)
+        for live in (self.session_buffer, self.user_buffer):
+            try:
+                await live.close(timeout=10)
+            except TimeoutError as error:  # live vectors are rewritten by the next event
+                log.warning("%s", error)
         await self.checkpoint()
         self.thread.shutdown(wait=True)
 
@@ -321,7 +334,7 @@ class Learner:
         """On the learner thread: the due sweep and the drift update, without a training step."""
         items = self._changes(*self.publish.due(set(), len(self.trainer.item_encoder.item_vocab)))
         self._update_drift()
-        return self._published(0.0, items, {}, {})
+        return self._published(0.0, items)
 
     async def _process(self, batches: list[ExamplesBatch]) -> None:
         examples = [example for batch in batches for example in batch.examples]
@@ -351,21 +364,50 @@ class Learner:
         for example in examples:
             if not example.get("duplicate"):
                 self.event_counts[example["item_id"]] += 1
-        # Sessions and items are encoded once per round, after its last step: a round's points
-        # carry the latest vectors only, and the drift monitor sees exactly what Qdrant gets.
+        # Sessions, users and items are encoded once per round, after its last step: a round's
+        # points carry the latest vectors only, and the drift monitor sees exactly what Qdrant gets.
         sessions = {e["session_id"]: [*e["prefix"], e["item_id"]] for e in examples}
-        session_vectors = self.rotation.apply(self.trainer.encode_sessions(list(sessions.values())))
+        history = self.trainer.user_history
+        latest = {e["user_id"]: e["session_id"] for e in examples if not e.get("duplicate")}
+        contexts = {} if history is None else user_contexts(history, latest, sessions)
+        vectors = self._live_vectors([*sessions.values(), *(c.newest for c in contexts.values())])
         clicked = {e["item_id"] for e in examples}
         items = self._changes(*self.publish.due(clicked, known_before))
         self._update_drift()
-        users = {e["session_id"]: e["user_id"] for e in examples}
-        live = zip(sessions.items(), session_vectors, strict=True)
+        session_users = {e["session_id"]: e["user_id"] for e in examples}
+        live = zip(sessions.items(), vectors[: len(sessions)], strict=True)
         return self._published(
             float(np.mean([step.loss for step in steps])) if steps else 0.0,
             items,
             {sid: (kept, vector) for (sid, kept), vector in live},
-            users,
+            session_users,
+            self._user_rows(contexts, vectors[len(sessions) :]),
         )
+
+    def _live_vectors(self, prefixes: Sequence[Sequence[str]]) -> np.ndarray:
+        """Session-encoder vectors of item lists (sessions, users' newest items), served."""
+        return self.rotation.apply(self.trainer.encode_sessions(prefixes))
+
+    def _user_points(
+        self, latest: Mapping[str, str], sessions: Mapping[str, Sequence[str]]
+    ) -> list[tuple[str, PointRow]]:
+        """On the learner thread: the points of these users (user -> latest session)."""
+        history = self.trainer.user_history
+        if history is None:
+            return []
+        contexts = user_contexts(history, latest, sessions)
+        return self._user_rows(contexts, self._live_vectors([c.newest for c in contexts.values()]))
+
+    def _user_rows(
+        self, contexts: Mapping[str, UserContext], vectors: np.ndarray
+    ) -> list[tuple[str, PointRow]]:
+        points, rejected = build_user_points(
+            user_records(contexts, vectors, time.time()), self.settings.model_dim
+        )
+        for user_id, reason in rejected:
+            metrics.UPSERT_ERRORS.labels(collection="users").inc()
+            log.error("user %r not published: %s", user_id, reason)
+        return points
 
     def _changes(self, changed: list[str], always: set[str]) -> dict[str, np.ndarray]:
         publish, updates = self.publish.material_changes(changed, always)
@@ -390,8 +432,9 @@ class Learner:
         self,
         loss: float,
         items: Mapping[str, np.ndarray | None],
-        sessions: dict[str, tuple[list[str], np.ndarray]],
-        users: dict[str, str],
+        sessions: Mapping[str, tuple[list[str], np.ndarray]] | None = None,
+        session_users: Mapping[str, str] | None = None,
+        users: list[tuple[str, PointRow]] | None = None,
     ) -> Published:
         now = time.time()
         dim = self.settings.model_dim
@@ -401,17 +444,18 @@ class Learner:
             metrics.UPSERT_ERRORS.labels(collection="items").inc()
             log.error("item %r not published: %s", item_id, reason)
         keep = self.settings.max_session_items
+        owners = session_users or {}
         session_records = [
             SessionRecord(
-                session_id=sid, vector=vector, user_id=users.get(sid), updated_at=now, items=kept[-keep:]
+                session_id=sid, vector=vector, user_id=owners.get(sid), updated_at=now, items=kept[-keep:]
             )
-            for sid, (kept, vector) in sessions.items()
+            for sid, (kept, vector) in (sessions or {}).items()
         ]
         session_points, rejected = build_session_points(session_records, dim)
         for sid, reason in rejected:
             metrics.UPSERT_ERRORS.labels(collection="sessions").inc()
             log.error("session %r not published: %s", sid, reason)
-        return Published(loss=loss, items=item_points, sessions=session_points)
+        return Published(loss=loss, items=item_points, sessions=session_points, users=users or [])
 
     async def _upsert(self, published: Published, examples: Sequence[ExampleRecord]) -> None:
         written = {item_id for item_id, _ in published.items}
@@ -423,6 +467,7 @@ class Learner:
         # learner goes on with its next round; a newer vector replaces one still waiting.
         await self.buffer.add_points(published.items, now=True)
         await self.session_buffer.add_points(published.sessions, now=True)
+        await self.user_buffer.add_points(published.users, now=True)
         metrics.ITEMS_UPSERTED.set(self.buffer.upserted_points)
 
     def _observe_freshness(self, item_ids: list[str]) -> None:
@@ -435,11 +480,13 @@ class Learner:
                 if event_time is not None:
                     metrics.FRESHNESS_SECONDS.labels(since="event").observe(max(0.0, now - event_time))
 
-    # -- lookups (serialised with training on the learner thread) ----------------------
+    # -- lookups (ranked by Qdrant; see .recommend) -------------------------------------
 
-    async def recommend_for_items(self, items: list[str], k: int) -> list[tuple[str, float]]:
-        # Scores are inner products, which the serving rotation does not change.
-        return await self._in_thread(self.trainer.recommend, items, k, set(items))
+    async def recommend_for_items(self, items: list[str], k: int) -> Recommendation:
+        """Next items after ``items``: their session vector (encoded on the learner thread,
+        serialised with training) ranks the items in Qdrant."""
+        vector = await self._in_thread(self._live_vectors, [items])
+        return await self.recommender.for_vector(vector[0].tolist(), items, k)
 
     async def _in_thread(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self.thread, lambda: fn(*args, **kwargs))

@@ -33,6 +33,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from qdrant_client import models
 
+from onevec.models.online.user_history import Had, Recalled
+
 __all__ = [
     "COLLECTION_VECTORS",
     "ITEM_VECTORS",
@@ -136,14 +138,14 @@ class SessionRecord:
 @dataclass(frozen=True, slots=True)
 class UserRecord:
     """One user's point: their vector and their history as of ``session_id``, their latest
-    session; ``history`` maps each item they had to (decayed count, sessions since they last
-    had it), the form ``UserHistory.recall`` gives."""
+    session (``UserHistory.recall_arrays``: the items they had, each one's decayed count and the
+    sessions since they last had it)."""
 
     user_id: str
     vector: VectorValues
     session_id: str | None = None
     updated_at: float = 0.0
-    history: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+    history: Recalled = field(default_factory=lambda: Recalled.of({}))
 
 
 class PointRow(NamedTuple):
@@ -203,7 +205,7 @@ class StoredUser:
     vector: list[float]
     session_id: str | None
     updated_at: float
-    history: dict[str, tuple[float, int]]
+    history: dict[str, Had]
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,19 +341,17 @@ def build_session_points(records: Sequence[SessionRecord], dim: int) -> BuiltPoi
 
 def build_user_points(records: Sequence[UserRecord], dim: int) -> BuiltPoints:
     """Validate user records and turn them into points (a user's history as parallel lists)."""
-    payloads = []
-    for r in records:
-        items = list(r.history)
-        payloads.append(
-            {
-                "user_id": r.user_id,
-                "session_id": r.session_id,
-                "updated_at": float(r.updated_at),
-                "items": [str(item) for item in items],
-                "counts": [float(r.history[item][0]) for item in items],
-                "ago": [int(r.history[item][1]) for item in items],
-            }
-        )
+    payloads = [
+        {
+            "user_id": r.user_id,
+            "session_id": r.session_id,
+            "updated_at": float(r.updated_at),
+            "items": [str(item) for item in r.history.items],
+            "counts": r.history.counts.tolist(),
+            "ago": r.history.ago.tolist(),
+        }
+        for r in records
+    ]
     keys = [r.user_id for r in records]
     return _single_vector_points("user", USER_VECTOR, keys, [r.vector for r in records], payloads, dim)
 
@@ -389,7 +389,7 @@ def stored_session(session_id: str, vector: list[float], payload: Mapping[str, A
 def stored_user(user_id: str, vector: list[float], payload: Mapping[str, Any]) -> StoredUser:
     """A user point read back (see :func:`build_user_points`)."""
     history = {
-        str(item): (float(count), int(ago))
+        str(item): Had(float(count), int(ago))
         for item, count, ago in zip(payload["items"], payload["counts"], payload["ago"], strict=True)
     }
     session = payload.get("session_id")

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
+from onevec.models.online.user_history import Had, Recalled
 from onevec.streams.qdrant import (
     ITEM_VECTORS,
     VECTOR_DISTANCES,
@@ -407,7 +408,7 @@ def test_store_round_trip(tmp_path: Path, backend: str) -> None:
 
 
 def test_user_points_carry_the_history_as_parallel_lists() -> None:
-    history = {"a": (1.7, 0), "b": (0.49, 2)}
+    history = Recalled.of({"a": Had(1.7, 0), "b": Had(0.49, 2)})
     built = build_user_points([UserRecord("u1", basis(0), "s9", 5.0, history)], DIM)
     ((key, point),) = built.points
     assert key == "u1" and point.id == point_id("user", "u1") != point_id("session", "u1")
@@ -421,9 +422,9 @@ def test_user_points_carry_the_history_as_parallel_lists() -> None:
     }
     # One bad user (a NaN count or vector) is rejected alone.
     bad = [
-        UserRecord("nan-count", basis(0), "s", 1.0, {"a": (float("nan"), 0)}),
-        UserRecord("nan-vector", np.full(DIM, np.nan), "s", 1.0, {}),
-        UserRecord("ok", basis(1), None, 1.0, {}),
+        UserRecord("nan-count", basis(0), "s", 1.0, Recalled.of({"a": Had(float("nan"), 0)})),
+        UserRecord("nan-vector", np.full(DIM, np.nan), "s", 1.0),
+        UserRecord("ok", basis(1), None, 1.0),
     ]
     built = build_user_points(bad, DIM)
     assert [key for key, _ in built.points] == ["ok"]
@@ -433,8 +434,8 @@ def test_user_points_carry_the_history_as_parallel_lists() -> None:
 @pytest.mark.parametrize("backend", STORES)
 def test_users_and_sessions_read_back(tmp_path: Path, backend: str) -> None:
     async def body(store: QdrantStore) -> None:
-        history = {"a": (1.7, 0), "b": (0.49, 2)}
-        await write_users(store, [UserRecord("u1", 2.0 * basis(0), "s9", 5.0, history)])
+        history = {"a": Had(1.7, 0), "b": Had(0.49, 2)}
+        await write_users(store, [UserRecord("u1", 2.0 * basis(0), "s9", 5.0, Recalled.of(history))])
         await write_sessions(store, [SessionRecord("s9", basis(1), "u1", 5.0, ["a", "c"])])
         user = await store.get_user("u1")
         assert user is not None and user.session_id == "s9" and user.history == history
