@@ -19,6 +19,15 @@ class ModelConfig(BaseModel):
     # Negatives sampled from unigram^0.75 per micro-batch, shared by every example in it
     # (on top of the in-batch targets the session loss also uses).
     negatives: int = Field(default=64, ge=1)
+    # The negatives' sampler is unigram^negative_power of the click counts. The session loss
+    # corrects for it (log-Q) whatever it is; the item objective (sgns) does not, and with
+    # word2vec's 0.75 it learns PMI plus ~0.25 log(clicks of the target): a popularity lean
+    # that shows in the nearest neighbours. 1.0 samples negatives as often as items occur.
+    negative_power: float = Field(default=0.75, gt=0, le=1)
+    # Subsampling of frequent items in the item objective (word2vec's t): a (context, target)
+    # pair counts min(1, sqrt(t / f)) for each of its items, f = the item's share of clicks;
+    # 0 = off.
+    subsample: float = Field(default=0.0, ge=0)
     objective: Literal["sgns", "bpr"] = "sgns"
     # How many of the newest prefix items act as skip-gram context for the target.
     window: int = Field(default=5, ge=1)
