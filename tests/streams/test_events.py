@@ -138,7 +138,9 @@ def test_nesting_up_to_the_cap_is_accepted() -> None:
         ("ms", "2023-11-14T22:13:20+00:00", NOW),  # an ISO string carries its own unit
     ],
 )
-def test_timestamps_in_milliseconds_when_the_unit_says_so(unit: str, timestamp: object, seconds: float) -> None:
+def test_timestamps_in_milliseconds_when_the_unit_says_so(
+    unit: str, timestamp: object, seconds: float
+) -> None:
     limits = ValidationLimits(max_event_bytes=1024, timestamp_unit=unit)  # type: ignore[arg-type]
     event = validate_event(with_(timestamp=timestamp), limits, now=NOW)
     assert isinstance(event, Event) and event.timestamp == pytest.approx(seconds)
