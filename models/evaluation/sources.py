@@ -17,7 +17,7 @@ Another source (an image encoder, say) is one more entry of the mapping.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -39,19 +39,19 @@ def behaviour_vectors(trainer: OnlineTrainer, items: Sequence[str]) -> np.ndarra
 
 
 def attribute_vectors(
-    trainer: OnlineTrainer, items: Sequence[str], withhold: str | None = None
+    trainer: OnlineTrainer, items: Sequence[str], withhold: Collection[str] = ()
 ) -> np.ndarray:
-    """Mean attribute-token vector per item; tokens ``{withhold}=...`` left out."""
+    """Mean attribute-token vector per item; the tokens of the ``withhold`` attributes left out."""
     encoder = trainer.item_encoder
     tokens = encoder.vocabularies["token"]
     table = encoder.tables["token"].detach().numpy()
-    prefix = f"{withhold}=" if withhold else None
+    prefixes = tuple(f"{key}=" for key in withhold)
     out = np.zeros((len(items), encoder.config.dim), dtype=np.float32)
     for i, item in enumerate(items):
         row = encoder.item_vocab.get(item)
         if row is None:
             continue
-        kept = [t for t in encoder.item_tokens[row] if prefix is None or not tokens.key(t).startswith(prefix)]
+        kept = [t for t in encoder.item_tokens[row] if not tokens.key(t).startswith(prefixes)]
         if kept:
             out[i] = table[kept].mean(0)
     return out

@@ -92,6 +92,7 @@ def bare_evaluation(**overrides: object) -> SimpleNamespace:
         "probe_items": [],
         "map_vectors": np.zeros((0, 8)),
         "purchase": PurchaseResult({}, 0, 0, 0),
+        "similar_items": SimilarItems(10, 5, 5, 1_000_000.0, 3, 0, []),
         "heads": {},
         "head_rows": {},
         "return_no_history": 0,

@@ -509,8 +509,7 @@ def similar_items_lines(result: SimilarItems) -> list[str]:
 
 
 def _similar_items_section(ev: Evaluation) -> Section | None:
-    result: SimilarItems | None = getattr(ev, "similar_items", None)
-    lines = similar_items_lines(result) if result is not None else []
+    lines = similar_items_lines(ev.similar_items)
     return ("Similar items", lines) if lines else None
 
 

@@ -22,6 +22,7 @@ from onevec.models.evaluation.harness import PrequentialResult, Recommender, run
 from onevec.models.evaluation.lineup import baselines
 from onevec.models.evaluation.personal import repeat_share
 from onevec.models.evaluation.probes import ProbeRow, probe_tasks
+from onevec.models.evaluation.similar_items import SimilarItems, measure_similar_items
 from onevec.models.evaluation.tasks import (
     PurchaseResult,
     compare_heads,
@@ -71,6 +72,7 @@ class Evaluation:
     probe_items: list[str]
     map_vectors: np.ndarray  # unified vectors of the probe items (for the 2-D map)
     purchase: PurchaseResult  # on vectors frozen at the end of the history
+    similar_items: SimilarItems  # neighbours against later co-occurrence (frozen vectors)
     heads: dict[str, dict[str, float]]  # downstream task -> head -> AUC (frozen vectors)
     head_rows: dict[str, int]
     return_no_history: int  # return rows skipped: the user had no earlier item
@@ -172,7 +174,7 @@ def _run(data: EvalData, options: EvalOptions, stage: Callable[[str], None]) -> 
         base_sources["text"] = text
 
     def sources_for(task: Task) -> dict[str, np.ndarray]:
-        attributes = src.attribute_vectors(live.trainer, items, withhold=task.key)
+        attributes = src.attribute_vectors(live.trainer, items, withhold=task.withheld)
         return {**base_sources, "attributes": attributes}
 
     probes, fusion_weights = probe_tasks(tasks, items, sources_for, options.seed)
@@ -191,6 +193,13 @@ def _run(data: EvalData, options: EvalOptions, stage: Callable[[str], None]) -> 
     frozen_sources["unified"] = src.unified(frozen_sources)
     frozen_sources["served item vector"] = frozen.trainer.encode_items(items)
     purchase = purchase_similarity(data.events, data.positive, scored, items, frozen_sources)
+    similar_items = measure_similar_items(
+        data.events,
+        history,
+        items,
+        {name: frozen_sources[name] for name in ("unified", "behaviour", "served item vector")},
+        min_clicks=options.min_clicks,
+    )
     heads: dict[str, dict[str, float]] = {}
     head_rows: dict[str, int] = {}
     served = frozen_sources["served item vector"]
@@ -235,6 +244,7 @@ def _run(data: EvalData, options: EvalOptions, stage: Callable[[str], None]) -> 
         probe_items=items,
         map_vectors=full_sources["unified"],
         purchase=purchase,
+        similar_items=similar_items,
         heads=heads,
         head_rows=head_rows,
         return_no_history=no_history,
