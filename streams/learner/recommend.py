@@ -1,12 +1,20 @@
 """Recommendations ranked by Qdrant: for a user, a live session or a list of items.
 
 The query vector is a user's or a session's (both the session encoder's output, in the space of
-the items' ``behaviour`` vectors), so Qdrant ranks items by the inner product the model was
-trained and is evaluated with. A user's history reaches the query as point-id filters: their
-items (``has_id``) for what they had, the rest (``must_not has_id``) for what they never had,
-both rankings in one request. The repeat gate's history term is non-zero only on the user's own
-items, so the mixed ranking is exactly the top of those two merged and re-scored by the gate
-(:class:`~onevec.models.online.repeat_gate.RepeatGate`).
+the items' ``behaviour`` vectors), so items are ranked by the inner product the model was
+trained and is evaluated with. The repeat gate's history term
+(:class:`~onevec.models.online.repeat_gate.RepeatGate`) is non-zero only on the user's own items
+(at most ``history_items`` of them), so a ranking is the merge of two parts, re-scored by the
+gate:
+
+* the catalogue: Qdrant's top k by inner product, over-fetched by as many items as are excluded
+  (the user's and the session's own), which are dropped;
+* the user's own items: their stored ``behaviour`` vectors read from Qdrant by id, scored by the
+  same inner product.
+
+Point-id filters (``has_id`` / ``must_not has_id``) would say the same to Qdrant, but local mode
+(the embedded default) evaluates them point by point in Python: ~10x an unfiltered query
+(``python -m onevec.streams.tools.bench.users`` measures both).
 
 Modes: ``again`` ranks only items the user had, ``discover`` only items they never had,
 ``mixed`` (the default) both. A session's own items are never recommended for it (as ranking
@@ -24,7 +32,7 @@ import numpy as np
 
 from onevec.models.online.repeat_gate import RepeatGate
 from onevec.models.online.user_history import Had
-from onevec.streams.qdrant import ItemQuery, QdrantStore
+from onevec.streams.qdrant import ItemHit, QdrantStore
 
 __all__ = ["MODES", "Mode", "Recommendation", "Recommended", "Recommender", "UnknownSession", "UnknownUser"]
 
@@ -109,12 +117,16 @@ class Recommender:
     ) -> list[Recommended]:
         excluded = set(exclude)
         had = {item: entry for item, entry in history.items() if item not in excluded}
-        queries = []
+        hits: list[ItemHit] = []
         if mode != "again":
-            queries.append(ItemQuery(limit=k, exclude=excluded | had.keys()))
-        if mode != "discover":
-            queries.append(ItemQuery(limit=len(had), only=had.keys()))
-        hits = [hit for ranking in await self.store.rank_items(vector, queries) for hit in ranking]
+            dropped = excluded | had.keys()
+            found = await self.store.rank_items(vector, k + len(dropped))
+            hits.extend([hit for hit in found if hit.item_id not in dropped][:k])
+        if mode != "discover" and had:
+            query = np.asarray(vector, dtype=np.float32)
+            for item in await self.store.get_items(list(had)):
+                score = float(query @ np.asarray(item.vectors["behaviour"], dtype=np.float32))
+                hits.append(ItemHit(item.item_id, score, item.payload))
         scores = np.array([hit.score for hit in hits], dtype=np.float64)
         gate = self.gate()
         if gate is not None and hits:

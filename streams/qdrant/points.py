@@ -44,7 +44,6 @@ __all__ = [
     "BuiltPoints",
     "CollectionKind",
     "ItemHit",
-    "ItemQuery",
     "ItemRecord",
     "PointRow",
     "SessionRecord",
@@ -206,16 +205,6 @@ class StoredUser:
     session_id: str | None
     updated_at: float
     history: dict[str, Had]
-
-
-@dataclass(frozen=True, slots=True)
-class ItemQuery:
-    """One ranking of items by a query vector: its best ``limit``, among ``only`` (None: every
-    item) and never ``exclude`` (item ids)."""
-
-    limit: int
-    only: Collection[str] | None = None
-    exclude: Collection[str] = ()
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -413,15 +402,10 @@ def _attribute_condition(key: str, value: str) -> models.Condition:
 
 
 def payload_filter(
-    attributes: Mapping[str, str] | None,
-    exclude_point_ids: Collection[str] = (),
-    only_point_ids: Collection[str] | None = None,
+    attributes: Mapping[str, str] | None, exclude_point_ids: Collection[str] = ()
 ) -> models.Filter | None:
-    """Filter on item attributes (all must match), among ``only_point_ids`` (None: any point)
-    and minus ``exclude_point_ids``; None if it filters nothing."""
+    """Filter on item attributes (all must match) minus the given point ids; None if empty."""
     must = [_attribute_condition(k, v) for k, v in (attributes or {}).items()]
-    if only_point_ids is not None:
-        must.append(models.HasIdCondition(has_id=list(only_point_ids)))
     must_not: list[models.Condition] = (
         [models.HasIdCondition(has_id=list(exclude_point_ids))] if exclude_point_ids else []
     )

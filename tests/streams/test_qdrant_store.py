@@ -27,7 +27,6 @@ from onevec.streams.qdrant import (
     VECTOR_DISTANCES,
     CollectionSchemaError,
     ItemNotFound,
-    ItemQuery,
     ItemRecord,
     QdrantStore,
     SessionRecord,
@@ -451,33 +450,28 @@ def test_users_and_sessions_read_back(tmp_path: Path, backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", STORES)
-def test_rank_items_by_inner_product_among_and_without_given_items(tmp_path: Path, backend: str) -> None:
-    """Each query of one request ranks by the behaviour inner product: among ``only``, never
-    ``exclude``; an empty ``only`` finds nothing."""
+def test_rank_items_by_inner_product_and_read_items_by_id(tmp_path: Path, backend: str) -> None:
     lengths = {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}
-    records = [ItemRecord(i, {"behaviour": n * basis(0)}) for i, n in lengths.items()]
+    records = [ItemRecord(i, {"behaviour": n * basis(0)}, {"genre": ["Drama"]}) for i, n in lengths.items()]
     records.append(ItemRecord("text-only", {"text": basis(0)}))  # no behaviour: never ranked
 
     async def body(store: QdrantStore) -> None:
         await write_items(store, records)
         query = 0.5 * basis(0)
-        every, mine, others, none = await store.rank_items(
-            query,
-            [
-                ItemQuery(limit=10),
-                ItemQuery(limit=10, only={"b", "d", "never-stored"}),
-                ItemQuery(limit=2, exclude={"a"}),
-                ItemQuery(limit=10, only=set()),
-            ],
-        )
+        every = await store.rank_items(query, 10)
         assert [h.item_id for h in every] == ["a", "b", "c", "d"]
         assert [h.score for h in every] == pytest.approx([2.0, 1.5, 1.0, 0.5], abs=1e-5)
-        assert [h.item_id for h in mine] == ["b", "d"]
-        assert [h.item_id for h in others] == ["b", "c"]
-        assert none == []
-        assert await store.rank_items(query, []) == []
+        assert [h.item_id for h in await store.rank_items(query, 2)] == ["a", "b"]
+        assert await store.rank_items(query, 0) == []
         with pytest.raises(ValueError, match="using"):
-            await store.rank_items(query, [ItemQuery(limit=1)], using="session")
+            await store.rank_items(query, 1, using="session")
+        # By id: only the items that have the vector, with their payload.
+        found = await store.get_items(["d", "never-stored", "text-only", "b"])
+        assert sorted(i.item_id for i in found) == ["b", "d"]
+        assert all(i.payload["attributes"] == {"genre": ["Drama"]} for i in found)
+        by_id = {i.item_id: i.vectors["behaviour"] for i in found}
+        assert by_id["b"] == pytest.approx(list(3.0 * basis(0)))
+        assert await store.get_items([]) == []
 
     with_store(tmp_path, backend, body)
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from qdrant_client import QdrantClient, models
 
 from onevec.models.datasets import load_events
 from onevec.models.online.repeat_gate import RepeatGate
@@ -27,7 +28,6 @@ from onevec.models.online.user_history import Had, Recalled
 from onevec.streams.learner.recommend import Recommender, UnknownSession, UnknownUser
 from onevec.streams.learner.users import newest_items
 from onevec.streams.qdrant import (
-    ItemQuery,
     ItemRecord,
     QdrantStore,
     SessionRecord,
@@ -35,6 +35,7 @@ from onevec.streams.qdrant import (
     build_item_points,
     build_session_points,
     build_user_points,
+    point_id,
 )
 from onevec.streams.settings import Settings
 from onevec.streams.worker import WorkerProcess
@@ -196,16 +197,20 @@ def test_user_lookups_answer_from_qdrant_by_mode(settings: Settings, start_worke
     assert shown.returncode == 0 and ids(again)[0] in shown.stdout, shown.stdout + shown.stderr
     worker.stop()
 
-    # What the worker answered is Qdrant's ranking over the stored user vector.
-    async def from_qdrant() -> tuple[set[str], list[str]]:
-        async with QdrantStore(path=settings.qdrant_path, dim=settings.model_dim) as store:
-            stored = await store.get_user(user)
-            assert stored is not None
-            (ranking,) = await store.rank_items(
-                stored.vector, [ItemQuery(limit=20, exclude=stored.history.keys())]
-            )
-            return set(stored.history), [hit.item_id for hit in ranking]
-
-    stored_history, qdrant_discover = asyncio.run(from_qdrant())
-    assert stored_history == had
+    # What the worker answered is Qdrant's ranking over the stored user vector: the best items
+    # the user never had, asked of Qdrant directly with a point-id filter.
+    client = QdrantClient(path=str(settings.qdrant_path))
+    try:
+        (point,) = client.retrieve("users", [point_id("user", user)], with_payload=True, with_vectors=True)
+        assert isinstance(point.vector, dict) and point.payload is not None
+        assert set(point.payload["items"]) == had
+        never_had = models.Filter(
+            must_not=[models.HasIdCondition(has_id=[point_id("item", i) for i in point.payload["items"]])]
+        )
+        response = client.query_points(
+            "items", query=point.vector["user"], using="behaviour", query_filter=never_had, limit=20
+        )
+        qdrant_discover = [str((p.payload or {})["item_id"]) for p in response.points]
+    finally:
+        client.close()
     assert qdrant_discover == ids(discover)
