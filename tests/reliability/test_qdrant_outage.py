@@ -2,15 +2,14 @@
 bounded (back-pressure, nothing dropped), it does not crash, /metrics shows the retries and
 the buffered points, and once Qdrant is back every item catches up.
 
-Qdrant's unavailability is a fake (see tests/reliability/unavailable_qdrant_worker.py): no
-Qdrant server runs here, so the worker's real local-mode client is wrapped to refuse every
-call while a flag file exists. Broker, worker process, learner and storage are real.
+Qdrant's unavailability is a fake (see onevec.streams.tools.qdrant_outage): no Qdrant server
+runs here, so the worker's real local-mode client is wrapped to refuse every call while a
+switch file exists. Broker, worker process, learner and storage are real.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +17,8 @@ from collections import Counter
 
 import pytest
 
+from onevec.streams.settings import Settings
+from onevec.streams.tools.qdrant_outage import worker_command
 from onevec.streams.worker import WorkerProcess, metric_total
 from tests.reliability.reconcile import (
     MALFORMED,
@@ -27,13 +28,15 @@ from tests.reliability.reconcile import (
     wait_for,
     wait_metric,
 )
-from tests.reliability.unavailable_qdrant_worker import DOWN_FILE_VARIABLE
 
 MAX_PENDING, BATCH = 64, 32
 
 
-class UnavailableQdrantWorker(WorkerProcess):
-    command = (sys.executable, "-m", "tests.reliability.unavailable_qdrant_worker")
+def unavailable_qdrant_worker(settings: Settings, down_file) -> WorkerProcess:
+    """A worker whose Qdrant refuses every call while ``down_file`` exists."""
+    worker = WorkerProcess(settings, settings.broker_url)
+    worker.command = worker_command(down_file)
+    return worker
 
 
 @pytest.fixture
@@ -49,7 +52,7 @@ def get_json(worker: WorkerProcess, path: str) -> dict:
 def test_qdrant_outage_retries_backpressure_and_catch_up(settings, down_file) -> None:
     events = movielens_slice(settings, 50_000, 53_000)
     first, rest = events.iloc[:1000], events.iloc[1000:]
-    worker = UnavailableQdrantWorker(
+    worker = unavailable_qdrant_worker(
         settings.model_copy(
             update={
                 "qdrant_path": None,  # in memory: read back through the worker's HTTP lookups
@@ -62,8 +65,7 @@ def test_qdrant_outage_retries_backpressure_and_catch_up(settings, down_file) ->
                 "learner_round_batches": 1,
             }
         ),
-        settings.broker_url,
-        extra_env={DOWN_FILE_VARIABLE: str(down_file)},
+        down_file,
     )
     worker.start()
     try:
@@ -134,11 +136,7 @@ def test_learner_started_before_qdrant_waits_for_it(settings, down_file) -> None
     learns what arrived in between."""
     events = movielens_slice(settings, 0, 500)
     down_file.touch()
-    worker = UnavailableQdrantWorker(
-        settings.model_copy(update={"qdrant_path": None}),
-        settings.broker_url,
-        extra_env={DOWN_FILE_VARIABLE: str(down_file)},
-    ).launch()
+    worker = unavailable_qdrant_worker(settings.model_copy(update={"qdrant_path": None}), down_file).launch()
     try:
         answers: list[int] = []
 

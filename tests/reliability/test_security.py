@@ -34,10 +34,10 @@ from onevec.streams.app import broker_credentials
 from onevec.streams.kafka.producer import EventProducer
 from onevec.streams.kafka.topics import bootstrap_servers, ensure_topics
 from onevec.streams.settings import Settings
+from onevec.streams.tools.broker_proxy import TcpProxy, tansu_behind
 from onevec.streams.worker import WorkerProcess, metric_total
 from tests.conftest import isolated_settings
 from tests.kafka_helpers import post_events, wait_processed
-from tests.reliability.proxies import TcpProxy, tansu_behind, tls_server_context
 
 SECRETS = {
     "qdrant_api_key": "qdrant-key-7f3a9c1e",
@@ -59,6 +59,12 @@ def certificate(tmp_path_factory) -> tuple[Path, Path]:
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     return cert, key
+
+
+def tls_server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    return context
 
 
 def listening_addresses(pid: int) -> set[tuple[str, int]]:

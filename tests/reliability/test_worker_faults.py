@@ -8,8 +8,8 @@ learner and Qdrant, and add a consumer-group rebalance with two workers.
 
 from __future__ import annotations
 
+from onevec.streams.tools.reconcile import locate_inputs
 from onevec.streams.worker import metric_total
-from tests.kafka_helpers import read_examples
 from tests.reliability.reconcile import (
     MALFORMED,
     checkpoint_offsets,
@@ -49,7 +49,8 @@ def test_kill_9_mid_replay_then_restart(settings, start_worker, tmp_path) -> Non
     examples_total = result.examples
     learned_second = metric_total(second.metrics(), "onevec_examples_learned_total")
     second.stop()
-    reconcile_qdrant(result, events, [settings.qdrant_path], settings.model_dim)
+    # The click counts after a learner restart: tests/reliability/test_chaos_soak.py.
+    reconcile_qdrant(result, events, [settings.qdrant_path], settings.model_dim, clicks=False)
     uncovered = uncovered_examples(settings, [settings.data_dir])
     result.notes.update(
         {
@@ -62,6 +63,8 @@ def test_kill_9_mid_replay_then_restart(settings, start_worker, tmp_path) -> Non
         }
     )
     print("\n" + result.line("kill -9"))
+    if result.lost:
+        print(f"lost clicks (partition:offset): {locate_inputs(settings, result.lost_keys)}")
     result.assert_nothing_lost()
     assert examples_total >= len(events)
     assert metric_total(after_start, "onevec_checkpoint_restores_total") == 1, "checkpoint not restored"
@@ -100,15 +103,15 @@ def test_two_workers_rebalance_mid_stream(settings, start_worker, tmp_path) -> N
     accepted_b = metric_total(b.metrics(), "onevec_events_accepted_total")
     learned_b = metric_total(b.metrics(), "onevec_examples_learned_total")
     b.stop()
-    reconcile_qdrant(result, events, [dirs["a"] / "qdrant", dirs["b"] / "qdrant"], settings.model_dim)
+    # Two learners, each counting the clicks it learned: click counts are not comparable.
+    qdrants = [dirs["a"] / "qdrant", dirs["b"] / "qdrant"]
+    reconcile_qdrant(result, events, qdrants, settings.model_dim, clicks=False)
     uncovered = uncovered_examples(settings, [dirs["b"] / "data"])
-    examples = read_examples(settings, result.examples)
     result.notes.update(
         {
             "B partitions after joining": int(partitions_b),
             "accepted by A": int(accepted_a),
             "accepted by B": int(accepted_b),
-            "flagged duplicates": sum(e["duplicate"] for e in examples),
             "learned by A before its stop + by B": int(learned_a + learned_b),
             "examples past B's last checkpoint": uncovered,
         }

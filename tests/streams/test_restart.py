@@ -11,6 +11,7 @@ from onevec.models.datasets import load_events
 from onevec.streams.kafka.producer import EventProducer
 from onevec.streams.kafka.replay import iter_event_dicts
 from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.tools.reconcile import committed_offsets, locate_inputs
 from onevec.streams.worker import metric_total
 from tests.kafka_helpers import read_examples
 from tests.streams.oracle import expected_output
@@ -40,6 +41,7 @@ def test_restart_loses_nothing_and_restores_sessions(settings, start_worker, how
         else:
             first.kill()
         producer.send_many(rows[half:])
+    committed_at_restart = committed_offsets(settings, settings.group_id)
     assert processed_before < len(rows)
     emitted_before = event_keys(read_examples(settings, 0))
 
@@ -55,7 +57,13 @@ def test_restart_loses_nothing_and_restores_sessions(settings, start_worker, how
     # Tells a lost event from one emitted under another session id (its session cut elsewhere).
     elsewhere = {(e["session_id"], e["item_id"], e["timestamp"]) for e in examples} - wanted
     resessioned = sorted(k for k in elsewhere if (k[1], k[2]) in {(i, t) for _, i, t in missing})
-    assert not missing, f"{len(missing)} accepted events lost; under another session id: {resessioned[:20]}"
+    if missing:  # where the lost events were in the input, against the offsets committed at the restart
+        where = locate_inputs(settings, sorted(missing)[:20])
+        raise AssertionError(
+            f"{len(missing)} accepted events lost; under another session id: {resessioned[:20]}; "
+            f"their clicks (partition:offset): {where}; committed at the restart: {committed_at_restart}; "
+            f"worker logs: {first.log_path}, {second.log_path}"
+        )
     duplicates = len(examples) - len(rows)
     flagged = metric_total(samples, "onevec_events_duplicate_total")
     print(

