@@ -43,8 +43,8 @@ when the app is built.
    with Faust's dev log): a graceful restart lost 6 events, offsets 1080-1085 of a partition,
    all dropped as already read by the restarted worker (1 of 84 runs); in 2 of 8 traced
    restarts that lost nothing, 23 and 91 records fetched again were dropped the same way. So
-   the read offset of a record fetched before its partition's last seek is not taken: it
-   stays where the seek put it.
+   the read offset of a record fetched before its partition's last seek is not taken, and a
+   seek sets the read offset as it happens: it stays where the seek put it.
 """
 
 from __future__ import annotations
@@ -76,12 +76,14 @@ _ORIGINAL_CREATE_WORKER_CONSUMER = AIOKafkaConsumerThread._create_worker_consume
 
 class _SeekState:
     """Per fetcher, by partition: how many seeks so far, the offset of the last one, and the
-    seek count when the record last handed to Faust's fetch loop was fetched."""
+    seek count when the record last handed to Faust's fetch loop was fetched; and Faust's read
+    offsets, once the fetcher has fetched for them."""
 
     def __init__(self) -> None:
         self.seeks: dict[Any, int] = {}
         self.targets: dict[Any, int] = {}
         self.handed_out: dict[Any, int] = {}
+        self.read_offsets: _SeekAwareReadOffsets | None = None
 
     def stale(self, tp: Any) -> bool:
         """The record last handed out for ``tp`` was fetched before its last seek."""
@@ -104,6 +106,10 @@ def _seek_to_counted(self: Fetcher, tp: Any, offset: int) -> None:
     state.seeks[tp] = state.seeks.get(tp, 0) + 1
     state.targets[tp] = offset
     _fetcher_seek_to(self, tp, offset)
+    if state.read_offsets is not None:
+        # At once, not when Faust's seek returns to the event loop: the other partitions' seeks
+        # come first, and records fetched again meanwhile would be dropped below the old offset.
+        state.read_offsets[tp] = offset
 
 
 class _UntilSought(list):
@@ -161,7 +167,7 @@ async def _fetch_records_until_sought(
     state = _seek_state(consumer._fetcher)
     read_offsets = self.consumer._read_offset
     if isinstance(read_offsets, _SeekAwareReadOffsets):
-        read_offsets.state = state
+        read_offsets.state, state.read_offsets = state, read_offsets
     return {tp: _UntilSought(batch, state, tp) for tp, batch in records.items()}
 
 

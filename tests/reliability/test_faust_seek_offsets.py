@@ -74,6 +74,12 @@ def restart_sequence(read_offsets: MutableMapping[Any, int | None], fetcher: Stu
     return drain(read_offsets, again)
 
 
+def bind(read_offsets: Any, fetcher: StubFetcher) -> None:
+    """What the corrected fetch does the first time it fetches."""
+    state = faust_fixes._seek_state(fetcher)
+    read_offsets.state, state.read_offsets = state, read_offsets
+
+
 @pytest.fixture
 def consumer_read_offsets() -> MutableMapping[Any, int | None]:
     apply_faust_fixes()
@@ -83,9 +89,21 @@ def consumer_read_offsets() -> MutableMapping[Any, int | None]:
 
 def test_records_fetched_again_after_a_seek_are_not_dropped(consumer_read_offsets) -> None:
     fetcher = StubFetcher()
-    consumer_read_offsets.state = faust_fixes._seek_state(fetcher)  # what the first fetch does
+    bind(consumer_read_offsets, fetcher)
     assert restart_sequence(consumer_read_offsets, fetcher) == []
     assert consumer_read_offsets[PARTITION] == 1099
+
+
+def test_records_fetched_again_before_faust_sets_the_read_offset_are_not_dropped(
+    consumer_read_offsets,
+) -> None:
+    """Faust sets the read offsets once every partition is sought; records of a partition
+    sought first can be fetched again and handed out before that."""
+    fetcher = StubFetcher()
+    bind(consumer_read_offsets, fetcher)
+    drain(consumer_read_offsets, fetched(fetcher, range(COMMITTED, 1086)))
+    Fetcher.seek_to(fetcher, PARTITION, COMMITTED)
+    assert drain(consumer_read_offsets, fetched(fetcher, range(COMMITTED, 1100))) == []
 
 
 def test_without_the_correction_they_are_dropped() -> None:
@@ -96,7 +114,7 @@ def test_without_the_correction_they_are_dropped() -> None:
 
 def test_a_seek_that_writes_its_offset_directly_still_lands(consumer_read_offsets) -> None:
     fetcher = StubFetcher()
-    consumer_read_offsets.state = faust_fixes._seek_state(fetcher)
+    bind(consumer_read_offsets, fetcher)
     handed_out = iter(fetched(fetcher, range(500, 501)))
     drain(consumer_read_offsets, [next(handed_out)])
     Fetcher.seek_to(fetcher, PARTITION, 120)  # Consumer.seek and the recovery's seeks
