@@ -110,7 +110,7 @@ class ChaosResult:
     memory: dict[str, Memory] = field(default_factory=dict)
     seconds: float = 0.0
     caught_up: bool = False
-    lost_where: dict[EventKey, list[str]] = field(default_factory=dict)
+    lost_where: dict[EventKey, list[str]] = field(default_factory=dict)  # lost or never learned
 
     def failures(self) -> list[str]:
         """What missed the goal (nothing lost, every duplicate flagged); empty when met."""
@@ -283,8 +283,9 @@ def soak(settings: Settings, plan: ChaosPlan, console: Console) -> ChaosResult:
         result.reconciliation = reconcile_topics(settings, events, MALFORMED, timeout=60, settle=1)
         learn = workers.learn_settings
         reconcile_qdrant(result.reconciliation, events, [learn.qdrant_path or workdir], learn.model_dim)
-        if result.reconciliation.lost:
-            result.lost_where = locate_inputs(settings, result.reconciliation.lost_keys)
+        missed = result.reconciliation.lost_keys + result.reconciliation.unlearned_keys
+        if missed:
+            result.lost_where = locate_inputs(settings, missed)
     result.seconds = time.monotonic() - started
     return result
 
@@ -398,7 +399,8 @@ def report(result: ChaosResult, console: Console) -> None:
         table.add_row(name, value)
     console.print(table)
     for key, where in result.lost_where.items():
-        console.print(f"lost {key}: its click at (partition:offset) {', '.join(where) or 'nowhere'}")
+        kind = "lost" if key in r.lost_keys else "never learned"
+        console.print(f"{kind} {key}: its click at (partition:offset) {', '.join(where) or 'nowhere'}")
 
 
 def run_chaos(settings: Settings, plan: ChaosPlan, console: Console) -> bool:

@@ -157,6 +157,7 @@ class Reconciliation:
     lost: int = 0  # valid events without an example
     lost_keys: list[EventKey] = field(default_factory=list)  # the first of them, to locate
     unlearned: int = 0  # valid events whose every example is flagged: the learner skips them
+    unlearned_keys: list[EventKey] = field(default_factory=list)  # the first of them
     duplicates_flagged: int = 0
     duplicates_unflagged: int = 0  # learned twice
     dead_letters: int = 0
@@ -223,10 +224,13 @@ def reconcile_examples(
     lost = wanted - copies.keys()
     result.lost = len(lost)
     result.lost_keys = sorted(lost)[:20]
-    for key in wanted & copies.keys():
+    for key in sorted(wanted & copies.keys()):
         flags = copies[key]
         unflagged = flags.count(False)
-        result.unlearned += unflagged == 0
+        if unflagged == 0:
+            result.unlearned += 1
+            if len(result.unlearned_keys) < 20:
+                result.unlearned_keys.append(key)
         result.duplicates_unflagged += max(0, unflagged - 1)
         result.duplicates_flagged += len(flags) - 1 - max(0, unflagged - 1)
 

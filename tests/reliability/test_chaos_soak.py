@@ -34,7 +34,7 @@ def test_soak_loses_no_accepted_event_and_flags_every_duplicate(soaked: ChaosRes
     assert soaked.caught_up, "the pipeline did not catch up after the faults"
     assert r.valid == PLAN.events and r.malformed == 9
     assert r.lost == 0, f"accepted events lost; their clicks: {soaked.lost_where}"
-    assert r.unlearned == 0, "events only in flagged copies: never learned"
+    assert r.unlearned == 0, f"events never learned (only flagged copies): {soaked.lost_where}"
     assert r.duplicates_unflagged == 0
     assert (r.dead_lost, r.wrong_reasons) == (0, 0)
     assert r.items_missing == 0 and r.items_in_qdrant == r.items_expected > 0
