@@ -388,7 +388,18 @@ class OnevecApp:
         into a checkpoint: read them directly, from the checkpoint's offsets to the group's
         committed ones, and learn them before the live stream. No learned state is lost."""
         covered = checkpoint_coverage(self.settings, self._covered_offsets)
-        missed = await asyncio.to_thread(read_committed_gap, self.settings, covered)
+        # Until the gap is read whole, nothing is learned: the live examples wait in their topic.
+        reading = tenacity.AsyncRetrying(
+            wait=tenacity.wait_random_exponential(multiplier=0.5, max=10.0),
+            before_sleep=lambda state: log.warning(
+                "learner start: reading the examples after the checkpoint failed (%s); again in %.1f s",
+                state.outcome.exception() if state.outcome else None,
+                state.upcoming_sleep,
+            ),
+        )
+        missed: list[ExamplesBatch] = await reading(
+            asyncio.to_thread, read_committed_gap, self.settings, covered
+        )
         if missed:
             log.warning("learning %d examples taken after the last checkpoint", len(missed))
             await self.running_learner.learn_records(missed)

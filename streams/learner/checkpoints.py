@@ -31,6 +31,7 @@ from onevec.streams.settings import Settings
 __all__ = [
     "CheckpointStreamError",
     "Checkpoints",
+    "GapReadError",
     "StreamIdentity",
     "checkpoint_coverage",
     "read_committed_gap",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+GAP_STALL_SECONDS = 30.0  # no record for this long while reading the gap: the read is retried
 
 StreamIdentity = dict[str, str]  # cluster_id, examples_topic_id
 
@@ -148,15 +151,29 @@ def checkpoint_coverage(settings: Settings, offsets: dict[str, int]) -> dict[str
     return {f"{settings.examples_topic}:{p}": -1 for p in range(settings.partitions)} | offsets
 
 
-def read_committed_gap(settings: Settings, covered: dict[str, int]) -> list[ExamplesBatch]:
+class GapReadError(RuntimeError):
+    """The examples after the checkpoint could not be read up to the committed offsets."""
+
+
+def read_committed_gap(
+    settings: Settings, covered: dict[str, int], stall_seconds: float = GAP_STALL_SECONDS
+) -> list[ExamplesBatch]:
     """Examples records after ``covered`` ("topic:partition" -> offset) up to the consumer group's
-    committed offsets, read with a plain consumer that joins no group."""
+    committed offsets, read with a plain consumer that joins no group.
+
+    Every record up to the committed offset is read or the call raises ``GapReadError``: the
+    group will never deliver those records again, so stopping short would lose them. (It once
+    stopped after five empty polls: a slow broker after a kill -9 made a restarted learner skip
+    its whole gap, and the items only those examples had never reached Qdrant.)"""
     servers = bootstrap_servers(settings)
     security = settings.kafka_client_options()
     group = KafkaConsumer(
         bootstrap_servers=servers, group_id=settings.group_id, enable_auto_commit=False, **security
     )
-    reader = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, **security)
+    # earliest: an offset the broker no longer holds resumes at the oldest record, not the end.
+    reader = KafkaConsumer(
+        bootstrap_servers=servers, enable_auto_commit=False, auto_offset_reset="earliest", **security
+    )
     gap: list[ExamplesBatch] = []
     try:
         for key, offset in covered.items():
@@ -167,10 +184,16 @@ def read_committed_gap(settings: Settings, covered: dict[str, int]) -> list[Exam
                 continue
             reader.assign([tp])
             reader.seek(tp, offset + 1)
-            empty_polls = 0
-            while reader.position(tp) < end and empty_polls < 5:
+            last_progress = time.monotonic()
+            while (position := reader.position(tp)) < end:
                 records = reader.poll(timeout_ms=1000).get(tp, [])
-                empty_polls = 0 if records else empty_polls + 1
+                if records or reader.position(tp) > position:
+                    last_progress = time.monotonic()
+                elif time.monotonic() - last_progress > stall_seconds:
+                    raise GapReadError(
+                        f"{key}: examples after the checkpoint read up to offset {position} of"
+                        f" {end}; no record for {stall_seconds:.0f} s"
+                    )
                 for record in records:
                     if record.offset >= end:
                         continue
