@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     qdrant_url: str = ""
     qdrant_api_key: SecretStr | None = None
     qdrant_path: Path | None = None
+    # The engine on disk at qdrant_path (no URL): "edge", the Qdrant engine in-process (HNSW and
+    # payload indexes, indexed in a child process; docs/operations.md), or "local", qdrant-client's
+    # local mode (brute force). In memory (no qdrant_path) it is always local mode.
+    qdrant_engine: Literal["edge", "local"] = "local"
 
     # Session windows (event time).
     session_gap_seconds: float = Field(default=1800.0, gt=0)

@@ -1,12 +1,13 @@
 """The Qdrant store: creates and checks the collections, writes points, answers lookups.
 
 One async store serves the whole worker (Faust agents, aiohttp handlers, the learner's upsert
-buffers). A URL selects a Qdrant server, reached with ``AsyncQdrantClient``. Without one,
-qdrant-client's local mode runs at ``path`` (``:memory:`` when ``path`` is None), and the store
-runs a *blocking* local client on one dedicated thread instead of the async client: local mode
-is brute force and its async client computes on the calling thread, so a 256-point upsert in
-``path`` mode (350-450 ms here) was all a stalled event loop (Faust heartbeats, HTTP handlers);
-on the thread the loop stalled at most ~35 ms.
+buffers). A URL selects a Qdrant server, reached with ``AsyncQdrantClient``. Without one, an
+embedded engine runs at ``path``: the Qdrant engine itself (qdrant-edge, HNSW and payload
+indexes, in a child process: see edge.py) or qdrant-client's local mode (brute force; the only
+one in memory, when ``path`` is None). The store calls an embedded engine through a *blocking*
+client on one dedicated thread: local mode's async client computes on the calling thread, so a
+256-point upsert in ``path`` mode (350-450 ms here) was all a stalled event loop (Faust
+heartbeats, HTTP handlers); on the thread the loop stalled at most ~35 ms.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ParamSpec, Self, TypeVar, cast
+from typing import Any, Literal, ParamSpec, Self, TypeVar, cast
 
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
+from onevec.streams.qdrant.edge import EdgeProcess
 from onevec.streams.qdrant.points import (
     COLLECTION_VECTORS,
     ITEM_VECTORS,
@@ -39,7 +41,10 @@ from onevec.streams.qdrant.points import (
     stored_user,
 )
 
-__all__ = ["CollectionSchemaError", "ItemNotFound", "QdrantStore"]
+__all__ = ["CollectionSchemaError", "Engine", "ItemNotFound", "QdrantStore"]
+
+# The embedded engine at a path: qdrant-edge, or qdrant-client's local mode.
+Engine = Literal["edge", "local"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -54,8 +59,8 @@ class ItemNotFound(KeyError):
 
 
 class _ThreadedClient:
-    """A blocking ``QdrantClient`` (local mode) behind the async client's methods, every call
-    run on one dedicated thread.
+    """A blocking client (qdrant-client local mode, or qdrant-edge) behind the async client's
+    methods, every call run on one dedicated thread.
 
     One thread serialises the calls: local mode is not thread-safe, and calls keep the order in
     which they were issued even when an awaiting coroutine is cancelled. The methods are bound
@@ -63,7 +68,7 @@ class _ThreadedClient:
     what gets called.
     """
 
-    def __init__(self, client: QdrantClient) -> None:
+    def __init__(self, client: QdrantClient | EdgeProcess) -> None:
         self._client = client
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onevec-qdrant")
         self.collection_exists = self._on_thread(client.collection_exists)
@@ -100,8 +105,8 @@ class QdrantStore:
     """The ``items``, ``sessions`` and ``users`` collections of one Qdrant, from the event loop.
 
     ``url`` (non-empty) selects a Qdrant server and ``api_key`` authenticates to it; otherwise
-    local mode at ``path``, or in memory when ``path`` is None (``api_key`` is then unused, so
-    one settings file can switch modes by its URL alone).
+    the embedded ``engine`` at ``path``, or local mode in memory when ``path`` is None
+    (``api_key`` is then unused, so one settings file can switch modes by its URL alone).
     """
 
     def __init__(
@@ -113,12 +118,15 @@ class QdrantStore:
         https: bool | None = None,
         path: Path | None = None,
         collection_prefix: str = "",
+        engine: Engine = "local",
     ) -> None:
-        client = (
-            AsyncQdrantClient(url=url, api_key=api_key, https=https)
-            if url
-            else _ThreadedClient(_local_client(path))
-        )
+        client: AsyncQdrantClient | _ThreadedClient
+        if url:
+            client = AsyncQdrantClient(url=url, api_key=api_key, https=https)
+        elif path is not None and engine == "edge":
+            client = _ThreadedClient(EdgeProcess(path))
+        else:
+            client = _ThreadedClient(_local_client(path))
         self._attach(client, dim, collection_prefix)
 
     @classmethod
