@@ -1,8 +1,11 @@
 """The recommenders compared under the prequential protocol (see ``harness``).
 
 * :class:`LiveModel`: onevec's online trainer (item + session encoders), pre-trained on the
-  history, then learning every micro-batch after scoring it, as the worker does; with
-  ``frozen=True`` the same model never updated after pre-training (what online learning adds).
+  history, then learning every micro-batch after scoring it through the worker's own
+  ``LearningRound`` (so replay, the repeat gate and the user history behave as in the worker);
+  with the repeat gate it ranks with the gate over the user's history as it was before the
+  batch. With ``frozen=True`` the same model never updated after pre-training (what online
+  learning adds).
 * :class:`FrozenSkipGram`: Prod2Vec, a skip-gram item table trained once on the history and
   never updated; a session is the mean of its newest ``window`` items.
 * :class:`RecentPopularity`: the most clicked items among the last ``window`` events.
@@ -16,6 +19,7 @@ own history (P-Pop, TIFU-KNN) in :mod:`~onevec.models.evaluation.personal`, GRU4
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 
@@ -26,6 +30,8 @@ from onevec.models.evaluation.harness import Query
 from onevec.models.evaluation.item_columns import Popularity, learnable
 from onevec.models.online.config import ModelConfig
 from onevec.models.online.item_encoder import ItemEncoder
+from onevec.models.online.repeat_gate import HistoryFeatures
+from onevec.models.online.round import LearningRound, RoundConfig
 from onevec.models.online.trainer import OnlineTrainer
 from onevec.models.pretrain import pretrain
 
@@ -39,7 +45,12 @@ __all__ = [
 
 
 class LiveModel:
-    """onevec's online trainer; ``attributes`` maps item -> side-information tokens."""
+    """onevec's online trainer; ``attributes`` maps item -> side-information tokens.
+
+    Each stream batch is learned by a ``LearningRound`` step, the worker learner's own
+    test-then-train (its prequential score is the worker's metric; the harness ranks
+    separately, by the evaluation's rule). ``learn_seconds`` / ``learned`` time those steps:
+    the learner's examples/s."""
 
     def __init__(
         self,
@@ -55,17 +66,32 @@ class LiveModel:
         self.history_epochs = history_epochs
         self.frozen = frozen
         self.name = name or ("session model, frozen" if frozen else "onevec live model")
+        self.round = LearningRound(self.trainer, RoundConfig(seed=config.seed))
+        self.learn_seconds = 0.0
+        self.learned = 0
+        self._columns: dict[str, int] = {}  # candidate -> column (the harness only appends)
 
     def fit_history(self, records: list[ExampleRecord]) -> None:
         pretrain(self.trainer, records, self.history_epochs)
+        self.trainer.user_history.observe_records(records)
 
     def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:
         sessions = self.trainer.encode_sessions([q.prefix for q in queries])
-        return sessions @ self.trainer.encode_items(candidates).T
+        scores = sessions @ self.trainer.encode_items(candidates).T
+        gate, history = self.trainer.repeat_gate, self.trainer.user_history
+        if gate is None:
+            return scores
+        for column in range(len(self._columns), len(candidates)):
+            self._columns[candidates[column]] = column
+        recalled = [history.recall_arrays(q.user_id, q.session_id) for q in queries]
+        return gate.combine_batch(scores, HistoryFeatures.of(recalled, self._columns.get))
 
     def learn(self, records: list[ExampleRecord]) -> None:
         if not self.frozen:
-            self.trainer.learn(records)
+            started = time.perf_counter()
+            self.round.step(records)
+            self.learn_seconds += time.perf_counter() - started
+            self.learned += len(records)
 
 
 class FrozenSkipGram:

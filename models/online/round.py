@@ -103,8 +103,7 @@ class LearningRound:
         )
         if history is not None and matrix is not None:
             self._learn_gate(step, scored, [fresh[i]["item_id"] for i in scored], matrix, history, exclude)
-        if self.trainer.user_history is not None:
-            self.trainer.user_history.observe_records(fresh)
+        self.trainer.user_history.observe_records(fresh)
         for rank in ranks:
             self.score.add(rank)
         return StepOutcome(loss=step.loss, examples=len(examples), hits=[rank is not None for rank in ranks])
@@ -112,9 +111,9 @@ class LearningRound:
     def _history_features(self, records: Sequence[ExampleRecord]) -> HistoryFeatures | None:
         """The gate's features of the scored records' users' own items, from the history as
         it is before the step (so never a click of the step itself, nor a later one)."""
-        history = self.trainer.user_history
-        if history is None or self.trainer.repeat_gate is None:
+        if self.trainer.repeat_gate is None:
             return None
+        history = self.trainer.user_history
         recalled = [history.recall_arrays(str(r["user_id"]), str(r["session_id"])) for r in records]
         return HistoryFeatures.of(recalled, self.trainer.item_encoder.item_vocab.get)
 

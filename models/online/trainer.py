@@ -51,8 +51,9 @@ class OnlineTrainer:
     than once, as offline epochs would. Replayed clicks were counted when they arrived, so they
     do not enter the counts behind negative sampling and the log-Q correction again.
 
-    With ``repeat_gate`` the trainer also holds the gate and the per-user history it reads
-    (``repeat_gate``, ``user_history``; None otherwise): they are part of the model's state and
+    The trainer also holds each user's history (``user_history``), gate or not, so a user's
+    lookup (``/recommend?user=``) has the items they had; with ``repeat_gate`` it holds the
+    gate that reads it (``repeat_gate``; None otherwise). Both are part of the model's state and
     its checkpoint, while the prequential round (``round.LearningRound``) drives them, since
     the gate learns from how the batch was ranked.
     """
@@ -64,13 +65,10 @@ class OnlineTrainer:
         self.steps = 0  # micro-batches learned (a replay step is part of its micro-batch's)
         self.replay_buffer: deque[Example] = deque(maxlen=self.config.replay_size)
         self._replay_generator = torch.Generator().manual_seed(self.config.seed)
-        self.repeat_gate: RepeatGate | None = None
-        self.user_history: UserHistory | None = None
-        if self.config.repeat_gate:
-            self.repeat_gate = RepeatGate(lr=self.config.gate_lr)
-            self.user_history = UserHistory(
-                self.config.history_decay, self.config.history_users, self.config.history_items
-            )
+        self.repeat_gate = RepeatGate(lr=self.config.gate_lr) if self.config.repeat_gate else None
+        self.user_history = UserHistory(
+            self.config.history_decay, self.config.history_users, self.config.history_items
+        )
 
     def set_attributes(self, item_id: str, tokens: Sequence[str]) -> None:
         self.item_encoder.set_attributes(item_id, tokens)
@@ -157,23 +155,25 @@ class OnlineTrainer:
             "steps": self.steps,
             "session": self.session_encoder.state_dict(),
             "replay": self._replay_state(),
+            "user_history": self.user_history.state_dict(),
         }
-        if self.repeat_gate is not None and self.user_history is not None:
+        if self.repeat_gate is not None:
             state["repeat_gate"] = self.repeat_gate.state_dict()
-            state["user_history"] = self.user_history.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state; one written before the replay buffer or the gate existed loads
-        with an empty buffer, a fresh gate and an empty history."""
+        """Restore a state; one written before the replay buffer, the gate or the history
+        existed (or with the gate off) loads with an empty buffer, a fresh gate and an empty
+        history."""
         self.session_encoder.load_state_dict(state["session"])
         self.steps = int(state["steps"])
         self.replay_buffer.clear()
         if "replay" in state:
             self._load_replay_state(state["replay"])
-        if self.repeat_gate is not None and self.user_history is not None and "repeat_gate" in state:
-            self.repeat_gate.load_state_dict(state["repeat_gate"])
+        if "user_history" in state:
             self.user_history.load_state_dict(state["user_history"])
+        if self.repeat_gate is not None and "repeat_gate" in state:
+            self.repeat_gate.load_state_dict(state["repeat_gate"])
 
     def _replay_state(self) -> dict[str, Any]:
         """The buffer as plain lists (a checkpoint is loaded ``weights_only``) and the settings
