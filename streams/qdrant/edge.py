@@ -50,9 +50,9 @@ _DISTANCES: Mapping[models.Distance, edge.Distance] = {
     models.Distance.EUCLID: edge.Distance.Euclid,
     models.Distance.MANHATTAN: edge.Distance.Manhattan,
 }
-# One indexing thread: the machine's other core stays with the worker. m and ef_construct are
-# Qdrant's defaults; full_scan_threshold (KB) likewise.
-_HNSW = edge.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, max_indexing_threads=1)
+# A segment with this many KB of vectors gets HNSW graphs and is searched through them; a smaller
+# one is scanned exactly (Qdrant's default for both thresholds).
+INDEX_FROM_KB = 10_000
 # Writes settle this long before an index build starts, so a burst of upserts is indexed once.
 INDEX_SETTLE_SECONDS = 2.0
 
@@ -63,8 +63,14 @@ class EdgeCollections:
     Blocking and not meant to be shared between threads except for :meth:`optimize`, which
     qdrant-edge runs alongside reads and writes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, index_from_kb: int = INDEX_FROM_KB) -> None:
         self._root = path / "edge"
+        self._optimizers = edge.EdgeOptimizersConfig(indexing_threshold=index_from_kb)
+        # One indexing thread: the machine's other core stays with the worker. m and
+        # ef_construct are Qdrant's defaults.
+        self._hnsw = edge.HnswIndexConfig(
+            m=16, ef_construct=100, full_scan_threshold=index_from_kb, max_indexing_threads=1
+        )
         self._root.mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, edge.EdgeShard] = {}
         self._indexed: dict[str, set[str]] = {}  # payload keys with an index, per collection
@@ -98,7 +104,8 @@ class EdgeCollections:
                 name: edge.EdgeVectorParams(size=params.size, distance=_DISTANCES[params.distance])
                 for name, params in vectors_config.items()
             },
-            hnsw_config=_HNSW,
+            hnsw_config=self._hnsw,
+            optimizers=self._optimizers,
         )
         shard = edge.EdgeShard.create(str(self._folder(collection_name)), config)
         with self._lock:
@@ -181,6 +188,10 @@ class EdgeCollections:
 
     def count(self, collection_name: str, exact: bool = True) -> models.CountResult:
         return models.CountResult(count=self._shard(collection_name).count(edge.CountRequest(exact=exact)))
+
+    def indexed_vectors(self, collection_name: str) -> int:
+        """How many vectors of the collection are in an HNSW graph (the rest are scanned)."""
+        return self._shard(collection_name).info().indexed_vectors_count
 
     def _index_keys(self, name: str, shard: edge.EdgeShard, keys: Iterable[str]) -> None:
         """A keyword index on each filtered payload key that has none yet (see the module)."""
@@ -267,9 +278,9 @@ class _Failure:
 _WRITES = frozenset({"create_collection", "upsert", "delete"})
 
 
-def _serve(connection: Connection, path: Path) -> None:
+def _serve(connection: Connection, path: Path, index_from_kb: int) -> None:
     """The child process: answer calls in order; index after writes settle."""
-    collections = EdgeCollections(path)
+    collections = EdgeCollections(path, index_from_kb)
     written = threading.Event()
     last_write = [time.monotonic()]
     closing = threading.Event()
@@ -312,9 +323,10 @@ def _serve(connection: Connection, path: Path) -> None:
 
 
 def serve_socket() -> None:
-    """The child's entry point: ``python -c`` passes the socket's descriptor and the path."""
+    """The child's entry point: ``python -c`` passes the socket's descriptor, the path and the
+    index threshold."""
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
-    _serve(Connection(int(sys.argv[1])), Path(sys.argv[2]))
+    _serve(Connection(int(sys.argv[1])), Path(sys.argv[2]), int(sys.argv[3]))
 
 
 class EdgeProcess:
@@ -323,14 +335,15 @@ class EdgeProcess:
     One caller at a time (the store's thread); a call waits for its answer. The child stops
     and flushes its shards on :meth:`close`, or when this process ends (its socket closes)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, index_from_kb: int = INDEX_FROM_KB) -> None:
         path.mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair()
         # A new interpreter rather than multiprocessing: fork would copy the worker's threads,
         # and spawn runs the caller's main module again.
         entry = "from onevec.streams.qdrant.edge import serve_socket; serve_socket()"
         self._process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed code
-            [sys.executable, "-c", entry, str(theirs.fileno()), str(path)], pass_fds=[theirs.fileno()]
+            [sys.executable, "-c", entry, str(theirs.fileno()), str(path), str(index_from_kb)],
+            pass_fds=[theirs.fileno()],
         )
         theirs.close()
         self._connection = Connection(ours.detach())
@@ -391,6 +404,9 @@ class EdgeProcess:
     def optimize(self) -> bool:
         """Build the indexes now (the bench, tests); the child also does it by itself."""
         return cast(bool, self._call("optimize"))
+
+    def indexed_vectors(self, collection_name: str) -> int:
+        return cast(int, self._call("indexed_vectors", collection_name))
 
     def close(self) -> None:
         if self._process.poll() is None:

@@ -131,13 +131,19 @@ class QdrantStore:
 
     @classmethod
     def from_client(
-        cls, client: AsyncQdrantClient | QdrantClient, *, dim: int, collection_prefix: str = ""
+        cls,
+        client: AsyncQdrantClient | QdrantClient | EdgeProcess,
+        *,
+        dim: int,
+        collection_prefix: str = "",
     ) -> Self:
-        """Wrap an existing client (custom timeouts, gRPC, a test double around one); a blocking
-        one is run on the store's thread."""
+        """Wrap an existing client (custom timeouts, gRPC, a tuned embedded engine, a test double
+        around one); a blocking one is run on the store's thread."""
         store = cls.__new__(cls)
         store._attach(
-            _ThreadedClient(client) if isinstance(client, QdrantClient) else client, dim, collection_prefix
+            client if isinstance(client, AsyncQdrantClient) else _ThreadedClient(client),
+            dim,
+            collection_prefix,
         )
         return store
 
