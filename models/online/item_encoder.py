@@ -43,6 +43,7 @@ __all__ = ["Batch", "BatchVectors", "ItemEncoder"]
 
 _TABLES = ("item", "token", "user")
 _TOUCHED_MERGE = 256  # lookups kept before their touched rows and tokens are merged
+_BLOCK = 256  # item rows per block of the negative sampler (a power of two, as capacities are)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,13 @@ class ItemEncoder:
         capacity, dim = self.config.initial_capacity, self.config.dim
         self.tables = nn.ParameterDict({name: nn.Parameter(torch.zeros(capacity, dim)) for name in _TABLES})
         self.counts = torch.zeros(capacity, dtype=torch.float64)  # clicks per item row
+        # clicks ** negative_power per row, and its sums per block of _BLOCK rows: negatives are
+        # drawn block first, then row within the block, and a step updates only the rows it
+        # counted; a draw over every row was two passes over the catalogue per step.
+        self._smoothed = torch.zeros(0, dtype=torch.float64)
+        self._block_sums = torch.zeros(0, dtype=torch.float64)
+        self._reweigh_all()
+        self._clicks_total = 0.0  # the sum of counts, kept as they are counted
         self.item_tokens: list[list[int]] = []  # token rows of each item row
         # The same bags as flat int64 arrays (CSR: bag of row r = flat[start[r]:start[r]+size[r]]),
         # so the bags of any set of rows are gathered by tensor ops, not a Python loop per row:
@@ -88,7 +96,10 @@ class ItemEncoder:
         self._bag_size = array("q")
         self._bag_live = 0  # entries of _bag_flat still in use
         self._bag_tensors: tuple[Tensor, Tensor, Tensor] | None = None
-        self._changed_rows: set[int] = set()
+        # Rows changed outside training lookups (new rows, new attributes), appended as they
+        # come; drained with the touched ones. An array, not a set: a catalogue of 1M items
+        # registers 1M rows at start.
+        self._changed_rows = array("q")
         # Rows and tokens a training lookup touched, as the lookups' own tensors: kept as they
         # are and merged when drained, instead of a Python set update per lookup (thousands of
         # ints per step).
@@ -115,7 +126,7 @@ class ItemEncoder:
         if len(self._bag_flat) > 2 * self._bag_live + 1024:
             self._rebuild_bags()  # mostly garbage from replaced bags
         self._bag_tensors = None
-        self._changed_rows.add(row)
+        self._changed_rows.append(row)
         self._matrix = None
 
     def _rows(self, table: str, keys: Sequence[str], random_init: bool = True) -> list[int]:
@@ -131,7 +142,7 @@ class ItemEncoder:
                 self._bag_start.frombytes(bytes(8 * (len(vocab) - before)))
                 self._bag_size.frombytes(bytes(8 * (len(vocab) - before)))
                 self._bag_tensors = None
-                self._changed_rows.update(range(before, len(vocab)))
+                self._changed_rows.extend(range(before, len(vocab)))
             if random_init:
                 new = torch.randn(len(vocab) - before, self.config.dim, generator=self.generator)
                 with torch.no_grad():
@@ -151,6 +162,7 @@ class ItemEncoder:
             counts = torch.zeros(capacity, dtype=torch.float64)
             counts[: self.counts.shape[0]] = self.counts
             self.counts = counts
+            self._reweigh_all()
 
     def item_ids(self) -> list[str]:
         """Every known item id, in row order (the rows of ``item_matrix()``)."""
@@ -183,6 +195,8 @@ class ItemEncoder:
         target_rows = torch.tensor(targets, dtype=torch.long)
         if count:
             self.counts.index_add_(0, target_rows, torch.ones(len(targets), dtype=torch.float64))
+            self._reweigh(torch.unique(target_rows))
+            self._clicks_total += len(targets)
         width = max(1, int(lengths.max()) if len(lengths) else 1)
         padded = np.zeros((len(examples), width), dtype=np.int64)
         padded[np.arange(width)[None, :] < lengths[:, None]] = rows[len(examples) :]  # row-major order
@@ -197,8 +211,28 @@ class ItemEncoder:
     def sample_negatives(self, n: int) -> Tensor:
         """Item rows drawn from unigram^negative_power of click counts (word2vec's smoothing
         at 0.75)."""
-        weights = self.counts[: len(self.item_vocab)] ** self.config.negative_power
-        return torch.multinomial(weights, n, replacement=True, generator=self.generator)
+        blocks = torch.multinomial(self._block_sums, n, replacement=True, generator=self.generator)
+        # In numpy: torch runs the (n, _BLOCK) gather and cumsum on its thread pool, which
+        # took milliseconds at n=256 on a busy machine.
+        cumulative = self._smoothed.numpy().reshape(-1, _BLOCK)[blocks.numpy()].cumsum(1)
+        draws = torch.rand(n, 1, generator=self.generator, dtype=torch.float64).numpy() * cumulative[:, -1:]
+        within = np.minimum(np.count_nonzero(cumulative <= draws, axis=1), _BLOCK - 1)  # searchsorted, right
+        return blocks * _BLOCK + torch.from_numpy(within)
+
+    def _reweigh(self, rows: Tensor) -> None:
+        """The sampler's weights of ``rows`` (unique) from their counts, and their blocks' sums
+        summed afresh (not by differences: the same counts give the very same sums, so a
+        restored model samples what the saved one would)."""
+        self._smoothed[rows] = self.counts[rows] ** self.config.negative_power
+        blocks = torch.unique(rows // _BLOCK)
+        self._block_sums[blocks] = self._smoothed.view(-1, _BLOCK)[blocks].sum(1)
+
+    def _reweigh_all(self) -> None:
+        """The sampler's weights of every row (at start, growth and restore)."""
+        size = -(-self.counts.shape[0] // _BLOCK) * _BLOCK
+        self._smoothed = torch.zeros(size, dtype=torch.float64)
+        self._smoothed[: self.counts.shape[0]] = self.counts**self.config.negative_power
+        self._block_sums = self._smoothed.view(-1, _BLOCK).sum(1)
 
     def candidate_log_q(self, batch: Batch) -> Tensor:
         """Log-probability that each of ``[targets, negatives]`` entered the candidate set.
@@ -208,12 +242,10 @@ class ItemEncoder:
         sampled softmax from learning to push popular items down just because they are
         sampled as negatives more often; on MovieLens it lifts HR@20 from ~0.15 to ~0.23.
         """
-        clicks = self.counts[: len(self.item_vocab)]
-        smoothed = clicks**self.config.negative_power
         return torch.cat(
             [
-                torch.log(clicks[batch.targets] / clicks.sum()),
-                torch.log(smoothed[batch.negatives] / smoothed.sum()),
+                torch.log(self.counts[batch.targets] / self._clicks_total),
+                torch.log(self._smoothed[batch.negatives] / self._block_sums.sum()),
             ]
         ).float()
 
@@ -329,7 +361,7 @@ class ItemEncoder:
         """word2vec's subsampling as a weight: min(1, sqrt(t / share of clicks)) per item row
         (an item with no clicks yet keeps 1)."""
         clicks = self.counts[rows]
-        share = clicks / self.counts.sum().clamp(min=1)
+        share = clicks / max(self._clicks_total, 1.0)
         return torch.where(clicks > 0, (self.config.subsample / share).sqrt().clamp(max=1), 1.0).float()
 
     def _bpr_loss(self, batch: Batch, vectors: BatchVectors) -> Tensor:
@@ -408,26 +440,50 @@ class ItemEncoder:
         return {self.item_vocab.key(row) for row in self.changed_rows().tolist()}
 
     def changed_rows(self) -> np.ndarray:
-        """:meth:`changed_items` as item rows (sorted int64; drains)."""
-        # Marks over all rows and all tokens, not np.unique/np.isin: linear, no sort (at 100k
-        # items those sorts were a tenth of a learner round).
+        """:meth:`changed_items` as item rows (sorted int64; drains). Finding the carriers of
+        the changed tokens reads every bag, O(items): offline use; the learner keeps
+        :meth:`drain_changes` instead."""
+        rows, tokens = self.drain_changes()
         changed = np.zeros(len(self.item_vocab), dtype=bool)
-        changed[np.fromiter(self._changed_rows, dtype=np.int64, count=len(self._changed_rows))] = True
-        for rows in self._touched_rows:
-            changed[rows.numpy()] = True
-        if self._touched_tokens:
-            # Which items carry a changed token, over all bags at once: mark the changed
-            # tokens, then a row is hit when its span of the flat bag array holds a mark.
-            tokens = np.zeros(len(self.vocabularies["token"]), dtype=bool)
-            for touched in self._touched_tokens:
-                tokens[touched.numpy()] = True
-            flat = np.frombuffer(self._bag_flat, dtype=np.int64)
-            starts = np.frombuffer(self._bag_start, dtype=np.int64)
-            ends = starts + np.frombuffer(self._bag_size, dtype=np.int64)
-            marks = np.concatenate([[0], np.cumsum(tokens[flat])])
-            changed |= marks[ends] > marks[starts]
-        self._changed_rows, self._touched_rows, self._touched_tokens = set(), [], []
+        changed[rows] = True
+        if len(tokens):
+            marks = np.zeros(len(self.vocabularies["token"]), dtype=np.int64)
+            marks[tokens] = 1
+            every = np.arange(len(self.item_vocab))
+            changed |= self.bag_max(every, marks, 0) > 0
         return np.flatnonzero(changed)
+
+    def drain_changes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(item rows, token rows) changed since the last call, each sorted and unique; drains.
+        An item moved when its row is among the rows or its bag holds one of the tokens. The
+        cost is the changes', not the catalogue's."""
+        rows = np.unique(
+            np.concatenate(
+                [np.frombuffer(self._changed_rows, dtype=np.int64), *(t.numpy() for t in self._touched_rows)]
+            )
+        )
+        tokens = np.unique(
+            np.concatenate([np.zeros(0, dtype=np.int64), *(t.numpy() for t in self._touched_tokens)])
+        )
+        self._changed_rows, self._touched_rows, self._touched_tokens = array("q"), [], []
+        return rows, tokens
+
+    def bag_max(self, rows: np.ndarray, values: np.ndarray, empty: int) -> np.ndarray:
+        """Per item row of ``rows``, the largest of ``values`` (one per token row) over its
+        attribute tokens; ``empty`` for an item without attributes. One gather over the bags of
+        ``rows`` only."""
+        flat = np.frombuffer(self._bag_flat, dtype=np.int64)
+        starts = np.frombuffer(self._bag_start, dtype=np.int64)[rows]
+        sizes = np.frombuffer(self._bag_size, dtype=np.int64)[rows]
+        out = np.full(len(rows), empty, dtype=values.dtype)
+        full = np.flatnonzero(sizes)
+        if len(full):
+            starts, sizes = starts[full], sizes[full]
+            offsets = np.cumsum(sizes) - sizes
+            # Position j of bag i is starts[i] + (j - offsets[i]) in the flat array.
+            positions = np.repeat(starts - offsets, sizes) + np.arange(int(sizes.sum()))
+            out[full] = np.maximum.reduceat(values[flat[positions]], offsets)
+        return out
 
     # ---- state --------------------------------------------------------------------------
 
@@ -449,13 +505,15 @@ class ItemEncoder:
             self.vocabularies[name].load_state_dict(state["vocabularies"][name])
             self.tables[name] = nn.Parameter(state["tables"][name].clone())
         self.counts = state["counts"].clone()
+        self._reweigh_all()
+        self._clicks_total = float(self.counts.sum())
         self.item_tokens = [list(bag) for bag in state["item_tokens"]]
         self._rebuild_bags()
         self.generator.set_state(state["generator"])
         self.optimizer.load_state_dict(state["optimizer"])
         self._matrix = None
         # Which upserts landed before the restart is unknown: treat every item as changed.
-        self._changed_rows = set(range(len(self.item_vocab)))
+        self._changed_rows = array("q", range(len(self.item_vocab)))
         self._touched_rows, self._touched_tokens = [], []
 
 

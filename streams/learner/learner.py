@@ -339,7 +339,10 @@ class Learner:
     async def _process(self, batches: list[ExamplesBatch]) -> None:
         examples = [example for batch in batches for example in batch.examples]
         started = time.perf_counter()
-        published = await self._in_thread(self.learn_round, examples)
+        # With nothing queued behind this round the learner has time to spare: a full sweep
+        # slice; under backlog, the round's share (see PublishPolicy.due).
+        share = 1.0 if self.queue.empty() else None
+        published = await self._in_thread(self.learn_round, examples, share)
         metrics.TRAIN_STEP_SECONDS.observe(time.perf_counter() - started)
         metrics.TRAIN_LOSS.set(published.loss)
         metrics.EXAMPLES_LEARNED.inc(len(examples))
@@ -350,9 +353,11 @@ class Learner:
         if self.checkpoints.due():
             await self.checkpoint()
 
-    def learn_round(self, examples: Sequence[ExampleRecord]) -> Published:
+    def learn_round(self, examples: Sequence[ExampleRecord], sweep_share: float | None = None) -> Published:
         """On the learner thread: score and learn the round's steps; then, once per round, the
-        points of what changed and the live vectors of the round's sessions."""
+        points of what changed and the live vectors of the round's sessions. ``sweep_share``:
+        the share of a sweep slice this round may publish, by default its size against a full
+        round's."""
         known_before = len(self.trainer.item_encoder.item_vocab)
         steps = self.round.learn(examples)
         for step in steps:
@@ -372,7 +377,9 @@ class Learner:
         contexts = {} if history is None else user_contexts(history, latest, sessions)
         vectors = self._live_vectors([*sessions.values(), *(c.newest for c in contexts.values())])
         clicked = {e["item_id"] for e in examples}
-        items = self._changes(*self.publish.due(clicked, known_before))
+        if sweep_share is None:
+            sweep_share = min(1.0, len(examples) / self.settings.learner_round_examples)
+        items = self._changes(*self.publish.due(clicked, known_before, sweep_share))
         self._update_drift()
         session_users = {e["session_id"]: e["user_id"] for e in examples}
         live = zip(sessions.items(), vectors[: len(sessions)], strict=True)
@@ -421,7 +428,8 @@ class Learner:
     def _update_drift(self) -> None:
         # At most once a second, not per step: the alignment sums take the queued updates in
         # one batch (they are linear, so nothing is lost) and the gauges are scraped no faster.
-        if time.monotonic() - self._last_drift >= DRIFT_UPDATE_SECONDS:
+        # A backlog larger than a batch (the catalogue's first publish) drains a batch a round.
+        if not self.drift.apply_backlog() and time.monotonic() - self._last_drift >= DRIFT_UPDATE_SECONDS:
             self.drift.after_step(self.publish.published, self.event_counts)
             self._last_drift = time.monotonic()
 

@@ -3,13 +3,15 @@
 Clicked items and items new to the model go out at once: that is the freshness users see.
 Every step also moves items nobody clicked (through a shared attribute token or a sampled
 negative), on MovieLens nearly every item every step; those are marked stale and swept once
-per ``refresh_seconds``, at most ``sweep_items`` per round, and only those whose direction
+per ``refresh_seconds``, at most ``sweep_items`` per full round (a smaller round takes its
+share, so the sweep's points cost the same per example learned), and only those whose direction
 moved by more than ``min_change`` (cosine distance) since they were last published are sent:
 writing them all each time would make the sink the bottleneck for no visible change.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,8 +34,16 @@ class VectorUpdate:
     sampled: bool  # clicked (or new): an unbiased sample of what users touch
 
 
+SWEEP_SCAN_ROWS = 65_536  # item rows a round's sweep examines at most (a few ms of bag reads)
+
+
 class PublishPolicy:
-    """Remembers what was published per item and picks what a round publishes."""
+    """Remembers what was published per item and picks what a round publishes.
+
+    Nothing here reads the whole catalogue per round: the encoder reports the item and token
+    rows a round changed, and each gets a stamp (the round it changed in). An item is stale
+    when its row or one of its tokens changed after it was last checked; a sweep walks the
+    rows with a cursor, reading the stamps of at most ``SWEEP_SCAN_ROWS`` rows per round."""
 
     def __init__(
         self,
@@ -50,41 +60,72 @@ class PublishPolicy:
         self.refresh_seconds = refresh_seconds
         self.sweep_items = sweep_items
         self.published: dict[str, np.ndarray] = {}  # unit vector last sent to Qdrant, per item
-        self.stale = np.zeros(0, dtype=bool)  # per item row: moved, not clicked, not yet published
+        self._round = 0  # rounds so far: the stamps below
+        self._row_changed = np.zeros(0, dtype=np.int64)  # per item row: last round it moved
+        self._token_changed = np.zeros(0, dtype=np.int64)  # per token row: last round it moved
+        self._row_checked = np.zeros(0, dtype=np.int64)  # per item row: last round it was due
         self._last_sweep = time.monotonic()
         self._sweeping = False  # a sweep is spread over rounds
-        self._sweep_from = 0
+        self._cursor = 0  # the next item row the sweep examines
 
-    def due(self, clicked: set[str], known_before: int) -> tuple[list[str], set[str]]:
+    def due(self, clicked: set[str], known_before: int, share: float = 1.0) -> tuple[list[str], set[str]]:
         """(items to consider publishing, items to publish whatever they moved): the round's
-        clicked and new items, plus a slice of the stale ones when a sweep is due."""
+        clicked and new items, plus stale ones when a sweep is due: at most ``share`` of
+        ``sweep_items`` (a round smaller than a full one takes its share)."""
         vocab = self.encoder.item_vocab
-        if len(self.stale) < len(vocab):  # one flag per item row, grown with the table
-            self.stale = np.concatenate([self.stale, np.zeros(2 * len(vocab) - len(self.stale), dtype=bool)])
-        self.stale[self.encoder.changed_rows()] = True
-        always_rows = [row for item in clicked if (row := vocab.get(item)) is not None]
-        always_rows.extend(range(known_before, len(vocab)))  # new to the model
-        self.stale[always_rows] = False
-        always = {vocab.key(row) for row in always_rows}
+        self._stamp()
+        always_rows = np.fromiter(
+            itertools.chain(
+                (row for item in clicked if (row := vocab.get(item)) is not None),
+                range(known_before, len(vocab)),
+            ),
+            dtype=np.int64,
+        )
+        self._row_checked[always_rows] = self._round
+        always = {vocab.key(row) for row in always_rows.tolist()}
         now = time.monotonic()
         if not self._sweeping and now - self._last_sweep < self.refresh_seconds:
             return sorted(always), always
-        # A sweep takes at most sweep_items per round, from where the last round stopped, so a
-        # large catalogue is swept over several rounds instead of in one burst of points.
-        stale = np.flatnonzero(self.stale)
-        order = np.concatenate([stale[stale >= self._sweep_from], stale[stale < self._sweep_from]])
-        swept = order[: self.sweep_items]
-        self.stale[swept] = False
-        self._sweep_from = int(swept[-1]) + 1 if len(swept) else 0
-        self._sweeping = len(swept) < len(order)
+        # A sweep is one pass of the cursor over every row, spread over rounds so a large
+        # catalogue is swept in slices instead of one burst of points; the next pass starts
+        # refresh_seconds after this one ends.
+        swept = self._sweep(max(1, round(self.sweep_items * share)))
+        self._sweeping = self._cursor < len(vocab)
         if not self._sweeping:
+            self._cursor = 0
             self._last_sweep = now
         return sorted(always | {vocab.key(row) for row in swept.tolist()}), always
+
+    def _stamp(self) -> None:
+        """A new round: the rows and tokens changed since the last one get its stamp."""
+        self._round += 1
+        rows, tokens = self.encoder.drain_changes()
+        items = len(self.encoder.item_vocab)
+        self._row_changed = _grown(self._row_changed, items)
+        self._row_checked = _grown(self._row_checked, items)
+        self._token_changed = _grown(self._token_changed, len(self.encoder.vocabularies["token"]))
+        self._row_changed[rows] = self._round
+        self._token_changed[tokens] = self._round
+
+    def _sweep(self, budget: int) -> np.ndarray:
+        """Up to ``budget`` stale rows from the cursor on (examining at most SWEEP_SCAN_ROWS),
+        marked checked; the cursor moves past what was examined."""
+        end = min(len(self.encoder.item_vocab), self._cursor + SWEEP_SCAN_ROWS)
+        rows = np.arange(self._cursor, end)
+        moved = np.maximum(self._row_changed[rows], self.encoder.bag_max(rows, self._token_changed, 0))
+        stale = rows[moved > self._row_checked[rows]]
+        if len(stale) > budget:
+            stale = stale[:budget]
+            end = int(stale[-1]) + 1
+        self._row_checked[stale] = self._round
+        self._cursor = end
+        return stale
 
     def everything(self) -> tuple[list[str], set[str]]:
         """Every known item, each to be published (a starting worker republishes all)."""
         ids = self.encoder.item_ids()
-        self.encoder.changed_rows()  # drained: every item is published now
+        self._stamp()
+        self._row_checked[: len(ids)] = self._round
         return ids, set(ids)
 
     def material_changes(
@@ -117,3 +158,10 @@ class PublishPolicy:
             updates.append(VectorUpdate(item_id, lasts[i], unit, sampled=item_id in always))
             self.published[item_id] = unit
         return publish, updates
+
+
+def _grown(stamps: np.ndarray, size: int) -> np.ndarray:
+    """``stamps`` holding at least ``size`` rows (doubled, so growth is amortised O(1))."""
+    if len(stamps) >= size:
+        return stamps
+    return np.concatenate([stamps, np.zeros(max(size, 2 * len(stamps)) - len(stamps), dtype=stamps.dtype)])

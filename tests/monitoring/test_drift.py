@@ -133,7 +133,7 @@ def test_monitor_warms_up_rotates_on_demand_tracks_predictability(clustered: dic
     assert signals is not None and signals["cosine_change"] > 0.05
     items = list(published)
     genre = LabelSpace("genre", labels)
-    vectors, rows = np.stack([published[i] for i in items]), np.stack([genre.rows[i] for i in items])
+    vectors, rows = np.stack([published[i] for i in items]), genre.labels[genre.rows_of(items)]
     expected = centred_alignment(vectors, rows)
     assert monitor.trackers["genre"].alignment() == pytest.approx(expected, rel=1e-6)
 
@@ -153,3 +153,41 @@ def test_monitor_warms_up_rotates_on_demand_tracks_predictability(clustered: dic
     monitor.after_step(published, {})
     assert monitor.reference.taken_at >= taken and not monitor._rotate_requested.is_set()
     assert set(monitor.summary()) >= {"signals", "thresholds", "alarms", "events", "predictability"}
+
+
+def test_a_first_publish_backlog_drains_in_bounded_batches_and_rotation_keeps_the_sums() -> None:
+    # Synthetic: 1,000 random unit vectors with one of 5 labels.
+    rng = np.random.default_rng(3)
+    items = [f"i{n}" for n in range(1000)]
+    labels = {item: {"genre": f"g{n % 5}"} for n, item in enumerate(items)}
+    config = DriftConfig(window_seconds=0.0, warmup_examples=0, anchor_items=20, apply_updates=256)
+    monitor = DriftMonitor(config, dim=8, attributes=labels, labels=["genre"])
+    published = dict(zip(items, unit(rng.normal(size=(1000, 8))), strict=True))
+    for item, vector in published.items():  # a catalogue's first publish: one update per item
+        monitor.observe_update(item, None, vector)
+    drained = 0
+    while monitor.apply_backlog():
+        drained += 1
+        assert monitor.trackers["genre"].n == 256 * drained  # one batch per call, no more
+    assert drained == 3  # 1,000 updates: three batches, the last 232 left for after_step
+    genre = LabelSpace("genre", labels)
+
+    def exact() -> float:
+        return centred_alignment(np.stack([published[i] for i in items]), genre.labels[genre.rows_of(items)])
+
+    monitor.observe_step(None, [], examples=1)
+    monitor.after_step(published, {})
+    assert monitor.trackers["genre"].n == 1000
+    assert monitor.trackers["genre"].alignment() == pytest.approx(exact(), rel=1e-9)
+    # Changes queued before a rotation still reach the sums (the rotation no longer rebuilds
+    # them from the published vectors).
+    for item in items[:300]:
+        new = unit(rng.normal(size=(1, 8)))[0]
+        monitor.observe_update(item, published[item], new)
+        published[item] = new
+    monitor.request_rotation()
+    assert monitor.apply_backlog()  # 300 queued: a batch of 256 now, the rest with the window
+    before = monitor.reference
+    monitor.after_step(published, {})
+    assert monitor.reference is not None and monitor.reference is not before  # rotated
+    assert monitor.trackers["genre"].alignment() == pytest.approx(exact(), rel=1e-9)
