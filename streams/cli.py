@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -9,8 +11,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,7 +30,12 @@ from onevec.streams.console import (
 from onevec.streams.settings import Settings, load_settings
 from onevec.streams.user_errors import UserError, require_reachable
 
+if TYPE_CHECKING:
+    from onevec.streams.qdrant import QdrantStore
+
 __all__ = ["app", "main"]
+
+_T = TypeVar("_T")
 
 app = typer.Typer(help="onevec: live unified product embeddings.", no_args_is_help=True)
 
@@ -138,26 +146,44 @@ def pretrain(
 
 
 WorkerOption = Annotated[
-    str, typer.Option("--worker", envvar="ONEVEC_WORKER_URL", help="A running worker's base URL.")
+    str,
+    typer.Option(
+        "--worker",
+        envvar="ONEVEC_WORKER_URL",
+        help="A running worker's base URL. Without one, the vectors a stopped worker stored are "
+        "read (at ONEVEC_QDRANT_PATH, or its ONEVEC_QDRANT_URL).",
+    ),
 ]
 
 
 @app.command()
 def similar(
     item: Annotated[str, typer.Argument(help="Item id.")],
-    worker: WorkerOption,
+    worker: WorkerOption = "",
     k: Annotated[int, typer.Option(help="How many neighbours.")] = 10,
     filter: Annotated[list[str] | None, typer.Option(help="Payload filter key=value (repeatable).")] = None,
 ) -> None:
     """Items nearest to ITEM by its unified vector in Qdrant, optionally filtered."""
-    query = urllib.parse.urlencode([("k", k), *(("filter", f) for f in filter or [])])
-    answer = _get(f"{worker}/similar/{urllib.parse.quote(item)}?{query}")
-    _print_items(f"similar to {item}", answer["similar"])
+    if worker:
+        query = urllib.parse.urlencode([("k", k), *(("filter", f) for f in filter or [])])
+        rows = _get(f"{worker}/similar/{urllib.parse.quote(item)}?{query}")["similar"]
+    else:
+        filters = dict(f.split("=", 1) for f in filter or [] if "=" in f)
+
+        async def lookup(store: QdrantStore) -> list[dict[str, Any]]:
+            hits = await store.similar(item, k=k, filter=filters or None)
+            return [
+                {"item_id": h.item_id, "score": h.score, "attributes": h.payload.get("attributes", {})}
+                for h in hits
+            ]
+
+        rows = _read_stored(load_settings(), lookup)
+    _print_items(f"similar to {item}", rows)
 
 
 @app.command()
 def recommend(
-    worker: WorkerOption,
+    worker: WorkerOption = "",
     user: Annotated[
         str, typer.Option(help="A user id: what to show them as their next session starts.")
     ] = "",
@@ -173,16 +199,81 @@ def recommend(
     k: Annotated[int, typer.Option(help="How many items.")] = 20,
 ) -> None:
     """Next items for a user, a live session or a list of items, ranked by Qdrant over the live
-    model's vectors."""
+    model's vectors. Without a worker: the stored vectors, and for --items the stopped worker's
+    last checkpoint (its session encoder)."""
     given = {name: value for name, value in (("user", user), ("session", session), ("items", items)) if value}
     if len(given) != 1:
         raise typer.BadParameter("give exactly one of --user, --session or --items")
-    answer = _get(f"{worker}/recommend?{urllib.parse.urlencode({'k': k, 'mode': mode, **given})}")
+    if worker:
+        answer = _get(f"{worker}/recommend?{urllib.parse.urlencode({'k': k, 'mode': mode, **given})}")
+    else:
+        settings = load_settings()
+        answer = _read_stored(settings, lambda store: _recommend_stored(settings, store, given, mode, k))
     if answer["user_id"] is not None and answer["session_id"] is None:
         title = f"{mode} for user {answer['user_id']}"
     else:
         title = f"{mode} after {', '.join(answer['items'][-5:])}"
     _print_items(title, answer["recommended"])
+
+
+def _read_stored(settings: Settings, lookup: Callable[[QdrantStore], Awaitable[_T]]) -> _T:
+    """``lookup`` over the vectors a worker with these settings stored, with none running (a
+    running worker holds its embedded store's folder)."""
+    from onevec.streams.learner.recommend import UnknownSession, UnknownUser
+    from onevec.streams.qdrant import ItemNotFound, QdrantStore
+
+    if not settings.qdrant_url and settings.qdrant_path is None:
+        raise UserError(
+            "no --worker (ONEVEC_WORKER_URL) to ask, and no stored vectors to read: set "
+            "ONEVEC_QDRANT_PATH to the folder a worker wrote (a worker without it keeps them in memory)"
+        )
+    where = settings.qdrant_url or str(settings.qdrant_path)
+
+    async def run() -> _T:
+        async with QdrantStore.from_settings(settings) as store:
+            if not await store.collections_exist():
+                raise UserError(f"no onevec vectors are stored at {where}")
+            return await lookup(store)
+
+    try:
+        return asyncio.run(run())
+    except ItemNotFound as error:
+        raise UserError(f"unknown item {error.args[0]!r}: no vector of it at {where}") from None
+    except UnknownUser as error:
+        raise UserError(f"unknown user {error.args[0]!r}: no history of them at {where}") from None
+    except UnknownSession as error:
+        raise UserError(f"no live session {error.args[0]!r} at {where}") from None
+    except RuntimeError as error:  # the folder is held, or cannot be opened
+        raise UserError(
+            f"cannot read the vectors at {where} ({error}); is a worker running? Use --worker"
+        ) from None
+
+
+async def _recommend_stored(
+    settings: Settings, store: QdrantStore, given: dict[str, str], mode: str, k: int
+) -> dict[str, Any]:
+    """What a worker restarted on these settings would answer: its learner restored from the
+    last checkpoint and aligned to the stored vectors, as at a worker's start."""
+    from onevec.models.catalog import load_attributes
+    from onevec.streams.learner.learner import Learner
+    from onevec.streams.learner.recommend import MODES
+
+    if mode not in MODES or ("items" in given and mode != "mixed"):
+        raise UserError(f"mode must be one of {', '.join(MODES)} (--items has no user: mixed only)")
+    learner = Learner(settings, store, load_attributes(settings.catalog) if settings.catalog else {})
+    if "items" in given and not learner.checkpoints.path.exists():
+        raise UserError(
+            f"no checkpoint at {learner.checkpoints.path}: --items needs the model that encodes them"
+        )
+    learner.restore()
+    if "items" in given:
+        await learner.align_to_serving()
+        found = await learner.recommend_for_items([i for i in given["items"].split(",") if i], k)
+    elif "user" in given:
+        found = await learner.recommender.for_user(given["user"], k, mode)
+    else:
+        found = await learner.recommender.for_session(given["session"], k, mode)
+    return dataclasses.asdict(found)
 
 
 def _get(url: str) -> dict[str, Any]:

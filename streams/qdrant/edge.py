@@ -85,7 +85,10 @@ class EdgeCollections:
             return shard
         if not self.collection_exists(name):
             raise ValueError(f"Collection {name} not found")
-        shard = edge.EdgeShard.load(str(self._folder(name)))
+        try:
+            shard = edge.EdgeShard.load(str(self._folder(name)))
+        except Exception as error:  # qdrant-edge raises a bare Exception (a held WAL among others)
+            raise RuntimeError(f"cannot open the qdrant-edge shard {self._folder(name)}: {error}") from None
         with self._lock:
             self._shards[name] = shard
         self._indexed[name] = set(shard.info().payload_schema)
@@ -268,18 +271,12 @@ def _field_keys(query_filter: models.Filter) -> list[str]:
     return keys
 
 
-class _Failure:
-    """An exception raised in the child, sent back to be raised in the caller."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
 _WRITES = frozenset({"create_collection", "upsert", "delete"})
 
 
 def _serve(connection: Connection, path: Path, index_from_kb: int) -> None:
-    """The child process: answer calls in order; index after writes settle."""
+    """The child process: answer calls in order, each with ``("ok", result)`` or ``("error",
+    exception)``; index after writes settle."""
     collections = EdgeCollections(path, index_from_kb)
     written = threading.Event()
     last_write = [time.monotonic()]
@@ -288,10 +285,9 @@ def _serve(connection: Connection, path: Path, index_from_kb: int) -> None:
     def index() -> None:
         while written.wait() and not closing.is_set():
             while (idle := time.monotonic() - last_write[0]) < INDEX_SETTLE_SECONDS:
-                time.sleep(INDEX_SETTLE_SECONDS - idle)
+                if closing.wait(INDEX_SETTLE_SECONDS - idle):
+                    return
             written.clear()
-            if closing.is_set():
-                return
             started = time.monotonic()
             if collections.optimize():
                 log.info("qdrant-edge index built in %.1f s", time.monotonic() - started)
@@ -307,13 +303,13 @@ def _serve(connection: Connection, path: Path, index_from_kb: int) -> None:
             if method == "close":
                 break
             try:
-                result: Any = getattr(collections, method)(*args, **kwargs)
+                answer: tuple[str, Any] = ("ok", getattr(collections, method)(*args, **kwargs))
             except Exception as error:  # noqa: BLE001 - raised again in the caller
-                result = _Failure(error)
+                answer = ("error", error)
             if method in _WRITES:
                 last_write[0] = time.monotonic()
                 written.set()
-            connection.send(result)
+            connection.send(answer)
     finally:
         closing.set()
         written.set()
@@ -329,31 +325,60 @@ def serve_socket() -> None:
     _serve(Connection(int(sys.argv[1])), Path(sys.argv[2]), int(sys.argv[3]))
 
 
+# The child loads this file alone, not the onevec.streams.qdrant package: the package brings
+# torch and all of qdrant-client (3.8 s to start, and torch's memory) that the child never uses.
+_CHILD = f"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("onevec_qdrant_edge_child", {__file__!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+module.serve_socket()
+"""
+
+
 class EdgeProcess:
     """:class:`EdgeCollections` in a child process, with the same blocking methods.
 
     One caller at a time (the store's thread); a call waits for its answer. The child stops
-    and flushes its shards on :meth:`close`, or when this process ends (its socket closes)."""
+    and flushes its shards on :meth:`close`, or when this process ends (its socket closes).
+    A child that died (killed, out of memory) fails the call in flight with ConnectionError and
+    is started again by the next call, which reopens the shards from their write-ahead logs."""
 
     def __init__(self, path: Path, index_from_kb: int = INDEX_FROM_KB) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        self._arguments = [str(path), str(index_from_kb)]
+        self._start()
+
+    def _start(self) -> None:
         ours, theirs = socket.socketpair()
         # A new interpreter rather than multiprocessing: fork would copy the worker's threads,
         # and spawn runs the caller's main module again.
-        entry = "from onevec.streams.qdrant.edge import serve_socket; serve_socket()"
         self._process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed code
-            [sys.executable, "-c", entry, str(theirs.fileno()), str(path), str(index_from_kb)],
+            [sys.executable, "-c", _CHILD, str(theirs.fileno()), *self._arguments],
             pass_fds=[theirs.fileno()],
         )
         theirs.close()
         self._connection = Connection(ours.detach())
 
+    @property
+    def pid(self) -> int:
+        """The child process that holds the shards."""
+        return self._process.pid
+
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        self._connection.send((method, args, kwargs))
-        result = self._connection.recv()
-        if isinstance(result, _Failure):
-            raise result.error
-        return result
+        if self._process.poll() is not None:
+            log.warning("the qdrant-edge process exited (%s): starting it again", self._process.returncode)
+            self._connection.close()
+            self._start()
+        try:
+            self._connection.send((method, args, kwargs))
+            status, value = self._connection.recv()
+        except (EOFError, OSError) as error:
+            self._process.wait(timeout=30)  # so the next call finds it gone and starts another
+            raise ConnectionError(f"the qdrant-edge process {self.pid} ended during {method}") from error
+        if status == "error":
+            raise value
+        return value
 
     def collection_exists(self, collection_name: str) -> bool:
         return cast(bool, self._call("collection_exists", collection_name))

@@ -40,6 +40,7 @@ from onevec.streams.qdrant.points import (
     stored_session,
     stored_user,
 )
+from onevec.streams.settings import Settings
 
 __all__ = ["CollectionSchemaError", "Engine", "ItemNotFound", "QdrantStore"]
 
@@ -130,6 +131,19 @@ class QdrantStore:
         self._attach(client, dim, collection_prefix)
 
     @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """The store a worker with these settings writes: its server, or its embedded engine at
+        ``qdrant_path`` (in memory without one)."""
+        return cls(
+            dim=settings.model_dim,
+            url=settings.qdrant_url or None,
+            api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+            https=settings.qdrant_https,
+            path=settings.qdrant_path,
+            engine=settings.qdrant_engine,
+        )
+
+    @classmethod
     def from_client(
         cls,
         client: AsyncQdrantClient | QdrantClient | EdgeProcess,
@@ -170,6 +184,10 @@ class QdrantStore:
                         raise
             # Validate even what we just created: it is what the server actually made.
             _check_schema(name, vectors, await self._client.get_collection(name))
+
+    async def collections_exist(self) -> bool:
+        """Whether every collection is there (a reader that must not create them asks first)."""
+        return all([await self._client.collection_exists(name) for name in self.collections.values()])
 
     async def upsert_points(self, collection: CollectionKind, points: Sequence[PointRow]) -> int:
         """Write points built (and so validated) by build_item_points or build_session_points.
