@@ -18,7 +18,7 @@ drop down the ranking.
 
 API (stable; the learner's prequential scoring and the serving side both use it)::
 
-    gate = RepeatGate(lr=0.5)
+    gate = RepeatGate(lr=2.0)
     gate.weights -> np.ndarray (3,), in the order of FEATURES; gate.scale -> float
     gate.combine(session_scores, candidates, history.recall(user_id, session_id)) -> scores
         # one query: (n,) session scores of the candidate item ids -> (n,) gated scores
@@ -87,7 +87,7 @@ class HistoryFeatures:
 class RepeatGate:
     """A learned log-linear mixture of the session score and the user's own history."""
 
-    def __init__(self, lr: float = 0.5) -> None:
+    def __init__(self, lr: float = 2.0) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
         self.lr = lr

@@ -10,7 +10,7 @@ per event, so ``count`` of an item had once, three sessions ago, is ``decay ** 3
 
 API (stable; the learner's prequential scoring and the serving side both use it)::
 
-    history = UserHistory(decay=0.7, max_users=50_000, max_items=100)
+    history = UserHistory(decay=1.0, max_users=50_000, max_items=100)   # 1.0: plain counts
     history.observe(user_id, item_id, session_id)      # one event the user had
     history.observe_records(records)                   # example records, duplicates skipped
     history.items(user_id) -> dict[str, float]         # decayed counts, as of the user's next session
@@ -108,7 +108,7 @@ class _User:
 class UserHistory:
     """Per user: the items they had, with decayed counts and the last session ordinal."""
 
-    def __init__(self, decay: float = 0.7, max_users: int = 50_000, max_items: int = 100) -> None:
+    def __init__(self, decay: float = 1.0, max_users: int = 50_000, max_items: int = 100) -> None:
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
         if max_users < 1 or max_items < 1:

@@ -101,9 +101,12 @@ def test_variants_and_splits() -> None:
 
 
 def test_the_tool_runs_each_variant_per_seed_on_a_real_slice() -> None:
-    variants = [parse_variant("base"), parse_variant("gate:repeat_gate=true,negatives=128")]
+    variants = [
+        parse_variant("plain:repeat_gate=false"),
+        parse_variant("gate:repeat_gate=true,negatives=128"),
+    ]
     runs = run_live("movielens-100k", "validation", variants, [0, 1], limit=3_000)
-    assert [(r.variant, r.seed) for r in runs] == [("base", 0), ("base", 1), ("gate", 0), ("gate", 1)]
+    assert [(r.variant, r.seed) for r in runs] == [("plain", 0), ("plain", 1), ("gate", 0), ("gate", 1)]
     assert all(0 < r.mrr <= r.hr <= 1 and r.scored > 100 and r.examples_per_second > 0 for r in runs)
     assert runs[0].gate == {} and set(runs[2].gate) == {"scale", "had", "log_count", "recency"}
     assert runs[0].hr != runs[2].hr

@@ -17,8 +17,8 @@ from onevec.models.online.session_encoder import SessionEncoder
 from onevec.models.online.trainer import OnlineTrainer
 
 # Small tables and few negatives, so a handful of batches makes the tables grow and leaves
-# some old items untouched by a step.
-CONFIG = ModelConfig(dim=16, negatives=4, initial_capacity=8, seed=3)
+# some old items untouched by a step; no replay, whose steps revisit old items.
+CONFIG = ModelConfig(dim=16, negatives=4, initial_capacity=8, replay=0, seed=3)
 
 FACTORIES: dict[str, Callable[[ModelConfig], Encoder]] = {
     "item-sgns": lambda c: ItemEncoder(c),

@@ -100,8 +100,9 @@ def test_state_round_trip(tmp_path: object) -> None:
 
 
 def _round(repeat: float, gate: bool = True) -> LearningRound:
-    """A round over a SYNTHETIC stream where ``repeat`` of the next items are repeats."""
-    trainer = OnlineTrainer(ModelConfig(dim=16, negatives=32, repeat_gate=gate, seed=0))
+    """A round over a SYNTHETIC stream where ``repeat`` of the next items are repeats (the gate
+    alone: no replay)."""
+    trainer = OnlineTrainer(ModelConfig(dim=16, negatives=32, replay=0, repeat_gate=gate, seed=0))
     learning = LearningRound(trainer, RoundConfig(batch_size=64))
     learning.learn(repeat_stream(repeat))
     return learning

@@ -5,6 +5,7 @@ the scored stream (no baselines, no probes).
     python -m onevec.streams.tools.evaluate.live ml-latest-small --split validation \\
         --variant base --variant gate:repeat_gate=true --variant neg256:negatives=256 \\
         [--seeds 0,1,2] [--limit 20000] [--out runs.jsonl]
+    python -m onevec.streams.tools.evaluate.live my_events.parquet --catalog my_catalogue.csv ...
 
 ``--split validation`` is the slice every baseline is tuned on (the history's first 80% fitted,
 its last 20% scored test-then-train: ``onevec.models.evaluation.tuning``); ``--split test`` is
@@ -85,9 +86,10 @@ def run_live(
     seeds: list[int],
     limit: int = 0,
     on_run: Callable[[Run], None] = lambda _: None,
+    catalog: str | None = None,
 ) -> list[Run]:
     settings = load_settings()
-    data = load_eval_data(dataset, dataset, settings.session_gap_seconds)
+    data = load_eval_data(dataset, catalog or dataset, settings.session_gap_seconds)
     if limit:
         data = data.head(limit)
     records, fitted = split(session_examples(data.events), which)
@@ -149,7 +151,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("dataset", help="built-in dataset name")
+    parser.add_argument("dataset", help="built-in dataset name, or your events file")
+    parser.add_argument("--catalog", help="your catalogue file (default: the dataset's own)")
     parser.add_argument("--split", choices=["validation", "test"], default="validation")
     parser.add_argument("--variant", action="append", default=[], help="NAME[:key=value,...]")
     parser.add_argument("--seeds", default="0,1,2")
@@ -169,7 +172,13 @@ def main() -> None:
                 file.write(json.dumps(asdict(run)) + "\n")
 
     runs = run_live(
-        args.dataset, args.split, variants, [int(s) for s in args.seeds.split(",")], args.limit, report
+        args.dataset,
+        args.split,
+        variants,
+        [int(s) for s in args.seeds.split(",")],
+        args.limit,
+        report,
+        catalog=args.catalog,
     )
     print()
     print(table(runs))

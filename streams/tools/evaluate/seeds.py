@@ -3,6 +3,7 @@ HR@k and MRR@k of every recommender as the mean (min-max) over the seeds, as a M
 (docs/evaluation.md's tables come from here).
 
     python -m onevec.streams.tools.evaluate.seeds ml-latest-small --seeds 0,1,2 [--limit 20000]
+    python -m onevec.streams.tools.evaluate.seeds my_events.parquet --catalog my_catalogue.csv
 
 The baselines are tuned once, on the validation slice of the history, with the first seed. A
 seed changes only the models that draw random numbers (the live model, its frozen copy, the
@@ -61,9 +62,10 @@ def measure(
     limit: int = 0,
     retrain: bool | None = None,
     stage: Callable[[str], None] = print,
+    catalog: str | None = None,
 ) -> Measured:
     settings = load_settings()
-    data = load_eval_data(dataset, dataset, settings.session_gap_seconds)
+    data = load_eval_data(dataset, catalog or dataset, settings.session_gap_seconds)
     if limit:
         data = data.head(limit)
     records = session_examples(data.events)
@@ -128,7 +130,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("dataset", help="built-in dataset name")
+    parser.add_argument("dataset", help="built-in dataset name, or your events file")
+    parser.add_argument("--catalog", help="your catalogue file (default: the dataset's own)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--limit", type=int, default=0, help="only the first N events in time")
     parser.add_argument("--retrain", choices=["auto", "on", "off"], default="auto", help="GRU4Rec retrained")
@@ -141,6 +144,7 @@ def main() -> None:
         args.limit,
         {"auto": None, "on": True, "off": False}[args.retrain],
         stage=lambda text: print(f"{time.perf_counter() - started:5.0f}s {text}", flush=True),
+        catalog=args.catalog,
     )
     print(
         f"\n{measured.dataset}: {measured.events:,} events, {measured.scored:,} scored examples, "
