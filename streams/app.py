@@ -13,9 +13,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ParamSpec, cast
 
 import faust
 import tenacity
@@ -30,8 +30,10 @@ from onevec.streams.kafka.session_table import ChangelogBatchStore
 from onevec.streams.kafka.topics import bootstrap_servers
 from onevec.streams.learner.checkpoints import (
     CheckpointStreamError,
+    ExpectedOffsets,
     checkpoint_coverage,
     read_committed_gap,
+    read_examples,
     stream_identity,
 )
 from onevec.streams.learner.learner import Learner
@@ -41,6 +43,7 @@ from onevec.streams.settings import Settings
 
 __all__ = ["OnevecApp"]
 
+_P = ParamSpec("_P")
 log = logging.getLogger(__name__)
 
 REASON_HEADER = "onevec-reason"
@@ -144,7 +147,7 @@ class OnevecApp:
             )
             attributes = load_attributes(settings.catalog) if settings.catalog else {}
             self.learner = Learner(settings, self.store, attributes)
-            self._covered_offsets = self.learner.restore()  # example offsets the checkpoint covers
+            self.learner.restore()
             self.faust.agent(self.examples, name="learn")(self._learn)
             self.faust.agent(self.catalog, name="catalog")(self._catalog)
             self.faust.task(self._run_learner)
@@ -309,8 +312,12 @@ class OnevecApp:
         # Records taken now would be acked and committed, moving the end of the gap the learner
         # reads after its checkpoint: the records in between would be learned twice.
         await self.gap_learned.wait()
+        expected = ExpectedOffsets(self.running_learner.checkpoints)
         async for event in stream.events():
             message = event.message
+            source = f"{message.topic}:{message.partition}"
+            if hole := expected.take(source, message.offset):
+                await self._learn_skipped(source, *hole)
             try:
                 raw = event.value if isinstance(event.value, bytes) else b""
                 examples = decode_examples(raw)
@@ -321,9 +328,7 @@ class OnevecApp:
                 rejection = Rejection("bad_examples_record", str(error))
                 await self.send_dead_letter(message.key, raw, rejection, stage="learn")
                 continue
-            await self.running_learner.submit(
-                ExamplesBatch(f"{message.topic}:{message.partition}", message.offset, examples)
-            )
+            await self.running_learner.submit(ExamplesBatch(source, message.offset, examples))
 
     async def _catalog(self, stream: StreamT[bytes]) -> None:
         """New or changed catalogue records (compacted topic, key item_id): encoded with the
@@ -375,8 +380,7 @@ class OnevecApp:
             return
         identity = await asyncio.to_thread(stream_identity, self.settings)
         try:
-            if not self.running_learner.checkpoints.bind_stream(identity):
-                self._covered_offsets = {}
+            self.running_learner.checkpoints.bind_stream(identity)
         except CheckpointStreamError as error:
             log.error("%s", error)
             await self.faust.crash(error)
@@ -387,23 +391,44 @@ class OnevecApp:
         """Examples the agent had already taken (committed) but the lost process never put
         into a checkpoint: read them directly, from the checkpoint's offsets to the group's
         committed ones, and learn them before the live stream. No learned state is lost."""
-        covered = checkpoint_coverage(self.settings, self._covered_offsets)
-        # Until the gap is read whole, nothing is learned: the live examples wait in their topic.
+        covered = checkpoint_coverage(self.settings, self.running_learner.checkpoints.offsets)
+        missed: list[ExamplesBatch] = await self._read_retrying(read_committed_gap, self.settings, covered)
+        if missed:
+            log.warning("learning %d examples records taken after the last checkpoint", len(missed))
+            await self.running_learner.learn_records(missed)
+        self.gap_learned.set()
+
+    async def _learn_skipped(self, source: str, start: int, end: int) -> None:
+        """Examples records ``[start, end)`` of ``source`` this learner never learned, which its
+        consumer started past (taken by a lost process after its last checkpoint): read from the
+        broker and queued before the live stream, or no learned state would be lost for good."""
+        log.warning(
+            "%s: learning examples records %d-%d, taken but never learned here", source, start, end - 1
+        )
+        # The group's committed offsets said less than its consumer did (seen after a kill -9:
+        # "none committed" while the restarted consumer started past the lost worker's commits).
+        # Until the hole is read whole, the agent takes nothing more: the live examples wait.
+        batches: list[ExamplesBatch] = await self._read_retrying(
+            read_examples, self.settings, source, start, end
+        )
+        for batch in batches:
+            await self.running_learner.submit(batch)
+
+    async def _read_retrying(
+        self, read: Callable[_P, list[ExamplesBatch]], *args: _P.args, **kwargs: _P.kwargs
+    ) -> list[ExamplesBatch]:
+        """Examples records read from the broker on a thread, retried until they are read whole:
+        records the group will not deliver again are learned late rather than never."""
         reading = tenacity.AsyncRetrying(
             wait=tenacity.wait_random_exponential(multiplier=0.5, max=10.0),
             before_sleep=lambda state: log.warning(
-                "learner start: reading the examples after the checkpoint failed (%s); again in %.1f s",
+                "reading examples records failed (%s); again in %.1f s",
                 state.outcome.exception() if state.outcome else None,
                 state.upcoming_sleep,
             ),
         )
-        missed: list[ExamplesBatch] = await reading(
-            asyncio.to_thread, read_committed_gap, self.settings, covered
-        )
-        if missed:
-            log.warning("learning %d examples taken after the last checkpoint", len(missed))
-            await self.running_learner.learn_records(missed)
-        self.gap_learned.set()
+        batches: list[ExamplesBatch] = await reading(asyncio.to_thread, read, *args, **kwargs)
+        return batches
 
     async def _report_lag(self) -> None:
         """Consumer lag per stage, from the partitions' end offsets: sessionize against the

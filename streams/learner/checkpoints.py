@@ -6,9 +6,12 @@ broker's cluster id and the examples topic's id. Offsets of another stream (anot
 the topic recreated) mean nothing here: applied, they would skip every example up to them.
 
 The consumer group commits examples offsets as the ``learn`` agent takes records, which can be
-ahead of the last checkpoint: after a crash those records were taken but never
-checkpointed, so a starting learner reads them directly (from the checkpoint's offsets up to the
-group's committed ones) and learns them before the live stream. No learned state is lost.
+ahead of the last checkpoint: after a crash, records taken but never checkpointed are not
+delivered again. So a starting learner reads them directly from the broker, from the
+checkpoint's offsets up to the group's committed ones (``read_committed_gap``), and learns them
+before the live stream; and the agent checks every record's offset against what the learner took
+and learned (``ExpectedOffsets``), reading any records its consumer skipped all the same. No
+learned state is lost.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ __all__ = [
     "Checkpoints",
     "GapReadError",
     "StreamIdentity",
+    "ExpectedOffsets",
     "checkpoint_coverage",
     "read_committed_gap",
+    "read_examples",
     "stream_identity",
 ]
 
@@ -142,66 +147,101 @@ class Checkpoints:
         return self.directory / name
 
 
-def checkpoint_coverage(settings: Settings, offsets: dict[str, int]) -> dict[str, int]:
-    """The last learned offset of every examples partition ("topic:partition" -> offset), from
-    a checkpoint's ``offsets``. A partition the checkpoint has no offset for (no checkpoint at
-    all, or none of its examples learned by the last one) gets -1: learned from its start.
-    (Seen: after a kill -9 with 3 of 4 partitions in the checkpoint, the fourth's examples
-    taken before the kill were never learned.)"""
-    return {f"{settings.examples_topic}:{p}": -1 for p in range(settings.partitions)} | offsets
+class ExpectedOffsets:
+    """Per examples partition ("topic:partition"), the next offset the learner has not yet
+    taken: one past the last record this process took, or past what the checkpoint covers.
+
+    A record delivered beyond it leaves a hole: records this learner never learned, which the
+    consumer group will not deliver again (committed by a lost worker after its last checkpoint,
+    or a partition whose offsets the checkpoint had none of). Reading the hole relies on no
+    separate query of the group's committed offsets: that query answered "none committed"
+    while the worker's own consumer started past them."""
+
+    def __init__(self, checkpoints: Checkpoints) -> None:
+        self.checkpoints = checkpoints
+        self.taken: dict[str, int] = {}
+
+    def take(self, source: str, offset: int) -> tuple[int, int] | None:
+        """Take the record at ``offset``; return the hole ``[start, offset)`` it leaves, if any."""
+        expected = max(self.taken.get(source, -1), self.checkpoints.offsets.get(source, -1)) + 1
+        self.taken[source] = max(offset, self.taken.get(source, -1))
+        return (expected, offset) if offset > expected else None
 
 
 class GapReadError(RuntimeError):
-    """The examples after the checkpoint could not be read up to the committed offsets."""
+    """Examples records the learner skipped could not be read from the broker."""
 
 
-def read_committed_gap(
-    settings: Settings, covered: dict[str, int], stall_seconds: float = GAP_STALL_SECONDS
-) -> list[ExamplesBatch]:
+def checkpoint_coverage(settings: Settings, offsets: dict[str, int]) -> dict[str, int]:
+    """The last learned offset of every examples partition ("topic:partition" -> offset), from
+    a checkpoint's ``offsets``. A partition the checkpoint has no offset for (no checkpoint at
+    all, or none of its examples learned by the last one) gets -1: learned from its start."""
+    return {f"{settings.examples_topic}:{p}": -1 for p in range(settings.partitions)} | offsets
+
+
+def read_committed_gap(settings: Settings, covered: dict[str, int]) -> list[ExamplesBatch]:
     """Examples records after ``covered`` ("topic:partition" -> offset) up to the consumer group's
-    committed offsets, read with a plain consumer that joins no group.
-
-    Every record up to the committed offset is read or the call raises ``GapReadError``: the
-    group will never deliver those records again, so stopping short would lose them. (It once
-    stopped after five empty polls: a slow broker after a kill -9 made a restarted learner skip
-    its whole gap, and the items only those examples had never reached Qdrant.)"""
-    servers = bootstrap_servers(settings)
-    security = settings.kafka_client_options()
+    committed offsets."""
     group = KafkaConsumer(
-        bootstrap_servers=servers, group_id=settings.group_id, enable_auto_commit=False, **security
+        bootstrap_servers=bootstrap_servers(settings),
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        **settings.kafka_client_options(),
     )
-    # earliest: an offset the broker no longer holds resumes at the oldest record, not the end.
-    reader = KafkaConsumer(
-        bootstrap_servers=servers, enable_auto_commit=False, auto_offset_reset="earliest", **security
-    )
-    gap: list[ExamplesBatch] = []
     try:
-        for key, offset in covered.items():
-            topic, partition = key.rsplit(":", 1)
-            tp = TopicPartition(topic, int(partition))
-            end = group.committed(tp) or 0
-            if end <= offset + 1:
-                continue
-            reader.assign([tp])
-            reader.seek(tp, offset + 1)
-            last_progress = time.monotonic()
-            while (position := reader.position(tp)) < end:
-                records = reader.poll(timeout_ms=1000).get(tp, [])
-                if records or reader.position(tp) > position:
-                    last_progress = time.monotonic()
-                elif time.monotonic() - last_progress > stall_seconds:
-                    raise GapReadError(
-                        f"{key}: examples after the checkpoint read up to offset {position} of"
-                        f" {end}; no record for {stall_seconds:.0f} s"
-                    )
-                for record in records:
-                    if record.offset >= end:
-                        continue
-                    try:
-                        gap.append(ExamplesBatch(key, record.offset, decode_examples(record.value)))
-                    except ValueError as error:  # the agent dead-lettered it when it took it
-                        log.error("examples record %s:%d not learned: %s", key, record.offset, error)
+        ends = {key: group.committed(TopicPartition(*_topic_partition(key))) or 0 for key in covered}
     finally:
         group.close()
-        reader.close()
+    gap: list[ExamplesBatch] = []
+    for key, offset in covered.items():
+        if ends[key] > offset + 1:
+            gap.extend(read_examples(settings, key, offset + 1, ends[key]))
     return gap
+
+
+def _topic_partition(source: str) -> tuple[str, int]:
+    topic, partition = source.rsplit(":", 1)
+    return topic, int(partition)
+
+
+def read_examples(
+    settings: Settings, source: str, start: int, end: int, stall_seconds: float = GAP_STALL_SECONDS
+) -> list[ExamplesBatch]:
+    """The examples records at offsets ``[start, end)`` of ``source`` ("topic:partition"), read
+    with a plain consumer that joins no group.
+
+    Every record is read or the call raises ``GapReadError``: stopping short would lose them.
+    (It once stopped after five empty polls, and a slow broker made a restarted learner skip
+    what it was reading.)"""
+    # earliest: an offset the broker no longer holds resumes at the oldest record, not the end.
+    reader = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers(settings),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **settings.kafka_client_options(),
+    )
+    tp = TopicPartition(*_topic_partition(source))
+    batches: list[ExamplesBatch] = []
+    try:
+        reader.assign([tp])
+        reader.seek(tp, start)
+        last_progress = time.monotonic()
+        while (position := reader.position(tp)) < end:
+            records = reader.poll(timeout_ms=1000).get(tp, [])
+            if records or reader.position(tp) > position:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > stall_seconds:
+                raise GapReadError(
+                    f"{source}: examples records read up to offset {position} of {end};"
+                    f" no record for {stall_seconds:.0f} s"
+                )
+            for record in records:
+                if record.offset >= end:
+                    continue
+                try:
+                    batches.append(ExamplesBatch(source, record.offset, decode_examples(record.value)))
+                except ValueError as error:  # dead-lettered by the agent that took it first
+                    log.error("examples record %s:%d not learned: %s", source, record.offset, error)
+    finally:
+        reader.close()
+    return batches
