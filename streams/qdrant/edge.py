@@ -32,10 +32,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import qdrant_edge as edge
 from qdrant_client.http import models
@@ -43,6 +43,9 @@ from qdrant_client.http import models
 __all__ = ["EdgeCollections", "EdgeProcess"]
 
 log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 _DISTANCES: Mapping[models.Distance, edge.Distance] = {
     models.Distance.COSINE: edge.Distance.Cosine,
@@ -336,6 +339,17 @@ module.serve_socket()
 """
 
 
+def _in_child(
+    method: Callable[Concatenate[EdgeCollections, _P], _R],
+) -> Callable[Concatenate[EdgeProcess, _P], _R]:
+    """An :class:`EdgeProcess` method that runs ``method`` in the child."""
+
+    def call(self: EdgeProcess, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return cast(_R, self._call(method.__name__, *args, **kwargs))
+
+    return call
+
+
 class EdgeProcess:
     """:class:`EdgeCollections` in a child process, with the same blocking methods.
 
@@ -380,58 +394,18 @@ class EdgeProcess:
             raise value
         return value
 
-    def collection_exists(self, collection_name: str) -> bool:
-        return cast(bool, self._call("collection_exists", collection_name))
-
-    def create_collection(
-        self, collection_name: str, vectors_config: Mapping[str, models.VectorParams]
-    ) -> bool:
-        return cast(bool, self._call("create_collection", collection_name, vectors_config))
-
-    def get_collection(self, collection_name: str) -> models.CollectionInfo:
-        return cast(models.CollectionInfo, self._call("get_collection", collection_name))
-
-    def upsert(self, collection_name: str, points: models.Batch, wait: bool = True) -> models.UpdateResult:
-        return cast(models.UpdateResult, self._call("upsert", collection_name, points, wait))
-
-    def delete(
-        self, collection_name: str, points_selector: models.PointIdsList, wait: bool = True
-    ) -> models.UpdateResult:
-        return cast(models.UpdateResult, self._call("delete", collection_name, points_selector, wait))
-
-    def retrieve(
-        self,
-        collection_name: str,
-        ids: Sequence[models.ExtendedPointId],
-        with_payload: bool = True,
-        with_vectors: bool | Sequence[str] = False,
-    ) -> list[models.Record]:
-        found = self._call("retrieve", collection_name, ids, with_payload, with_vectors)
-        return cast(list[models.Record], found)
-
-    def query_points(
-        self,
-        collection_name: str,
-        query: Sequence[float],
-        using: str,
-        limit: int = 10,
-        query_filter: models.Filter | None = None,
-        with_payload: bool = True,
-    ) -> models.QueryResponse:
-        return cast(
-            models.QueryResponse,
-            self._call("query_points", collection_name, query, using, limit, query_filter, with_payload),
-        )
-
-    def count(self, collection_name: str, exact: bool = True) -> models.CountResult:
-        return cast(models.CountResult, self._call("count", collection_name, exact))
-
-    def optimize(self) -> bool:
-        """Build the indexes now (the bench, tests); the child also does it by itself."""
-        return cast(bool, self._call("optimize"))
-
-    def indexed_vectors(self, collection_name: str) -> int:
-        return cast(int, self._call("indexed_vectors", collection_name))
+    # The methods of EdgeCollections, each run in the child.
+    collection_exists = _in_child(EdgeCollections.collection_exists)
+    create_collection = _in_child(EdgeCollections.create_collection)
+    get_collection = _in_child(EdgeCollections.get_collection)
+    upsert = _in_child(EdgeCollections.upsert)
+    delete = _in_child(EdgeCollections.delete)
+    retrieve = _in_child(EdgeCollections.retrieve)
+    query_points = _in_child(EdgeCollections.query_points)
+    count = _in_child(EdgeCollections.count)
+    indexed_vectors = _in_child(EdgeCollections.indexed_vectors)
+    # Build the indexes now (the bench, tests); the child also does it by itself.
+    optimize = _in_child(EdgeCollections.optimize)
 
     def close(self) -> None:
         if self._process.poll() is None:
