@@ -26,7 +26,7 @@ import itertools
 from array import array
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -86,11 +86,12 @@ class ItemEncoder:
         self._block_sums = torch.zeros(0, dtype=torch.float64)
         self._reweigh_all()
         self._clicks_total = 0.0  # the sum of counts, kept as they are counted
-        self.item_tokens: list[list[int]] = []  # token rows of each item row
-        # The same bags as flat int64 arrays (CSR: bag of row r = flat[start[r]:start[r]+size[r]]),
-        # so the bags of any set of rows are gathered by tensor ops, not a Python loop per row:
-        # building every item's bag in Python was most of a learner step at 100k+ items.
-        # A replaced bag is appended; the old entries stay as garbage until _rebuild_bags().
+        # The token rows of each item row as flat int64 arrays (CSR: bag of row r =
+        # flat[start[r]:start[r]+size[r]]), so the bags of any set of rows are gathered by
+        # tensor ops, not a Python loop per row (building every item's bag in Python was most
+        # of a learner step at 100k+ items), and no list per item (a million of them were most
+        # of what the garbage collector traversed). A replaced bag is appended; the old entries
+        # stay as garbage until _compact_bags().
         self._bag_flat = array("q")
         self._bag_start = array("q")
         self._bag_size = array("q")
@@ -118,13 +119,12 @@ class ItemEncoder:
         """Register (or replace) an item's catalogue attribute tokens."""
         row = self._rows("item", [item_id], random_init=False)[0]
         bag = list(dict.fromkeys(self._rows("token", tokens)))
-        self.item_tokens[row] = bag
         self._bag_live += len(bag) - self._bag_size[row]
         self._bag_start[row] = len(self._bag_flat)
         self._bag_size[row] = len(bag)
         self._bag_flat.extend(bag)
         if len(self._bag_flat) > 2 * self._bag_live + 1024:
-            self._rebuild_bags()  # mostly garbage from replaced bags
+            self._compact_bags()  # mostly garbage from replaced bags
         self._bag_tensors = None
         self._changed_rows.append(row)
         self._matrix = None
@@ -138,7 +138,6 @@ class ItemEncoder:
             self._matrix = None
             self._reserve(table, len(vocab))
             if table == "item":
-                self.item_tokens.extend([] for _ in range(len(vocab) - before))
                 self._bag_start.frombytes(bytes(8 * (len(vocab) - before)))
                 self._bag_size.frombytes(bytes(8 * (len(vocab) - before)))
                 self._bag_tensors = None
@@ -288,12 +287,25 @@ class ItemEncoder:
             self._bag_tensors = (_long(self._bag_flat), _long(self._bag_start), _long(self._bag_size))
         return self._bag_tensors
 
-    def _rebuild_bags(self) -> None:
-        """The CSR arrays from ``item_tokens``, without garbage."""
-        sizes = [len(bag) for bag in self.item_tokens]
-        self._bag_size = array("q", sizes)
-        self._bag_start = array("q", np.cumsum([0, *sizes[:-1]], dtype=np.int64).tolist() if sizes else [])
-        self._bag_flat = array("q", [token for bag in self.item_tokens for token in bag])
+    @property
+    def item_tokens(self) -> _Bags:
+        """The token rows of each item row (read from the bags, a list per lookup)."""
+        return _Bags(self)
+
+    def tokens_of(self, row: int) -> list[int]:
+        """The token rows of item ``row``."""
+        start = self._bag_start[row]
+        return self._bag_flat[start : start + self._bag_size[row]].tolist()
+
+    def _compact_bags(self) -> None:
+        """The flat bag array without the garbage of replaced bags."""
+        self._set_bags([self.tokens_of(row) for row in range(len(self._bag_size))])
+
+    def _set_bags(self, bags: Sequence[Sequence[int]]) -> None:
+        sizes = np.fromiter(map(len, bags), dtype=np.int64, count=len(bags))
+        self._bag_size = array("q", sizes.tobytes())
+        self._bag_start = array("q", (np.cumsum(sizes) - sizes).tobytes())
+        self._bag_flat = array("q", itertools.chain.from_iterable(bags))
         self._bag_live = len(self._bag_flat)
         self._bag_tensors = None
 
@@ -507,14 +519,32 @@ class ItemEncoder:
         self.counts = state["counts"].clone()
         self._reweigh_all()
         self._clicks_total = float(self.counts.sum())
-        self.item_tokens = [list(bag) for bag in state["item_tokens"]]
-        self._rebuild_bags()
+        self._set_bags(state["item_tokens"])
         self.generator.set_state(state["generator"])
         self.optimizer.load_state_dict(state["optimizer"])
         self._matrix = None
         # Which upserts landed before the restart is unknown: treat every item as changed.
         self._changed_rows = array("q", range(len(self.item_vocab)))
         self._touched_rows, self._touched_tokens = [], []
+
+
+class _Bags(Sequence[list[int]]):
+    """Every item row's token rows, as a read-only sequence over an encoder's bags."""
+
+    def __init__(self, encoder: ItemEncoder) -> None:
+        self.encoder = encoder
+
+    def __len__(self) -> int:
+        return len(self.encoder._bag_size)
+
+    @overload
+    def __getitem__(self, row: int) -> list[int]: ...
+    @overload
+    def __getitem__(self, row: slice) -> list[list[int]]: ...
+    def __getitem__(self, row: int | slice) -> list[int] | list[list[int]]:
+        if isinstance(row, slice):
+            return [self.encoder.tokens_of(r) for r in range(len(self))[row]]
+        return self.encoder.tokens_of(range(len(self))[row])
 
 
 def _long(values: array) -> Tensor:

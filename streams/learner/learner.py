@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 DRIFT_UPDATE_SECONDS = 1.0  # how often the drift monitor takes the queued vector updates
 IDLE_TICK_SECONDS = 1.0  # without examples, upkeep (sweep, drift, checkpoint) runs this often
 USERS_PER_PUBLISH = 4096  # users encoded at once when a starting worker publishes them all
+CATALOGUE_CHUNK = 16_384  # items encoded and built into points at once by the same
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -185,8 +186,9 @@ class Learner:
     async def publish_all(self) -> None:
         """Send every known item and user to Qdrant: after a restart the serving store may be
         empty (in-memory local mode) or hold an older version."""
-        published = await self._in_thread(self.publish_catalogue)
-        await self.buffer.add_points(published.items)
+        chunks = self.publish_catalogue()
+        while (published := await self._in_thread(next, chunks, None)) is not None:
+            await self.buffer.add_points(published.items)
         history = self.trainer.user_history
         latest = {} if history is None else await self._in_thread(every_user, history)
         users = list(latest.items())
@@ -194,12 +196,17 @@ class Learner:
             chunk = dict(users[start : start + USERS_PER_PUBLISH])
             await self.user_buffer.add_points(await self._in_thread(self._user_points, chunk, {}))
 
-    def publish_catalogue(self) -> Published:
-        """On the learner thread: every known item, and the catalogue items the behaviour
-        model never met (static sources only)."""
-        items = self._changes(*self.publish.everything())
-        unseen = dict.fromkeys(self.sources.static_only())
-        return self._published(0.0, items | unseen)
+    def publish_catalogue(self) -> Iterator[Published]:
+        """Every known item, and the catalogue items the behaviour model never met (static
+        sources only), ``CATALOGUE_CHUNK`` items a chunk: each ``next`` is learner-thread work.
+        Chunks, so a million items' points never exist at once."""
+        ids, _ = self.publish.everything()
+        for start in range(0, len(ids), CATALOGUE_CHUNK):
+            chunk = ids[start : start + CATALOGUE_CHUNK]
+            yield self._published(0.0, self._changes(chunk, set(chunk)))
+        unseen = self.sources.static_only()
+        for start in range(0, len(unseen), CATALOGUE_CHUNK):
+            yield self._published(0.0, dict.fromkeys(unseen[start : start + CATALOGUE_CHUNK]))
 
     async def upsert_catalog(self, item: CatalogItem) -> bool:
         """A new or changed catalogue record: encoded with the static encoders and upserted at

@@ -25,7 +25,7 @@ class BenchSizes:
     freshness_rates: tuple[int, ...] = (200, 1_000, 2_000, 5_000)
     freshness_seconds: float = 15.0
     memory_items: tuple[int, ...] = (1_000, 10_000, 100_000, 1_000_000)
-    memory_events: int = 4_096
+    memory_events: int = 16_384  # steady state: long enough for a few drift windows and rotations
 
     @classmethod
     def quick(cls) -> BenchSizes:

@@ -48,7 +48,8 @@ def learn_round(learner: Learner, examples: list[ExampleRecord]) -> None:
 def mark_catalogue_published(learner: Learner) -> None:
     """What a starting worker does (``publish_all``) minus the writes: every known item is
     encoded and remembered as published, and the change marks are drained."""
-    learner.publish_catalogue()
+    for _ in learner.publish_catalogue():
+        pass
 
 
 def bench_learner(ctx: BenchContext) -> None:
