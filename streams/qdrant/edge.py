@@ -13,8 +13,8 @@ What qdrant-edge lacks, built on top here:
 * collections: a folder per shard; ``get_collection`` reports the vectors from the shard's
   ``edge_config.json`` (the only place a loaded shard exposes them);
 * payload indexes: a filter on an unindexed payload key is checked point by point (75 ms at
-  50k points after indexing, 3.7 ms with a keyword index), so the first filter on a key creates
-  a keyword index for it;
+  50k points after indexing, 3.7 ms with a keyword index), so each item attribute gets a keyword
+  index when it is first written (and any other key when a filter first names it);
 * background indexing: ``optimize()`` builds the HNSW graphs synchronously *and holds the
   interpreter lock throughout* (measured: a 13 s build at 20k points let another thread run
   once). So the shards live in a child process (:class:`EdgeProcess`), where an indexing
@@ -142,7 +142,16 @@ class EdgeCollections:
             edge.Point(point, {name: list(column[i]) for name, column in vectors.items()}, payload)
             for i, (point, payload) in enumerate(zip(points.ids, payloads, strict=True))
         ]
-        self._shard(collection_name).update(edge.UpdateOperation.upsert_points(rows))
+        shard = self._shard(collection_name)
+        # Item attributes are what filters name (points.payload_filter): index them as they first
+        # appear, before any HNSW graph is built over them. The graphs get links per indexed
+        # value only when the index exists at build time; a keyword index added afterwards left
+        # a 10%-selective filtered query at recall@10 0.175 (0.99 when indexed first, 100k items).
+        attributes = {
+            f"attributes.{key}" for payload in payloads if payload for key in payload.get("attributes", ())
+        }
+        self._index_keys(collection_name, shard, attributes)
+        shard.update(edge.UpdateOperation.upsert_points(rows))
         return _completed()
 
     def delete(
@@ -200,7 +209,7 @@ class EdgeCollections:
         return self._shard(collection_name).info().indexed_vectors_count
 
     def _index_keys(self, name: str, shard: edge.EdgeShard, keys: Iterable[str]) -> None:
-        """A keyword index on each filtered payload key that has none yet (see the module)."""
+        """A keyword index on each payload key that has none yet (see the module)."""
         for key in set(keys) - self._indexed[name]:
             shard.update(edge.UpdateOperation.create_field_index(key, edge.PayloadSchemaType.Keyword))
             self._indexed[name].add(key)

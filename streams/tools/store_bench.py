@@ -24,7 +24,7 @@ import numpy as np
 import qdrant_edge as edge
 
 from onevec.streams.qdrant import ItemRecord, PointRow, QdrantStore, build_item_points
-from onevec.streams.qdrant.edge import EdgeProcess
+from onevec.streams.qdrant.edge import INDEX_FROM_KB, EdgeProcess
 
 __all__ = ["main"]
 
@@ -142,7 +142,7 @@ async def bench_store(
     async def unfiltered(q: int) -> list[str]:
         return [h.item_id for h in await store.similar(f"syn-{q}", k=10)]
 
-    await filtered(int(queries[0]))  # the first filter on a key creates its payload index
+    await filtered(int(queries[0]))  # warm-up: the first query loads what it reads
 
     def exact(q: int, with_genre: bool) -> set[str]:
         return exact_top10(unified, genres, q, int(genres[q]) if with_genre else None)
@@ -164,6 +164,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--batch", type=int, default=256, help="points per upsert (the learner's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--index-from-kb",
+        type=int,
+        default=INDEX_FROM_KB,
+        help="segment size from which HNSW is built and searched (lower: filtered queries use HNSW at 100k)",
+    )
     parser.add_argument("--uniform", action="store_true", help="unstructured vectors (HNSW's worst case)")
     parser.add_argument("--local", action="store_true", help="also qdrant-client local mode in memory (slow)")
     parser.add_argument("--local-queries", type=int, default=30)
@@ -178,7 +184,7 @@ def main() -> None:
         raw = raw_rate(vectors, genres, args.dim, args.batch, folder / "raw")
         print(f"qdrant-edge raw (EdgeShard.update): {raw:,.0f} points/s")
         print("qdrant-edge through QdrantStore (child process):")
-        engine = EdgeProcess(folder / "store")
+        engine = EdgeProcess(folder / "store", index_from_kb=args.index_from_kb)
 
         def build_index() -> float:
             started = time.perf_counter()
