@@ -11,7 +11,7 @@ from onevec.models.evaluation.baselines import LiveModel
 from onevec.models.evaluation.harness import Query, run_prequential
 from onevec.models.online.config import ModelConfig
 from onevec.models.online.user_history import Recalled
-from onevec.streams.tools.evaluate.live import parse_variant, run_live, split, table
+from onevec.streams.tools.evaluate.live import parse_variant, run_live, split, table, throughput
 from tests.models.synthetic_streams import repeat_stream
 
 
@@ -111,3 +111,9 @@ def test_the_tool_runs_each_variant_per_seed_on_a_real_slice() -> None:
     assert runs[0].gate == {} and set(runs[2].gate) == {"scale", "had", "log_count", "recency"}
     assert runs[0].hr != runs[2].hr
     assert "| gate | 0." in table(runs)
+
+
+def test_throughput_times_every_variant_on_the_same_batches() -> None:
+    variants = [parse_variant("plain:repeat_gate=false,replay=0"), parse_variant("replayed:replay=2")]
+    rates = throughput("movielens-100k", variants, examples=1_500, warmup=2)
+    assert set(rates) == {"plain", "replayed"} and all(rate > 0 for rate in rates.values())

@@ -5,6 +5,7 @@ the scored stream (no baselines, no probes).
     python -m onevec.streams.tools.evaluate.live ml-latest-small --split validation \\
         --variant base --variant gate:repeat_gate=true --variant neg256:negatives=256 \\
         [--seeds 0,1,2] [--limit 20000] [--out runs.jsonl]
+    python -m onevec.streams.tools.evaluate.live movielens-100k --throughput 30000 --variant ...
     python -m onevec.streams.tools.evaluate.live my_events.parquet --catalog my_catalogue.csv ...
 
 ``--split validation`` is the slice every baseline is tuned on (the history's first 80% fitted,
@@ -13,7 +14,8 @@ its last 20% scored test-then-train: ``onevec.models.evaluation.tuning``); ``--s
 A variant is ``NAME:key=value,key=value`` (ModelConfig fields over the worker's settings);
 ``NAME`` alone is the settings as they are. The learner's examples/s is the stream's examples
 over the time of its ``LearningRound`` steps (training, replay, the worker's own prequential
-scoring, the gate and the user history), on one thread like the worker.
+scoring, the gate and the user history), on one thread like the worker; ``--throughput``
+measures it apart, the variants interleaved batch by batch (comparable on a busy machine).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from onevec.models.pretrain import session_examples
 from onevec.streams.settings import load_settings
 from onevec.streams.tools.evaluate.run import EvalOptions, single_threaded
 
-__all__ = ["Run", "main", "parse_variant", "run_live", "split"]
+__all__ = ["Run", "main", "parse_variant", "run_live", "split", "throughput"]
 
 
 @dataclass
@@ -129,6 +131,40 @@ def run_live(
     return runs
 
 
+def throughput(
+    dataset: str,
+    variants: list[tuple[str, dict[str, Any]]],
+    examples: int,
+    warmup: int = 20,
+    catalog: str | None = None,
+) -> dict[str, float]:
+    """The learner's examples/s of each variant on the stream's first ``examples`` examples:
+    ``LearningRound`` steps of one batch, the variants interleaved batch by batch so a change
+    in the machine's load hits them alike; the first ``warmup`` batches are not timed."""
+    settings = load_settings()
+    data = load_eval_data(dataset, catalog or dataset, settings.session_gap_seconds)
+    records = session_examples(data.events)[:examples]
+    tokens = data.tokens()
+    base = settings.model_config_for_training().model_dump()
+    models = {
+        name: LiveModel(ModelConfig.model_validate({**base, **overrides}), tokens)
+        for name, overrides in variants
+    }
+    size = EvalOptions().batch_size
+    seconds = dict.fromkeys(models, 0.0)
+    timed = 0
+    with single_threaded():
+        for number, start in enumerate(range(0, len(records), size)):
+            batch = records[start : start + size]
+            for name, model in models.items():
+                started = time.perf_counter()
+                model.round.step(batch)
+                if number >= warmup:
+                    seconds[name] += time.perf_counter() - started
+            timed += len(batch) if number >= warmup else 0
+    return {name: timed / spent for name, spent in seconds.items()}
+
+
 def table(runs: list[Run]) -> str:
     """Markdown: one row per variant, mean (min-max) over its seeds."""
 
@@ -158,8 +194,21 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--limit", type=int, default=0, help="only the first N events in time")
     parser.add_argument("--out", type=Path, help="append each run as a JSON line here")
+    parser.add_argument(
+        "--throughput",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: the learner's examples/s of each variant on the first N examples, interleaved",
+    )
     args = parser.parse_args()
     variants = [parse_variant(v) for v in args.variant or ["settings"]]
+    if args.throughput:
+        rates = throughput(args.dataset, variants, args.throughput, catalog=args.catalog)
+        first = next(iter(rates.values()))
+        for name, rate in rates.items():
+            print(f"{name}: {rate:,.0f} ex/s, {rate / first:.2f}x {variants[0][0]}")
+        return
 
     def report(run: Run) -> None:
         print(
