@@ -196,3 +196,12 @@ CATALOG_ITEMS_ENCODED = Counter(
     "onevec_catalog_items_encoded",
     "Catalogue records encoded by the static encoders and upserted (new or changed items).",
 )
+
+# HTTP server under abuse (issue 19): every request onevec or aiohttp refuses, whether it reached
+# a handler (an oversized or malformed body, a wrong token, an unknown route) or was refused while
+# aiohttp parsed it (a header too large, a request line that is not HTTP).
+HTTP_REJECTIONS = Counter(
+    "onevec_http_rejections",
+    "HTTP requests answered 4xx/5xx by onevec or by aiohttp's parser, by reason.",
+    ["reason"],
+)

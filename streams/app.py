@@ -78,6 +78,8 @@ class OnevecApp:
             web_bind=settings.bind_host,
             web_host=settings.bind_host,
             web_port=settings.web_port,
+            # The one body limit (Settings.max_http_body_bytes), also aiohttp's own (1 MiB otherwise).
+            web_application_options={"client_max_size": settings.max_http_body_bytes},
             topic_partitions=settings.partitions,
             topic_replication_factor=settings.replication_factor,
             consumer_auto_offset_reset="earliest",

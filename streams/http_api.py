@@ -8,15 +8,27 @@ whole only when it is a JSON array, so one broken line of JSON lines rejects tha
 With ``ONEVEC_HTTP_INGEST_TOKEN`` set, every write (``POST /events``, ``POST /drift``) needs
 ``Authorization: Bearer <token>``, and with ``ONEVEC_HTTP_TOKEN_FOR_READS`` every lookup too;
 ``/metrics`` and ``/healthz`` stay open for scrapers and probes (docs/operations.md).
+
+Under abuse (docs/operations.md, HTTP limits): one body limit (``ONEVEC_MAX_HTTP_BODY_BYTES``,
+also aiohttp's ``client_max_size``), a connection closed when it sends no whole request head
+within ``ONEVEC_HTTP_IDLE_TIMEOUT_SECONDS``, a body that must arrive within
+``ONEVEC_HTTP_BODY_TIMEOUT_SECONDS``; every refusal, onevec's or aiohttp's parser's, is counted in
+``onevec_http_rejections_total{reason}``, and a malformed or oversized request is one WARNING line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, InvalidURLError, LineTooLong
 from faust.web import Request, Response, View
+from faust.web.drivers.aiohttp import Web as FaustAiohttpWeb
 from prometheus_client import generate_latest
 
 from onevec.models.clickstream.events import TOO_DEEP, Rejection, json_error, validate_event
@@ -24,7 +36,9 @@ from onevec.monitoring import metrics
 from onevec.streams.app import OnevecApp
 from onevec.streams.learner.recommend import MODES, UnknownSession, UnknownUser
 
-__all__ = ["register_routes", "split_body"]
+__all__ = ["ServerLog", "register_routes", "split_body", "unknown_filter_attributes"]
+
+log = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 100
 BROKER_UNAVAILABLE = (
@@ -36,6 +50,25 @@ LEARNER_STARTING = "the learner is starting (Qdrant collections, catalogue); ask
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 UNAUTHORISED = {"error": "missing or wrong bearer token"}
 BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="onevec"'}  # RFC 6750: say which scheme
+# Where a handler names why it refused a request (aiohttp responses are mappings for such data);
+# the rejection counter falls back to a name for the status.
+REASON_KEY = "onevec_reason"
+STATUS_REASONS = {
+    400: "bad_request",
+    401: "unauthorised",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "timeout",
+    413: "body_too_large",
+    414: "url_too_long",
+    431: "headers_too_large",
+    500: "internal_error",
+    503: "unavailable",
+    504: "timeout",
+}
+# Refusals of a malformed or oversized request: each logged as one WARNING line.
+WARNED_STATUSES = frozenset({400, 408, 411, 413, 414, 431})
 
 
 def split_body(body: bytes) -> list[bytes] | Rejection:
@@ -73,6 +106,104 @@ def parse_filters(values: list[str]) -> dict[str, str]:
     return dict(value.split("=", 1) for value in values if "=" in value)
 
 
+def unknown_filter_attributes(
+    filters: Mapping[str, str], attributes: Mapping[str, Mapping[str, Any]]
+) -> str | None:
+    """The error for filter keys no item carries (attributes: item id -> its attributes), naming
+    them and the known ones; None when every key is carried by some item."""
+    unknown = [key for key in filters if not any(key in attrs for attrs in attributes.values())]
+    if not unknown:
+        return None
+    known = sorted({key for attrs in attributes.values() for key in attrs})
+    names = ", ".join(repr(key) for key in unknown)
+    offered = f"known: {', '.join(known)}" if known else "no item has attributes (no catalogue)"
+    return f"no item has the attribute {names} ({offered})"
+
+
+def rejection_reason(status: int) -> str:
+    return STATUS_REASONS.get(status, f"status_{status}")
+
+
+def count_rejection(request: web.BaseRequest, status: int, reason: str | None) -> None:
+    """Count a refused request; a malformed or oversized one is also one WARNING line."""
+    reason = reason or rejection_reason(status)
+    metrics.HTTP_REJECTIONS.labels(reason=reason).inc()
+    if status in WARNED_STATUSES:
+        log.warning(
+            "HTTP %d to %s %s from %s: %s", status, request.method, request.path, request.remote, reason
+        )
+
+
+@web.middleware
+async def count_rejections(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every refusal that reaches the application: a handler's 4xx/5xx answer, aiohttp's own
+    (no such route, method not allowed) and a handler that failed (aiohttp answers 500)."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:
+        count_rejection(request, error.status, None)
+        raise
+    except Exception:
+        count_rejection(request, 500, None)
+        raise
+    if response.status >= 400:
+        count_rejection(request, response.status, response.get(REASON_KEY))
+    return response
+
+
+def parse_reason(error: HttpProcessingError) -> str:
+    if isinstance(error, LineTooLong):
+        return "line_too_long"  # the request line or a header over aiohttp's max_line/field_size
+    if isinstance(error, BadHttpMethod):
+        return "bad_method"
+    if isinstance(error, InvalidURLError):
+        return "bad_url"
+    return "bad_request"
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger. A request aiohttp refuses while parsing it (a header over its
+    size limit, a request line that is not HTTP) never reaches a handler or a middleware: aiohttp
+    answers 400 itself and logs the parser's exception here, as an ERROR with a traceback. Such a
+    refusal is counted and logged as one WARNING line instead (without the offending bytes, which
+    may carry a credential); everything else passes through unchanged."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        if not isinstance(error, HttpProcessingError):
+            super().log(level, msg, *args, **kwargs)
+            return
+        reason = parse_reason(error)
+        metrics.HTTP_REJECTIONS.labels(reason=reason).inc()
+        remote = args[0] if args else None  # aiohttp's message is "Error handling request from %s"
+        self.logger.warning(
+            "HTTP %d from %s refused while parsing: %s (%s)",
+            error.code or 400,
+            remote,
+            reason,
+            type(error).__name__,
+        )
+
+
+def configure_server(onevec: OnevecApp) -> None:
+    """The rejection counter, and the runner's idle/header timeout and logger. Faust builds its
+    aiohttp runner with aiohttp's defaults (an idle or half-sent connection kept 3,630 s, parser
+    refusals logged as errors with a traceback) and has no setting for them: the runner is
+    replaced before the server starts."""
+    driver = cast(FaustAiohttpWeb, onevec.faust.web)
+    driver.web_app.middlewares.append(count_rejections)
+    # aiohttp's keep-alive timer starts when a connection opens and again after each answer, and
+    # only a whole request head stops it: it is the header timeout as well as the idle one.
+    driver._runner = web.AppRunner(
+        driver.web_app,
+        access_log=None,
+        keepalive_timeout=onevec.settings.http_idle_timeout_seconds,
+        logger=ServerLog(logging.getLogger("aiohttp.server")),
+    )
+
+
 def hit_json(hit: Any) -> dict[str, Any]:
     return {"item_id": hit.item_id, "score": hit.score, "attributes": hit.payload.get("attributes", {})}
 
@@ -83,6 +214,8 @@ def register_routes(onevec: OnevecApp) -> None:
     max_body = onevec.settings.max_http_body_bytes
     token = onevec.settings.http_ingest_token
     token_for_reads = onevec.settings.http_token_for_reads
+    body_timeout = onevec.settings.http_body_timeout_seconds
+    configure_server(onevec)
 
     def counted(response: Response) -> Response:
         """A POST /events answer, counted by status (onevec_http_ingest_requests_total)."""
@@ -90,9 +223,19 @@ def register_routes(onevec: OnevecApp) -> None:
         return response
 
     def answer(
-        view: View, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+        view: View,
+        status: int,
+        payload: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
     ) -> Response:
-        return counted(view.json(payload, status=status, headers=headers))
+        response = view.json(payload, status=status, headers=headers)
+        if reason is not None:
+            cast(web.StreamResponse, response)[REASON_KEY] = reason
+        return counted(response)
+
+    def too_large(view: View) -> Response:
+        return answer(view, 413, {"error": f"body larger than {max_body} bytes"}, reason="body_too_large")
 
     def authorised(request: Request) -> bool:
         """True when the request may pass: no token is configured, the method is a read and
@@ -144,13 +287,18 @@ def register_routes(onevec: OnevecApp) -> None:
 
         async def post(self, request: Request) -> Response:
             if (request.content_length or 0) > max_body:  # type: ignore[attr-defined]  # aiohttp's request
-                return answer(self, 413, {"error": f"body larger than {max_body} bytes"})
-            body = await request.read()
-            if len(body) > max_body:
-                return answer(self, 413, {"error": f"body larger than {max_body} bytes"})
+                return too_large(self)
+            try:
+                async with asyncio.timeout(body_timeout):
+                    body = await request.read()
+            except web.HTTPRequestEntityTooLarge:  # a chunked body past client_max_size
+                return too_large(self)
+            except TimeoutError:
+                error = f"the body did not arrive within {body_timeout:g} s"
+                return answer(self, 408, {"error": error}, reason="timeout")
             raws = split_body(body)
             if isinstance(raws, Rejection):
-                return answer(self, 400, {"error": raws.detail, "reason": raws.reason})
+                return answer(self, 400, {"error": raws.detail, "reason": raws.reason}, reason=raws.reason)
             accepted = 0
             errors: list[dict[str, Any]] = []
             records = []
@@ -177,13 +325,35 @@ def register_routes(onevec: OnevecApp) -> None:
             # aiohttp refuses a charset inside content_type; the exposition format is UTF-8.
             return self.bytes(generate_latest(), content_type=METRICS_CONTENT_TYPE)
 
+    def session_json(state: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in state.items() if k not in ("seen", "previous")}
+
     @app.page("/sessions/{key}")
     class SessionView(RoleView):
         async def get(self, request: Request, key: str) -> Response:
             state = onevec.session_table.get(key)
             if state is None or state.get("tombstone"):
                 return self.json({"error": f"no open session {key!r} on this worker"}, status=404)
-            return self.json({k: v for k, v in state.items() if k not in ("seen", "previous")})
+            return self.json(session_json(state))
+
+    @app.page("/sessions")
+    class UserSessionsView(RoleView):
+        """A user's open sessions in this worker's table (its partitions), each with the table
+        key that /sessions/{key} takes and the session id that /recommend?session= takes."""
+
+        async def get(self, request: Request) -> Response:
+            user = request.query.get("user")
+            if not user:
+                return self.json({"error": "give ?user=ID"}, status=400)
+            # One pass over this worker's open sessions (at most max_open_sessions): sessions
+            # with the producer's own session ids are keyed by that id, not by the user.
+            sessions = [
+                {"key": key, **session_json(state)}
+                for key, state in onevec.session_table.data.items()
+                if not state.get("tombstone") and str(state.get("user_id")) == user
+            ]
+            partitions = sorted(onevec.partitions)
+            return self.json({"user_id": user, "partitions": partitions, "sessions": sessions})
 
     @app.page("/similar/{item_id}")
     class SimilarView(LearnerView):
@@ -191,11 +361,18 @@ def register_routes(onevec: OnevecApp) -> None:
             k = parse_k(request.query.get("k", "10"))
             if k is None:
                 return self.json({"error": K_ERROR}, status=400)
-            filters = parse_filters(request.query.getall("filter", []))  # type: ignore[attr-defined]  # a MultiDict
+            given = request.query.getall("filter", [])  # type: ignore[attr-defined]  # a MultiDict
+            if any("=" not in value for value in given):
+                return self.json({"error": "a filter is attribute=value"}, status=400)
+            filters = parse_filters(given)
+            if error := unknown_filter_attributes(filters, onevec.running_learner.sources.attributes):
+                return self.json({"error": error}, status=400)
             try:
                 hits = await onevec.store.similar(item_id, k=k, filter=filters or None)
             except KeyError:
                 return self.json({"error": f"unknown item {item_id!r}"}, status=404)
+            except ValueError as error:  # a key that is not a plain attribute name
+                return self.json({"error": str(error)}, status=400)
             return self.json({"item_id": item_id, "similar": [hit_json(h) for h in hits]})
 
     @app.page("/items/{item_id}")
@@ -282,8 +459,34 @@ def register_routes(onevec: OnevecApp) -> None:
             onevec.running_learner.drift.request_rotation()
             return self.json({"rotation": "requested"}, status=202)
 
+    def readiness() -> dict[str, dict[str, bool]]:
+        """Per part this worker runs, each start-up step done or not; a part is ready when
+        all are."""
+        recovery = onevec.faust.tables.recovery  # type: ignore[attr-defined]  # TableManager's
+        recovered = bool(onevec.partitions) and recovery.completed.is_set()
+        parts: dict[str, dict[str, bool]] = {}
+        if onevec.session_table is not None:
+            parts["sessions"] = {"partitions_assigned": bool(onevec.partitions), "table_recovered": recovered}
+        if onevec.learner is not None:
+            parts["learner"] = {
+                "checkpoint_checked": onevec.stream_bound.is_set(),
+                "store_ready": onevec.store_ready.is_set(),
+                "checkpoint_gap_learned": onevec.gap_learned.is_set(),
+                "partitions_assigned": bool(onevec.partitions),
+            }
+        for steps in parts.values():
+            steps["ready"] = all(steps.values())
+        return parts
+
     @app.page("/healthz")
     class HealthView(View):
+        """200 while the process serves HTTP (liveness), with each part's readiness; with
+        ``?ready``, 503 until every part is ready (readiness probes)."""
+
         async def get(self, request: Request) -> Response:
             role, partitions = onevec.settings.role, sorted(onevec.partitions)
-            return self.json({"status": "ok", "role": role, "partitions": partitions})
+            parts = readiness()
+            ready = all(steps["ready"] for steps in parts.values())
+            status = 503 if "ready" in request.query and not ready else 200
+            payload = {"status": "ok" if ready else "starting", "role": role, "partitions": partitions}
+            return self.json(payload | {"ready": ready, "parts": parts}, status=status)

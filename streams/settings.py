@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     # POST /events answers 200 only once the broker acknowledged every event of the body; after
     # this long without that it answers 503 (send again: duplicates are recognised downstream).
     http_delivery_timeout_seconds: float = Field(default=30.0, gt=0)
+    # A connection must send a whole request head within this long of opening, or of its last
+    # answer, or it is closed (slow-header clients, idle keep-alive connections).
+    http_idle_timeout_seconds: float = Field(default=5.0, gt=0)
+    # POST /events: the whole body within this long of its head, or 408 (slow-body clients).
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # Security, all off by default (embedded broker, local Qdrant, loopback listeners). Secrets
     # are SecretStr: they print as '**********' in reprs, logs and tracebacks.
