@@ -164,14 +164,19 @@ def similar(
     filter: Annotated[list[str] | None, typer.Option(help="Payload filter key=value (repeatable).")] = None,
 ) -> None:
     """Items nearest to ITEM by its unified vector in Qdrant, optionally filtered."""
+    if malformed := [f for f in filter or [] if "=" not in f]:
+        raise UserError(f"--filter {malformed[0]!r}: expected attribute=value")
     if worker:
         query = urllib.parse.urlencode([("k", k), *(("filter", f) for f in filter or [])])
         rows = _get(f"{worker}/similar/{urllib.parse.quote(item)}?{query}")["similar"]
     else:
-        filters = dict(f.split("=", 1) for f in filter or [] if "=" in f)
+        filters = dict(f.split("=", 1) for f in filter or [])
 
         async def lookup(store: QdrantStore) -> list[dict[str, Any]]:
-            hits = await store.similar(item, k=k, filter=filters or None)
+            try:
+                hits = await store.similar(item, k=k, filter=filters or None)
+            except ValueError as error:  # a filter key that is not a plain attribute name
+                raise UserError(str(error)) from None
             return [
                 {"item_id": h.item_id, "score": h.score, "attributes": h.payload.get("attributes", {})}
                 for h in hits

@@ -47,18 +47,23 @@ def test_unknown_filter_attribute_is_a_clear_error(start_worker, tmp_path) -> No
     known_filter = urllib.parse.urlencode({"filter": f"{known[0]}=x"})
     assert get(worker, f"/similar/a?{known_filter}")[0] != 400  # a known attribute is looked up
 
-    cli = subprocess.run(
-        [sys.executable, "-m", "onevec.streams.cli", "similar", "a", "--worker", worker.base_url]
-        + ["--filter", "genre=Sci-Fi"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert cli.returncode == 2, cli.stderr
-    assert cli.stderr.strip().splitlines() == [
-        f"error: the worker answered 400: no item has the attribute 'genre' (known: {', '.join(known)})"
-    ]
-    assert "Traceback" not in cli.stdout + cli.stderr
+    for given, error in [
+        (
+            "genre=Sci-Fi",
+            f"the worker answered 400: no item has the attribute 'genre' (known: {', '.join(known)})",
+        ),
+        ("genre", "--filter 'genre': expected attribute=value"),
+    ]:
+        cli = subprocess.run(
+            [sys.executable, "-m", "onevec.streams.cli", "similar", "a", "--worker", worker.base_url]
+            + ["--filter", given],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cli.returncode == 2, cli.stderr
+        assert cli.stderr.strip().splitlines() == [f"error: {error}"]
+        assert "Traceback" not in cli.stdout + cli.stderr
 
 
 def test_a_users_open_sessions_are_listed(start_worker) -> None:
