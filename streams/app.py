@@ -140,13 +140,7 @@ class OnevecApp:
             )
             self.faust.agent(self.clicks, name="sessionize")(self._sessionize)
         if settings.runs_learner:
-            self.store = QdrantStore(
-                dim=settings.model_dim,
-                url=settings.qdrant_url or None,
-                api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-                https=settings.qdrant_https,
-                path=None if settings.qdrant_url or not settings.qdrant_path else settings.qdrant_path,
-            )
+            self.store = QdrantStore.from_settings(settings)  # ONEVEC_QDRANT_ENGINE picks the embedded engine
             attributes = load_attributes(settings.catalog) if settings.catalog else {}
             self.learner = Learner(settings, self.store, attributes)
             self.learner.restore()
