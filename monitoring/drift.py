@@ -68,7 +68,7 @@ SIGNALS_LOW_IS_BAD = ("anchor_cka", "neighbour_overlap")
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "centroid_shift": 0.07,
     "drifted_dimensions": 0.1,
-    "cosine_change": 0.01,
+    "cosine_change": 0.03,
     "anchor_cka": 0.9,
     "neighbour_overlap": 0.5,
 }
