@@ -92,14 +92,14 @@ class Checkpoints:
         metrics.CHECKPOINT_RESTORES.inc()
         return dict(self.offsets)
 
-    def bind_stream(self, current: StreamIdentity) -> bool:
-        """Whether the restored offsets belong to the ``current`` stream. When they do not, the
+    def bind_stream(self, current: StreamIdentity) -> None:
+        """Check that the restored offsets belong to the ``current`` stream. When they do not, the
         worker says so (log and metric) and keeps the model but not the offsets, so it learns
         the new stream from its start; or, by setting, refuses to start. A checkpoint without
         an identity (written before onevec recorded one) is taken as this stream's."""
         restored, self.stream = self.stream, current
         if restored is None or restored == current or not self.offsets:
-            return True
+            return
         message = (
             f"the checkpoint {self.path} covers another stream ({restored}, now {current}):"
             " another broker, or the examples topic was recreated"
@@ -112,7 +112,6 @@ class Checkpoints:
         log.warning("%s; keeping the model, learning the new stream from its start", message)
         self.offsets = {}
         self.dirty = True
-        return False
 
     def learned(self, batches: list[ExamplesBatch]) -> None:
         for batch in batches:

@@ -40,6 +40,7 @@ from onevec.models.online.repeat_gate import FEATURES
 from onevec.models.pretrain import session_examples
 from onevec.streams.settings import load_settings
 from onevec.streams.tools.evaluate.run import EvalOptions, single_threaded
+from onevec.streams.tools.evaluate.seeds import add_stream_arguments, spread
 
 __all__ = ["Run", "main", "parse_variant", "run_live", "split", "throughput"]
 
@@ -167,12 +168,6 @@ def throughput(
 
 def table(runs: list[Run]) -> str:
     """Markdown: one row per variant, mean (min-max) over its seeds."""
-
-    def spread(values: list[float], digits: int = 3) -> str:
-        if len(values) == 1:
-            return f"{values[0]:.{digits}f}"
-        return f"{np.mean(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
-
     lines = ["| variant | HR@20 | MRR@20 | learner ex/s | seeds |", "|---|---|---|---|---|"]
     for variant in dict.fromkeys(r.variant for r in runs):
         mine = [r for r in runs if r.variant == variant]
@@ -187,12 +182,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("dataset", help="built-in dataset name, or your events file")
-    parser.add_argument("--catalog", help="your catalogue file (default: the dataset's own)")
+    add_stream_arguments(parser)
     parser.add_argument("--split", choices=["validation", "test"], default="validation")
     parser.add_argument("--variant", action="append", default=[], help="NAME[:key=value,...]")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N events in time")
     parser.add_argument("--out", type=Path, help="append each run as a JSON line here")
     parser.add_argument(
         "--throughput",

@@ -105,7 +105,8 @@ def measure(
     )
 
 
-def _spread(values: list[float]) -> str:
+def spread(values: list[float]) -> str:
+    """A mean over seeds with its range (one seed: the figure alone)."""
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
@@ -121,19 +122,24 @@ def table(measured: Measured) -> str:
     for name, runs in rows:
         hr, mrr = ([run[i] for run in runs] for i in (0, 1))
         lines.append(
-            f"| {name} | {_spread(hr)} | {_spread(mrr)} | {len(runs)} | {measured.settings.get(name, '')} |"
+            f"| {name} | {spread(hr)} | {spread(mrr)} | {len(runs)} | {measured.settings.get(name, '')} |"
         )
     return "\n".join(lines)
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """The stream and seeds arguments the seeds and live tools share."""
+    parser.add_argument("dataset", help="built-in dataset name, or your events file")
+    parser.add_argument("--catalog", help="your catalogue file (default: the dataset's own)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N events in time")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("dataset", help="built-in dataset name, or your events file")
-    parser.add_argument("--catalog", help="your catalogue file (default: the dataset's own)")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N events in time")
+    add_stream_arguments(parser)
     parser.add_argument("--retrain", choices=["auto", "on", "off"], default="auto", help="GRU4Rec retrained")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
