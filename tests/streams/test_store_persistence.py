@@ -58,7 +58,7 @@ def test_points_survive_close_and_reopen(tmp_path: Path, engine: str) -> None:
 
 
 def test_edge_keeps_acknowledged_writes_when_its_process_is_killed(tmp_path: Path) -> None:
-    """SIGKILL of the engine's process: no flush, no close. The call in flight fails as a
+    """SIGKILL of the engine's process: no flush, no close. A call in flight fails as a
     connection error (the upsert buffer retries those); the next call starts the engine again,
     which finds every acknowledged write in its write-ahead log."""
     engine = EdgeProcess(tmp_path)
@@ -67,9 +67,15 @@ def test_edge_keeps_acknowledged_writes_when_its_process_is_killed(tmp_path: Pat
         async with QdrantStore.from_client(engine, dim=DIM) as store:
             written = await write_and_read(store, 300)
             killed = engine.pid
+            # Stopped first, so the call is surely in flight (sent, waiting for its answer) when
+            # the kill lands; a child killed between calls is restarted by the next one unseen.
+            os.kill(killed, signal.SIGSTOP)
+            in_flight = asyncio.ensure_future(store.count())
+            await asyncio.sleep(0.5)
+            assert not in_flight.done()
             os.kill(killed, signal.SIGKILL)
             with pytest.raises(ConnectionError):
-                await store.count()
+                await in_flight
             after = await read(store)
             assert engine.pid != killed
             return written, after
