@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from onevec.models.catalog import CatalogItem
 from onevec.models.clickstream.examples import ExampleRecord
+from onevec.models.online.item_encoder import ItemEncoder
 from onevec.models.online.round import LearningRound, RoundConfig
 from onevec.models.online.trainer import OnlineTrainer
 from onevec.models.ranking import PrequentialScore
@@ -53,7 +53,7 @@ from onevec.streams.qdrant import (
 )
 from onevec.streams.settings import Settings
 
-__all__ = ["Learner", "Published"]
+__all__ = ["ItemClicks", "Learner", "Published"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,38 @@ class Published:
     items: list[tuple[str, PointRow]]
     sessions: list[tuple[str, PointRow]]
     users: list[tuple[str, PointRow]]
+
+
+class ItemClicks(Mapping[str, int]):
+    """Clicks learned per item (the payload's ``event_count``), read off the item encoder's
+    click counts rather than kept beside them: those are part of the model's checkpoint, written
+    in the same file as the example offsets it covers. So a restarted learner republishes every
+    item with its whole count, and the examples after the checkpoint, learned again, count once.
+    Redelivered duplicates are not counted (the encoder skips them)."""
+
+    def __init__(self, encoder: ItemEncoder) -> None:
+        self.encoder = encoder
+
+    def __getitem__(self, item_id: str) -> int:
+        row = self.encoder.item_vocab.get(item_id)
+        if row is None:
+            raise KeyError(item_id)
+        return int(self.encoder.counts.numpy()[row])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.encoder.item_vocab.keys())
+
+    def __len__(self) -> int:
+        return len(self.encoder.item_vocab)
+
+    def many(self, item_ids: Sequence[str]) -> list[int]:
+        """The counts of ``item_ids``, 0 for an item never clicked. Read through the tensor's
+        array view: indexing the tensor per item took 19 ms for a 16,384-item catalogue chunk,
+        the view 1.6 ms."""
+        # The tensor is replaced when the tables grow: its array view is taken per call.
+        counts = self.encoder.counts.numpy()
+        rows = map(self.encoder.item_vocab.get, item_ids)
+        return [0 if row is None else int(counts[row]) for row in rows]
 
 
 class Learner:
@@ -144,7 +176,7 @@ class Learner:
             batch_within_seconds=settings.learner_batch_within_seconds,
         )
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onevec-learner")
-        self.event_counts: Counter[str] = Counter()  # clicks learned per item (payload event_count)
+        self.event_counts = ItemClicks(self.trainer.item_encoder)
         self.drift = DriftMonitor(
             DriftConfig.from_settings(settings),
             settings.model_dim,
@@ -239,7 +271,7 @@ class Learner:
 
     async def _write_catalog_item(self, item_id: str, behaviour: np.ndarray | None) -> bool:
         records = self.sources.records(
-            {item_id: behaviour}, [self.event_counts[item_id]], self.trainer.steps, time.time()
+            {item_id: behaviour}, self.event_counts.many([item_id]), self.trainer.steps, time.time()
         )
         if not records:  # no source at all
             # A pending upsert of the item is written first, or it could land after the delete.
@@ -373,9 +405,6 @@ class Learner:
         metrics.PREQUENTIAL_SCORED.set(score.scored)
         metrics.PREQUENTIAL_HITS.set(score.hits)
         metrics.PREQUENTIAL_RR.set(score.reciprocal_rank)
-        for example in examples:
-            if not example.get("duplicate"):
-                self.event_counts[example["item_id"]] += 1
         # Sessions, users and items are encoded once per round, after its last step: a round's
         # points carry the latest vectors only, and the drift monitor sees exactly what Qdrant gets.
         sessions = {e["session_id"]: [*e["prefix"], e["item_id"]] for e in examples}
@@ -453,7 +482,7 @@ class Learner:
     ) -> Published:
         now = time.time()
         dim = self.settings.model_dim
-        records = self.sources.records(items, [self.event_counts[i] for i in items], self.trainer.steps, now)
+        records = self.sources.records(items, self.event_counts.many(list(items)), self.trainer.steps, now)
         item_points, rejected = build_item_points(records, dim)
         for item_id, reason in rejected:  # e.g. a NaN vector: that item is skipped, not the batch
             metrics.UPSERT_ERRORS.labels(collection="items").inc()

@@ -42,11 +42,6 @@ def test_soak_loses_no_accepted_event_and_flags_every_duplicate(soaked: ChaosRes
         assert 0 < memory.start <= memory.peak and 0 < memory.end <= memory.peak, name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a restarted learner republishes every item with the click counts learned since its start "
-    "(Learner.event_counts is not restored from the checkpoint); remove this mark once it is",
-)
 def test_soak_keeps_each_items_click_count_in_qdrant(soaked: ChaosResult) -> None:
     r = soaked.reconciliation
     assert r.clicks_checked
