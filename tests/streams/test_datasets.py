@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from onevec.models.clickstream.events import Event, ValidationLimits, parse_event
 from onevec.models.datasets import load_catalog, load_events
+from onevec.streams.kafka.replay import iter_event_dicts
 
 ROWS = pd.DataFrame(
     {
@@ -47,6 +49,27 @@ def test_given_session_ids_and_datetime_strings_are_kept(tmp_path: Path) -> None
     assert events["session_id"].tolist() == ["s1", "s3", "s3", "s1", "s2"]
     assert events["timestamp"].tolist() == [1000.0, 1050.0, 1060.0, 1100.0, 9000.0]
     assert set(events["event_type"]) == {"click"}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_epoch_milliseconds_are_read_as_the_stream_reads_them(tmp_path: Path, suffix: str) -> None:
+    start = 1_700_000_000  # 2023-11-14, in seconds
+    seconds = ROWS.assign(timestamp=(ROWS["timestamp"] + start).astype("int64"))
+    millis = seconds.assign(timestamp=seconds["timestamp"] * 1000 + 250)  # integers, as Kafka producers write
+    from_seconds = load_events(write(seconds, tmp_path / f"seconds{suffix}"), gap_seconds=1800)
+    from_millis = load_events(write(millis, tmp_path / f"millis{suffix}"), gap_seconds=1800)
+    assert from_millis["timestamp"].tolist() == [t + 0.25 for t in from_seconds["timestamp"]]
+
+    def sessions(events: pd.DataFrame) -> list[list[str]]:
+        return events.groupby("session_id", sort=False)["item_id"].apply(list).tolist()
+
+    assert sessions(from_millis) == sessions(from_seconds)
+    assert from_millis["session_id"].nunique() == 3  # cut by the 1,800 s gap, not 1,800 ms
+    # Replayed, every event passes the stream's validation with the default unit (seconds).
+    parsed = [
+        parse_event(event, ValidationLimits(), now=start + 10_000) for event in iter_event_dicts(from_millis)
+    ]
+    assert all(isinstance(event, Event) for event in parsed), parsed
 
 
 def test_missing_required_column_is_a_clear_error(tmp_path: Path) -> None:
