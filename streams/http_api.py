@@ -12,7 +12,8 @@ With ``ONEVEC_HTTP_INGEST_TOKEN`` set, every write (``POST /events``, ``POST /dr
 Under abuse (docs/operations.md, HTTP limits): one body limit (``ONEVEC_MAX_HTTP_BODY_BYTES``,
 also aiohttp's ``client_max_size``), a connection closed when it sends no whole request head
 within ``ONEVEC_HTTP_IDLE_TIMEOUT_SECONDS``, a body that must arrive within
-``ONEVEC_HTTP_BODY_TIMEOUT_SECONDS``; every refusal, onevec's or aiohttp's parser's, is counted in
+``ONEVEC_HTTP_BODY_TIMEOUT_SECONDS``; every refusal, onevec's or aiohttp's parser's, and every
+connection closed by the idle timeout (``header_timeout``, ``idle_timeout``) is counted in
 ``onevec_http_rejections_total{reason}``, and a malformed or oversized request is one WARNING line.
 """
 
@@ -184,6 +185,45 @@ class ServerLog(logging.LoggerAdapter[logging.Logger]):
         )
 
 
+class TimeoutCountingHandler(web.RequestHandler):
+    """aiohttp's connection handler, counting the connections its keep-alive timer closes in
+    ``onevec_http_rejections_total``: ``header_timeout`` when no whole request head ever
+    arrived (a slow-header client, or one that sent nothing), ``idle_timeout`` when it had been
+    answered and sent no next request in time. aiohttp has no hook for this close; its timer
+    (``_process_keepalive``, aiohttp pinned in pyproject) is wrapped, and
+    tests/streams/test_http_limits.py fails if it stops closing or counting."""
+
+    __slots__ = ()
+
+    def _process_keepalive(self) -> None:
+        was_open = not self._force_close
+        super()._process_keepalive()
+        if was_open and self._force_close:
+            reason = "idle_timeout" if self._request_count else "header_timeout"
+            metrics.HTTP_REJECTIONS.labels(reason=reason).inc()
+
+
+class TimeoutCountingServer(web.Server):
+    """aiohttp's server (the listening socket's protocol factory) with counting connections."""
+
+    def __call__(self) -> web.RequestHandler:
+        return TimeoutCountingHandler(self, loop=self._loop, **self._kwargs)
+
+
+class TimeoutCountingRunner(web.AppRunner):
+    """aiohttp's application runner, serving with :class:`TimeoutCountingServer`."""
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return TimeoutCountingServer(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=made._loop,
+            **made._kwargs,
+        )
+
+
 def configure_server(onevec: OnevecApp) -> None:
     """The rejection counter, and the runner's idle/header timeout and logger. Faust builds its
     aiohttp runner with aiohttp's defaults (an idle or half-sent connection kept 3,630 s, parser
@@ -193,7 +233,7 @@ def configure_server(onevec: OnevecApp) -> None:
     driver.web_app.middlewares.append(count_rejections)
     # aiohttp's keep-alive timer starts when a connection opens and again after each answer, and
     # only a whole request head stops it: it is the header timeout as well as the idle one.
-    driver._runner = web.AppRunner(
+    driver._runner = TimeoutCountingRunner(
         driver.web_app,
         access_log=None,
         keepalive_timeout=onevec.settings.http_idle_timeout_seconds,

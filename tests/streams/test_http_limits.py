@@ -1,6 +1,6 @@
 """The HTTP server under abuse, on a real worker over loopback: the one body limit on both sides of
 it (Content-Length and chunked), every refusal counted by reason, slow-header and idle connections
-closed within the idle timeout, and a malformed or oversized request answered 4xx with one
+closed within the idle timeout and counted, and a malformed or oversized request answered 4xx with one
 WARNING line and no traceback."""
 
 from __future__ import annotations
@@ -120,6 +120,9 @@ def test_slow_header_and_idle_connections_are_closed(start_worker) -> None:
         status_of(raw_request(worker, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
         == 200
     )
+    # A keep-alive client answered once, then idle: closed by the same timer, counted apart.
+    kept = socket.create_connection(address, timeout=IDLE_TIMEOUT + 30)
+    kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     closed_after: list[float] = []
     deadline = opened + IDLE_TIMEOUT + 30
     while len(closed_after) < SLOW_CLIENTS and time.monotonic() < deadline:
@@ -138,6 +141,13 @@ def test_slow_header_and_idle_connections_are_closed(start_worker) -> None:
     for key in list(selector.get_map().values()):
         key.fileobj.close()  # type: ignore[union-attr]
     assert len(closed_after) == SLOW_CLIENTS, f"{len(closed_after)} of {SLOW_CLIENTS} closed"
+    answered = b""
+    while chunk := kept.recv(65536):  # the answer, then the close
+        answered += chunk
+    kept.close()
+    assert status_of(answered) == 200
+    # Every connection the timer closed is counted (the one with Connection: close is not).
+    assert rejections(worker) == {"header_timeout": SLOW_CLIENTS, "idle_timeout": 1}
     print(
         f"{SLOW_CLIENTS} slow-header/idle connections, idle timeout {IDLE_TIMEOUT} s: closed after "
         f"{min(closed_after):.2f}-{max(closed_after):.2f} s"
