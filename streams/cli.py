@@ -177,6 +177,11 @@ def similar(
                 hits = await store.similar(item, k=k, filter=filters or None)
             except ValueError as error:  # a filter key that is not a plain attribute name
                 raise UserError(str(error)) from None
+            if filters and not hits:  # none match, or (as a worker answers 400) no item has the key
+                from onevec.streams.http_api import unknown_filter_attributes
+
+                if unknown := unknown_filter_attributes(filters, await _stored_attribute_names(store)):
+                    raise UserError(unknown)
             return [
                 {"item_id": h.item_id, "score": h.score, "attributes": h.payload.get("attributes", {})}
                 for h in hits
@@ -184,6 +189,14 @@ def similar(
 
         rows = _read_stored(load_settings(), lookup)
     _print_items(f"similar to {item}", rows)
+
+
+async def _stored_attribute_names(store: QdrantStore) -> set[str]:
+    """The attribute names of the stored items. The store has no query for them, so every item
+    is ranked, unfiltered, for its payload (measured 0.06-0.3 s at 5,000 synthetic items, 0.5-0.85
+    s at 20,000, local mode and qdrant-edge): only a filtered lookup that found nothing asks."""
+    everything = await store.rank_items([0.0] * store.dim, await store.count("items"), using="unified")
+    return {name for hit in everything for name in hit.payload.get("attributes", {})}
 
 
 @app.command()

@@ -3,6 +3,7 @@ command as a user runs it, in a subprocess)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from onevec.deploy.embedded_broker import free_port
+from onevec.streams.qdrant import QdrantStore, build_item_points
+from tests.streams.test_store_congruence import DIM, synthetic_items
 
 ONEVEC = Path(sys.executable).parent / "onevec"
 
@@ -77,3 +80,24 @@ def test_a_misspelt_variable_is_warned_with_the_closest_name(tmp_path: Path) -> 
     )
     assert code == 2
     assert "ONEVEC_PARTITONS is not a onevec setting and is ignored; did you mean ONEVEC_PARTITIONS?" in lines
+
+
+def test_a_filter_on_an_attribute_no_stored_item_has_is_refused_without_a_worker(tmp_path: Path) -> None:
+    """``onevec similar`` reading a stopped worker's store (synthetic items with a genre and a
+    year) refuses an attribute no item has as a worker's /similar does, and answers a known one."""
+    folder = tmp_path / "qdrant"
+
+    async def store_items() -> None:
+        async with QdrantStore(dim=DIM, path=folder) as store:
+            await store.ensure_collections()
+            await store.upsert_points(
+                "items", build_item_points(synthetic_items(30, seed=1), DIM).all_or_error()
+            )
+
+    asyncio.run(store_items())
+    stored = {"ONEVEC_QDRANT_PATH": str(folder), "ONEVEC_MODEL_DIM": str(DIM)}
+    code, lines, _ = _run(["similar", "syn-1", "--filter", "colour=red"], tmp_path, **stored)
+    assert (code, lines) == (2, ["error: no item has the attribute 'colour' (known: genre, year)"])
+    # A known attribute: looked up, whether or not a value matches.
+    assert _run(["similar", "syn-1", "--filter", "genre=Nope"], tmp_path, **stored)[0] == 0
+    assert _run(["similar", "syn-1", "--filter", "genre=Drama"], tmp_path, **stored)[0] == 0
