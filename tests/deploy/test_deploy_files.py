@@ -5,10 +5,13 @@ one learn worker (ONEVEC_ROLE=learn, checkpoints on a volume), both scraped by P
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
 import typing
 from pathlib import Path
 
@@ -128,6 +131,47 @@ def test_compose_learner_keeps_checkpoints_on_its_own_volume(compose) -> None:
     others = [name for name in services if name != "learner" and volume in mounts(name).values()]
     assert not others, f"{others} share the learner's checkpoint volume"
     assert services["learner"]["stop_grace_period"] == "60s"  # drain the sink, write a checkpoint
+
+
+class HealthAnswers(http.server.BaseHTTPRequestHandler):
+    """Answers the statuses queued in ``statuses`` and records the paths asked."""
+
+    statuses: typing.ClassVar[list[int]] = []
+    paths: typing.ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server hook's name
+        self.paths.append(self.path)
+        self.send_response(self.statuses.pop(0))
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the hook's signature
+        pass
+
+
+def test_compose_workers_are_healthy_only_when_ready(compose) -> None:
+    """Each worker service's healthcheck, run as the container would (python, ONEVEC_WEB_PORT from
+    its environment), fails while the worker answers /healthz?ready 503 and passes on 200."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), HealthAnswers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name in COMPOSE_WORKERS:
+            check = compose["services"][name]["healthcheck"]
+            assert check["test"][:2] == ["CMD", "python"]
+            env = os.environ | {"ONEVEC_WEB_PORT": str(server.server_address[1])}
+            HealthAnswers.statuses[:] = [503, 200]
+            HealthAnswers.paths.clear()
+            codes = [
+                subprocess.run(
+                    [sys.executable, *check["test"][2:]], env=env, capture_output=True, timeout=30
+                ).returncode
+                for _ in range(2)
+            ]
+            assert codes[0] != 0 and codes[1] == 0, (name, codes)
+            assert HealthAnswers.paths == ["/healthz?ready"] * 2
+            assert compose["services"][name]["environment"]["ONEVEC_WEB_PORT"]  # what the check reads
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def relabel(rules: list[dict], labels: dict[str, str]) -> dict[str, str]:
@@ -365,7 +409,9 @@ def test_k8s_services_route_each_role_and_are_scraped() -> None:
         doc = workload(role)
         worker = containers(doc)[0]
         assert worker["ports"] == [{"name": "http", "containerPort": port}]
-        assert worker["readinessProbe"]["httpGet"]["path"] == "/healthz"
+        # Ready once every part the worker runs is (503 until then); alive while it serves HTTP.
+        assert worker["readinessProbe"]["httpGet"]["path"] == "/healthz?ready"
+        assert worker["livenessProbe"]["httpGet"]["path"] == "/healthz"
         # Exactly one Service reaches this role's pods, and none of the other role's.
         (service,) = [s for s in services if serves(s, doc)]
         assert not serves(service, workload(other))
