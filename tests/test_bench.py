@@ -1,6 +1,8 @@
-"""`onevec bench --quick` end to end: a real Tansu broker, a real worker process, a real no-op
-Faust agent, Qdrant local mode, memory child processes. No timing assertions: the figures
-only have to exist, be finite and be positive, and every section must print its rows."""
+"""`onevec bench --quick` end to end: a real Tansu broker, a real worker process, the pipeline's
+ceilings (raw aiokafka, the Quix Streams peer where .peer-venv exists, a real no-op Faust agent),
+Qdrant local mode, memory child processes. No timing assertions: the figures only have to
+exist, be finite and be positive, and every section must print its rows. Without .peer-venv the
+peer's row must say so instead of giving a number (tests/test_bench_ceilings.py tests both)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ from rich.console import Console
 
 from onevec.streams.settings import Settings
 from onevec.streams.tools.bench import SECTIONS, run_bench
+from onevec.streams.tools.bench.ceilings import NOT_INSTALLED, PEER_PYTHON
+
+PEER_ROW = "Quix Streams peer: per-session state (RocksDB + changelog)"
 
 
 def test_quick_bench_prints_every_row(settings: Settings, tmp_path: Path) -> None:
@@ -21,6 +26,10 @@ def test_quick_bench_prints_every_row(settings: Settings, tmp_path: Path) -> Non
 
     measures = {(row.section, row.measure) for row in rows}
     expected = {
+        ("pipeline", "raw aiokafka getmany (physical ceiling)"),
+        ("pipeline", "raw aiokafka + json.loads + per-session dict"),
+        ("pipeline", PEER_ROW),
+        ("pipeline", "no-op Faust agent (reference)"),
         ("pipeline", "sessionized (ingest -> sessions)"),
         ("pipeline", "end to end (-> learner -> Qdrant)"),
         # The same pipeline split over an ingest and a learn worker (Settings.role).
@@ -44,6 +53,9 @@ def test_quick_bench_prints_every_row(settings: Settings, tmp_path: Path) -> Non
     assert expected <= measures
     assert {row.section for row in rows} == set(SECTIONS)
     for row in rows:
+        if row.measure == PEER_ROW and not PEER_PYTHON.exists():
+            assert row.unavailable == NOT_INSTALLED and math.isnan(row.value), row
+            continue
         assert math.isfinite(row.value) and row.value > 0, row
         if row.ceiling is not None:
             assert math.isfinite(row.ceiling) and row.ceiling > 0, row

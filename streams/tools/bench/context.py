@@ -19,6 +19,7 @@ WARMUP_BATCHES = 2  # torch's first calls allocate and dispatch lazily: not time
 @dataclass(frozen=True)
 class BenchSizes:
     pipeline_events: int = 40_000  # the no-op ceiling drains 10k in <1 s: too short to time well
+    ceiling_passes: int = 2  # each ceiling, in one order then the reverse
     learner_examples: int = 30_000  # several rounds of learner_round_batches (16) x 256
     sink_points: int = 20_000
     sink_disk_points: int = 2_000
@@ -31,6 +32,7 @@ class BenchSizes:
     def quick(cls) -> BenchSizes:
         return cls(
             pipeline_events=1_500,
+            ceiling_passes=1,
             learner_examples=2_048,
             sink_points=1_000,
             sink_disk_points=300,

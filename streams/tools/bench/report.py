@@ -25,10 +25,12 @@ class BenchRow:
     ceiling: float | None = None  # the same work done by the reference
     goal: str = ""  # e.g. ">= 0.5" on the ratio, "< 2" on the value
     note: str = ""
+    # Why the row has no value (its value is NaN), shown in its place, e.g. a peer not installed.
+    unavailable: str = ""
 
     @property
     def ratio(self) -> float | None:
-        return self.value / self.ceiling if self.ceiling else None
+        return self.value / self.ceiling if self.ceiling and not self.unavailable else None
 
     @property
     def met(self) -> bool | None:
@@ -77,9 +79,9 @@ def _cells(row: BenchRow, rich: bool) -> list[str]:
     return [
         row.section,
         row.measure,
-        f"{format_value(row.value)} {row.unit}",
+        row.unavailable or f"{format_value(row.value)} {row.unit}",
         "" if row.ceiling is None else f"{format_value(row.ceiling)} {row.unit}",
-        "" if ratio is None else f"{ratio:.2f}",
+        "" if ratio is None else f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}",  # 0.0072, not 0.01
         _goal_cell(row, rich),
         row.note,
     ]
