@@ -45,6 +45,17 @@ when the app is built.
    restarts that lost nothing, 23 and 91 records fetched again were dropped the same way. So
    the read offset of a record fetched before its partition's last seek is not taken, and a
    seek sets the read offset as it happens: it stays where the seek put it.
+5. A partition with no committed offset is not sought at all. Faust drops the records it
+   fetched but had not handed on when a rebalance starts (its fetch loop stops on the flow stop
+   or the new generation) and relies on the post-recovery ``seek_to_committed`` to fetch them
+   again; aiokafka's ``seek_to_committed`` only seeks partitions whose committed offset is above
+   0, so such a partition keeps the position after the dropped records, which are then never
+   processed. Seen in the chaos soak (three kills in six seconds): clicks partition 0 had never
+   had a commit land; the restarted worker fetched offsets 742-832, dropped them in the next
+   rebalance and sat at position 833 with 759 events unsessionized (the soak failed 3 of 4
+   runs on 2026-12-05/06). So each input partition without a committed offset is sought to its
+   first offset (the consumer's ``earliest`` policy); a sessionizer flags the copies it has
+   seen. Changelog partitions are left to the table recovery, which positions them itself.
 """
 
 from __future__ import annotations
@@ -53,9 +64,10 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any, cast
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer.fetcher import Fetcher
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
@@ -66,7 +78,7 @@ from kafka import KafkaConsumer, TopicPartition
 from onevec.streams.kafka.topics import bootstrap_servers
 from onevec.streams.settings import Settings
 
-__all__ = ["apply_faust_fixes", "last_record_offsets"]
+__all__ = ["apply_faust_fixes", "last_record_offsets", "seek_uncommitted_to_start"]
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +183,30 @@ async def _fetch_records_until_sought(
     return {tp: _UntilSought(batch, state, tp) for tp, batch in records.items()}
 
 
+_ORIGINAL_SEEK_TO_COMMITTED = AIOKafkaConsumerThread.seek_to_committed
+
+
+async def seek_uncommitted_to_start(
+    consumer: AIOKafkaConsumer, committed: Mapping[Any, int | None], leave: Collection[str]
+) -> list[Any]:
+    """Seek each partition of ``committed`` that has no committed offset (None or 0) to its
+    first offset, except partitions of the topics in ``leave``; returns the partitions sought."""
+    uncommitted = [tp for tp, offset in committed.items() if not offset and tp.topic not in leave]
+    if uncommitted:
+        for tp, offset in (await consumer.beginning_offsets(uncommitted)).items():
+            consumer.seek(tp, offset)
+    return uncommitted
+
+
+async def _seek_to_committed_or_start(self: AIOKafkaConsumerThread) -> Mapping[TP, int]:
+    committed = await _ORIGINAL_SEEK_TO_COMMITTED(self)
+    changelogs = self.app.tables.changelog_topics
+    sought = await self.call_thread(seek_uncommitted_to_start, self._ensure_consumer(), committed, changelogs)
+    if sought:
+        log.info("no committed offset: reading %s from the start", sorted(sought))
+    return committed
+
+
 def last_record_offsets(
     settings: Settings, batch_starts: Mapping[TP, int], timeout: float = 10.0
 ) -> dict[TP, int]:
@@ -236,6 +272,7 @@ def apply_faust_fixes(settings: Settings | None = None) -> None:
     Fetcher.seek_to = _seek_to_counted
     Consumer.__init__ = _consumer_init_seek_aware  # type: ignore[method-assign]
     AIOKafkaConsumerThread._fetch_records = _fetch_records_until_sought  # type: ignore[method-assign]
+    AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed_or_start  # type: ignore[method-assign]
     if settings is not None and (settings.embedded or settings.tansu):
         Recovery._build_highwaters = _tansu_build_highwaters(settings)  # type: ignore[method-assign]
         AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer_with_fetch_wait(  # type: ignore[method-assign]
