@@ -78,4 +78,10 @@ def replay_events(settings: Settings, events: pd.DataFrame, label: str, speedup:
         progress_bar() as bar,
     ):
         task = bar.add_task(f"replay {label}", total=len(events))
-        return run_replay(events, producer, speedup, lambda n: bar.advance(task, n))
+        return run_replay(
+            events,
+            producer,
+            speedup,
+            lambda n: bar.advance(task, n),
+            timestamp_unit=settings.timestamp_unit,
+        )

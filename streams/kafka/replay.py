@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from onevec.models.clickstream.events import TimestampUnit
 from onevec.streams.kafka.producer import EventProducer
 
 __all__ = ["iter_event_dicts", "replay"]
@@ -30,11 +31,13 @@ def replay(
     speedup: float | None = None,
     on_progress: Callable[[int], None] | None = None,
     progress_every: int = 1000,
+    timestamp_unit: TimestampUnit = "s",
 ) -> float:
     """Send every event; return the elapsed wall time in seconds.
 
     With ``speedup`` the gaps between event times are kept, divided by that factor; without it
-    events go as fast as the producer takes them.
+    events go as fast as the producer takes them. Loaded events are in seconds; a worker that
+    reads numbers as milliseconds (``timestamp_unit="ms"``) gets them in milliseconds.
     """
     started = time.monotonic()
     first_ts = float(events["timestamp"].iloc[0]) if len(events) else 0.0
@@ -44,6 +47,8 @@ def replay(
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+        if timestamp_unit == "ms":
+            event["timestamp"] = round(float(event["timestamp"]) * 1000)
         producer.send(event)
         if on_progress is not None and count % progress_every == 0:
             on_progress(progress_every)
