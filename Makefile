@@ -23,7 +23,13 @@ demo: $(STAMP)
 system:
 	./deploy/system_packages.sh
 
-test: $(STAMP) system
+# The Quix Streams peer the bench measures against, in its own virtualenv (scripts/peer-env.sh).
+PEER_STAMP := .peer-venv/.installed
+$(PEER_STAMP): scripts/peer-env.sh
+	./scripts/peer-env.sh
+	touch $(PEER_STAMP)
+
+test: $(STAMP) system $(PEER_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Style (ruff), types (mypy) and the layers of DESIGN.md (import-linter). Both checkers read the
