@@ -202,6 +202,7 @@ CATALOG_ITEMS_ENCODED = Counter(
 # aiohttp parsed it (a header too large, a request line that is not HTTP).
 HTTP_REJECTIONS = Counter(
     "onevec_http_rejections",
-    "HTTP requests answered 4xx/5xx by onevec or by aiohttp's parser, by reason.",
+    "HTTP requests answered 4xx/5xx by onevec or by aiohttp's parser, and connections closed "
+    "unanswered by the header or idle timeout, by reason.",
     ["reason"],
 )
