@@ -37,6 +37,7 @@ from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.online.base import Example, parse_examples, top_k
 from onevec.models.online.config import ModelConfig
 from onevec.models.online.optim import RowAdam
+from onevec.models.online.snapshot import ItemSnapshot
 from onevec.models.online.vocab import Vocabulary
 
 __all__ = ["Batch", "BatchVectors", "ItemEncoder"]
@@ -109,6 +110,7 @@ class ItemEncoder:
         # All item vectors, computed once per model change: serving calls recommend() per
         # example between steps, and rebuilding every token bag each time would dominate.
         self._matrix: Tensor | None = None
+        self._snapshots: list[ItemSnapshot] = []  # told before rows or bags change
 
     # ---- growth and registration -------------------------------------------------------
 
@@ -118,6 +120,8 @@ class ItemEncoder:
     def set_attributes(self, item_id: str, tokens: Sequence[str]) -> None:
         """Register (or replace) an item's catalogue attribute tokens."""
         row = self._rows("item", [item_id], random_init=False)[0]
+        for snapshot in self._snapshots:
+            snapshot.before_bag_changes(row)
         bag = list(dict.fromkeys(self._rows("token", tokens)))
         self._bag_live += len(bag) - self._bag_size[row]
         self._bag_start[row] = len(self._bag_flat)
@@ -255,7 +259,7 @@ class ItemEncoder:
         will move them.
         """
         unique, inverse = torch.unique(rows, return_inverse=True)
-        flat, offsets = self._bags(unique)
+        flat, offsets = self.bags(unique)
         self._touch(unique, flat)
         ids = F.embedding(unique, self.tables["item"], sparse=True)
         attributes = F.embedding_bag(flat, self.tables["token"], offsets, mode="mean", sparse=True)
@@ -272,10 +276,13 @@ class ItemEncoder:
             self._touched_rows = [torch.unique(torch.cat(self._touched_rows))]
             self._touched_tokens = [torch.unique(torch.cat(self._touched_tokens))]
 
-    def _bags(self, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Token rows of ``rows`` as (flat, offsets) for ``embedding_bag``."""
+    def bags(self, rows: Tensor, empty: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Token rows of ``rows`` as (flat, offsets) for ``embedding_bag``; ``empty`` (a mask
+        over ``rows``) gives those rows empty bags."""
         flat, starts, sizes = self._bag_index()
         sizes = sizes[rows]
+        if empty is not None:
+            sizes[empty] = 0
         offsets = sizes.cumsum(0) - sizes
         # Position j of bag i is starts[rows[i]] + (j - offsets[i]) in the flat array.
         positions = torch.repeat_interleave(starts[rows] - offsets, sizes) + torch.arange(int(sizes.sum()))
@@ -399,8 +406,36 @@ class ItemEncoder:
     def step(self, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
         """Apply the gradients of ``named_parameters`` (these tables and any other
         encoder's weights) with the one shared optimiser."""
+        if self._snapshots:
+            self._before_rows_move()
         self.optimizer.step(named_parameters)
         self._matrix = None
+
+    def _before_rows_move(self) -> None:
+        """Tell the snapshots which table rows the coming step moves (the rows of the sparse
+        gradients; a dense one moves every row)."""
+        for name, table in self.tables.items():
+            grad = table.grad
+            if grad is None:
+                continue
+            if grad.is_sparse:
+                table.grad = grad = grad.coalesce()  # the optimiser would coalesce it anyway
+                rows = grad.indices()[0]
+            else:
+                rows = torch.arange(table.shape[0])
+            for snapshot in self._snapshots:
+                snapshot.before_rows_move(name, rows)
+
+    def snapshot(self) -> ItemSnapshot:
+        """The items and tokens known now, as they are now, for scoring while training goes on
+        (:mod:`onevec.models.online.snapshot`); release it when done."""
+        snapshot = ItemSnapshot(self)
+        self._snapshots.append(snapshot)
+        return snapshot
+
+    def release_snapshot(self, snapshot: ItemSnapshot) -> None:
+        if snapshot in self._snapshots:
+            self._snapshots.remove(snapshot)
 
     # ---- encoding -----------------------------------------------------------------------
 
@@ -413,7 +448,7 @@ class ItemEncoder:
             return self._matrix
         if self._matrix is not None:
             return self._matrix[rows]  # the model has not changed since it was computed
-        flat, offsets = self._bags(rows)
+        flat, offsets = self.bags(rows)
         ids = self.tables["item"][rows]
         return ids + F.embedding_bag(flat, self.tables["token"], offsets, mode="mean")
 
@@ -523,6 +558,9 @@ class ItemEncoder:
         self.generator.set_state(state["generator"])
         self.optimizer.load_state_dict(state["optimizer"])
         self._matrix = None
+        for snapshot in self._snapshots:  # what they kept belongs to another model
+            snapshot.invalidate()
+        self._snapshots = []
         # Which upserts landed before the restart is unknown: treat every item as changed.
         self._changed_rows = array("q", range(len(self.item_vocab)))
         self._touched_rows, self._touched_tokens = [], []

@@ -45,7 +45,7 @@ import torch
 
 from onevec.models.online.user_history import Had, Recalled
 
-__all__ = ["FEATURES", "HistoryFeatures", "RepeatGate"]
+__all__ = ["FEATURES", "GateSoftmax", "HistoryFeatures", "RepeatGate"]
 
 FEATURES = ("had", "log_count", "recency")
 _MIN_SCALE = 1e-3  # the session score never switches off entirely, nor changes sign
@@ -126,33 +126,21 @@ class RepeatGate:
         ``targets`` (q,) the column of each next item (-1 when it is not a candidate: skipped),
         ``excluded`` (row, column) pairs of the sessions' own items, which ranking excluded.
         """
-        known = np.flatnonzero(np.asarray(targets) >= 0)
-        if not len(known):
+        softmax = GateSoftmax(self, targets, features, excluded)
+        softmax.add(0, np.asarray(session_scores))
+        self.learn_softmax(softmax)
+
+    def learn_softmax(self, softmax: GateSoftmax) -> None:
+        """One Adagrad step from a batch's softmax accumulated over every candidate (with this
+        gate's weights and scale: the gate must not have changed since ``softmax`` began)."""
+        if not softmax.queries:
             return
-        scores = np.asarray(session_scores, dtype=np.float64)[known]
-        target = np.asarray(targets, dtype=np.int64)[known]
-        remap = np.full(len(targets), -1, dtype=np.int64)
-        remap[known] = np.arange(len(known))
-        mine = remap[features.rows] >= 0
-        rows, columns, values = remap[features.rows[mine]], features.columns[mine], features.values[mine]
-        logits = self.scale * scores
-        logits[rows, columns] += values @ self.weights  # each pair once
-        if excluded is not None:
-            keep = remap[excluded[0]] >= 0
-            ex_rows, ex_columns = remap[excluded[0][keep]], excluded[1][keep]
-            not_target = ex_columns != target[ex_rows]
-            logits[ex_rows[not_target], ex_columns[not_target]] = -np.inf
-        logits -= logits.max(axis=1, keepdims=True)
-        probability = np.exp(logits)
-        probability /= probability.sum(axis=1, keepdims=True)
         # d(-log p_target)/dw = E_p[f] - f(target); d/d scale = E_p[s] - s(target).
         gradient = np.zeros(len(FEATURES) + 1)
-        gradient[:-1] = (probability[rows, columns][:, None] * values).sum(0)
-        is_target = columns == target[rows]
-        gradient[:-1] -= values[is_target].sum(0)
-        finite = np.where(probability > 0, scores, 0.0)
-        gradient[-1] = (probability * finite).sum() - scores[np.arange(len(target)), target].sum()
-        gradient /= len(known)
+        gradient[:-1] = (softmax.own_probabilities()[:, None] * softmax.values).sum(0)
+        gradient[:-1] -= softmax.values[softmax.own_is_target].sum(0)
+        gradient[-1] = (softmax.weighted / softmax.total).sum() - softmax.target_scores.sum()
+        gradient /= softmax.queries
         self._squared += gradient**2
         step = self.lr * gradient / np.sqrt(self._squared)
         self.weights = self.weights - step[:-1]
@@ -175,3 +163,83 @@ class RepeatGate:
         self.scale = float(state["scale"])
         self._squared = state["squared"].numpy().astype(np.float64).copy()
         self.steps = int(state["steps"])
+
+
+class GateSoftmax:
+    """The softmax of a batch's gated scores ``z = scale * s + weights . f`` over candidates
+    that arrive in blocks of columns (each column once), reduced to what the gate's gradient
+    reads: per query the running maximum of ``z``, the sums of ``exp(z - max)`` and of
+    ``exp(z - max) * s``, and the session scores of the user's own items and of the next item.
+    The learner ranks a catalogue slice by slice over several rounds; the gate learns from the
+    same slices instead of a (queries x catalogue) matrix.
+
+    Queries whose next item is not a candidate (target -1) are left out; the ``excluded``
+    (query, column) pairs (the session's own items, as ranking excludes them) never count,
+    unless the pair is the next item itself."""
+
+    def __init__(
+        self,
+        gate: RepeatGate,
+        targets: np.ndarray,
+        features: HistoryFeatures,
+        excluded: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        targets = np.asarray(targets, dtype=np.int64)
+        self.rows = np.flatnonzero(targets >= 0)  # the queries learned from
+        self.queries = len(self.rows)
+        self.scale = gate.scale
+        self.targets = targets[self.rows]
+        remap = np.full(len(targets), -1, dtype=np.int64)
+        remap[self.rows] = np.arange(self.queries)
+        mine = remap[features.rows] >= 0
+        self.own_rows, self.own_columns = remap[features.rows[mine]], features.columns[mine]
+        self.values = features.values[mine]
+        self.bonus = self.values @ gate.weights
+        self.own_is_target = self.own_columns == self.targets[self.own_rows]
+        excluded_rows, excluded_columns = (np.zeros(0, dtype=np.int64),) * 2
+        if excluded is not None:
+            keep = remap[excluded[0]] >= 0
+            excluded_rows, excluded_columns = remap[excluded[0][keep]], excluded[1][keep]
+            not_target = excluded_columns != self.targets[excluded_rows]
+            excluded_rows, excluded_columns = excluded_rows[not_target], excluded_columns[not_target]
+        self.excluded_rows, self.excluded_columns = excluded_rows, excluded_columns
+        width = 1 + int(max(self.own_columns.max(initial=0), excluded_columns.max(initial=0)))
+        self.own_excluded = np.isin(
+            self.own_rows * width + self.own_columns, excluded_rows * width + excluded_columns
+        )
+        self.maximum = np.full(self.queries, -np.inf)
+        self.total = np.zeros(self.queries)
+        self.weighted = np.zeros(self.queries)
+        self.own_scores = np.zeros(len(self.own_rows))
+        self.target_scores = np.zeros(self.queries)
+
+    def add(self, start: int, session_scores: np.ndarray) -> None:
+        """The session scores (rows: every query the softmax was made with; columns:
+        candidates ``start`` onwards) of the next block of candidates."""
+        scores = np.asarray(session_scores, dtype=np.float32)[self.rows]
+        stop = start + scores.shape[1]
+        logits = self.scale * scores
+        own = (self.own_columns >= start) & (self.own_columns < stop)
+        rows, columns = self.own_rows[own], self.own_columns[own] - start
+        self.own_scores[own] = scores[rows, columns]
+        logits[rows, columns] += self.bonus[own]  # each pair once
+        gone = (self.excluded_columns >= start) & (self.excluded_columns < stop)
+        logits[self.excluded_rows[gone], self.excluded_columns[gone] - start] = -np.inf
+        inside = np.flatnonzero((self.targets >= start) & (self.targets < stop))
+        self.target_scores[inside] = scores[inside, self.targets[inside] - start]
+        maximum = np.maximum(self.maximum, logits.max(axis=1, initial=-np.inf))
+        # Rescale the sums to the new maximum; a row with nothing finite yet keeps zeros.
+        with np.errstate(invalid="ignore"):
+            rescale = np.where(np.isfinite(maximum), np.exp(self.maximum - maximum), 0.0)
+        shifted = np.exp(logits - np.where(np.isfinite(maximum), maximum, 0.0)[:, None].astype(np.float32))
+        self.total = self.total * rescale + shifted.sum(axis=1, dtype=np.float64)
+        # exp(-inf) is 0: an excluded candidate adds nothing, whatever its score.
+        self.weighted = self.weighted * rescale + (shifted * scores).sum(axis=1, dtype=np.float64)
+        self.maximum = maximum
+
+    def own_probabilities(self) -> np.ndarray:
+        """The softmax probability of each of the users' own items (0 where excluded)."""
+        logits = self.scale * self.own_scores + self.bonus
+        rows = self.own_rows
+        probability = np.exp(logits - self.maximum[rows]) / self.total[rows]
+        return np.where(self.own_excluded, 0.0, probability)

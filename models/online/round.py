@@ -1,11 +1,23 @@
 """A learning round: the learner's test-then-train over the examples it took at once.
 
 Every step first *scores* its examples (prequential: the model ranks each example's next item
-as it was *before* learning it) and then trains on them, so the running HR@k / MRR@k never
-peeks at the future. With the trainer's repeat gate, the ranking is the gated one (the session
-encoder's score plus the gate's term on the user's own earlier items, read from the user
-history as it was before the step); after the step the gate learns from how the step was
-ranked, and only then does the history take in the step's clicks.
+among every item it knew, as it was *before* learning the example) and then trains on them, so
+the running HR@k / MRR@k never peeks at the future. With the trainer's repeat gate, the ranking
+is the gated one (the session encoder's score plus the gate's term on the user's own earlier
+items, read from the user history as it was before the step); the gate learns from how the
+examples were ranked, and the history takes in the step's clicks after the step.
+
+Cost and sampling. Ranking an example reads every known item; a step ranks at most
+``item_budget`` item rows. A catalogue up to that size is ranked whole in each step, every
+example of every step scored. A larger one is ranked by a ranking pass
+(:class:`~onevec.models.online.prequential.RankingPass`) that spans the next steps,
+``item_budget`` rows a step, over a snapshot of the model taken before its own step (so every
+rank is still the model's before it learned the example). While a pass runs no other step is
+scored, and a pass ranks at most ``pass_examples`` of its step's examples (drawn with the
+round's seeded generator). Above the budget the score is therefore measured on a
+deterministic sample, about ``pass_examples`` examples per ``known / item_budget`` steps, each
+an exact rank, so HR@k / MRR@k keep their meaning. A pass's ranks and hits arrive in the step
+in which it completes.
 
 The worker's learner runs rounds on its own thread and turns the outcome into metrics, drift
 observations and Qdrant points; this module holds only the computation.
@@ -21,9 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from onevec.models.clickstream.examples import ExampleRecord
-from onevec.models.online.repeat_gate import HistoryFeatures
+from onevec.models.online.prequential import RankingPass, TiePriorities
+from onevec.models.online.repeat_gate import GateSoftmax, HistoryFeatures
+from onevec.models.online.snapshot import ItemSnapshot
 from onevec.models.online.trainer import LearnedStep, OnlineTrainer
-from onevec.models.ranking import PrequentialScore, target_ranks
+from onevec.models.ranking import PrequentialScore
 
 __all__ = ["LearningRound", "RoundConfig", "StepOutcome"]
 
@@ -32,10 +46,11 @@ __all__ = ["LearningRound", "RoundConfig", "StepOutcome"]
 class RoundConfig:
     batch_size: int = 256  # examples per step (a round is cut into equal steps of about this)
     sample_rate: float = 1.0  # share of examples scored
-    # Catalogue size up to which every step is scored; above it a whole step is scored with
-    # probability budget / known items (every example alike, so HR/MRR stay unbiased): a
-    # step's ranking and item matrix grow with the catalogue.
+    # Item rows a step ranks its scored examples against, at most: a catalogue up to this size
+    # is ranked whole in every step; a larger one over the following steps (see the module).
     item_budget: int = 50_000
+    # Examples a step ranked over several steps scores at most (a seeded sample of its own).
+    pass_examples: int = 32
     seed: int = 0  # which examples and steps scoring samples
     # Scored examples per step the repeat gate learns from (a sample when more were scored):
     # its softmax reads every known item's score, and four weights need few examples.
@@ -46,7 +61,20 @@ class RoundConfig:
 class StepOutcome:
     loss: float
     examples: int  # records of the step, duplicates included
-    hits: list[bool]  # per scored example: its next item was in the top k before the step
+    # Per example whose ranking completed in this step (its own, or an earlier step's that was
+    # ranked over several): its next item was in the top k before that step.
+    hits: list[bool]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A step's scored examples while their ranking runs: ``ranked`` are the positions (among
+    ``scored`` of them) whose next item was known, the others are misses."""
+
+    scored: int
+    ranked: np.ndarray
+    snapshot: ItemSnapshot
+    ranking: RankingPass
 
 
 class LearningRound:
@@ -57,6 +85,8 @@ class LearningRound:
         self.config = config
         self.score = PrequentialScore()
         self._rng = random.Random(config.seed)
+        self._priorities = TiePriorities(trainer.item_encoder.item_vocab)
+        self._pending: _Pending | None = None
 
     def learn(self, examples: Sequence[ExampleRecord]) -> list[StepOutcome]:
         """Score and learn ``examples`` in equal steps.
@@ -70,43 +100,107 @@ class LearningRound:
         return [self.step(examples[start:end]) for start, end in itertools.pairwise(bounds)]
 
     def step(self, examples: Sequence[ExampleRecord]) -> StepOutcome:
-        """One step: score with the model as it was before it, then train."""
-        # The training forward pass computes every prefix's session vector with the model as
-        # it was before the step: scoring reuses those and the item vectors taken before it.
-        fresh = [e for e in examples if not e.get("duplicate")]  # the rows of those vectors
-        known_before = len(self.trainer.item_encoder.item_vocab)
-        rate, budget = self.config.sample_rate, self.config.item_budget
-        # Whole steps are sampled above the budget: an unscored step needs no item matrix.
-        scored: list[int] = []
-        if known_before <= budget or self._rng.random() < budget / known_before:
-            scored = [
-                i for i, e in enumerate(fresh) if e.get("prefix") and (rate >= 1 or self._rng.random() < rate)
-            ]
-        matrix = self.trainer.item_encoder.item_matrix().numpy() if scored and known_before else None
-        history = self._history_features([fresh[i] for i in scored]) if matrix is not None else None
+        """One step: go on with a ranking under way, or score this step's examples with the
+        model as it is before the step; then train."""
+        hits: list[bool] = []
+        allowance = self.config.item_budget
+        if self._pending is not None:
+            allowance -= self._advance(allowance, hits)
+        fresh = [e for e in examples if not e.get("duplicate")]  # the rows of the step's vectors
+        scored = self._choose(fresh) if self._pending is None else []
+        encoder = self.trainer.item_encoder
+        # Taken before the step moves any row; the step's own training pass computes the
+        # session vectors before it updates, and the ranking reuses those.
+        snapshot = encoder.snapshot() if scored and len(encoder.item_vocab) else None
+        history = self._history_features([fresh[i] for i in scored]) if snapshot is not None else None
         step = self.trainer.learn_with_sessions(list(examples))
-        prefixes = [fresh[i]["prefix"] for i in scored]
-        exclude = self.trainer.prefix_pairs(step, scored, prefixes)
-        boost = None
-        if history is not None and self.trainer.repeat_gate is not None:
-            gate = self.trainer.repeat_gate
-            # scale * s + bonus ranks as s + bonus / scale does (scale > 0).
-            boost = (history.rows, history.columns, gate.bonus(history) / gate.scale)
-        ranks = target_ranks(
-            self.trainer,
-            prefixes,
-            [fresh[i]["item_id"] for i in scored],
-            sessions=step.sessions[scored],
-            matrix=matrix,
-            exclude=exclude,
-            boost=boost,
-        )
-        if history is not None and matrix is not None:
-            self._learn_gate(step, scored, [fresh[i]["item_id"] for i in scored], matrix, history, exclude)
+        if snapshot is not None:
+            self._pending = self._start(step, fresh, scored, snapshot, history)
+            self._advance(allowance, hits)
+        elif scored:  # a model that has seen nothing ranks nothing: every next item is unseen
+            self._record([None] * len(scored), hits)
         self.trainer.user_history.observe_records(fresh)
+        return StepOutcome(loss=step.loss, examples=len(examples), hits=hits)
+
+    def _choose(self, fresh: Sequence[ExampleRecord]) -> list[int]:
+        """The positions of the examples to score (those with a prefix, ``sample_rate`` of
+        them); above the item budget at most ``pass_examples``."""
+        rate = self.config.sample_rate
+        scored = [
+            i for i, e in enumerate(fresh) if e.get("prefix") and (rate >= 1 or self._rng.random() < rate)
+        ]
+        known = len(self.trainer.item_encoder.item_vocab)
+        if known > self.config.item_budget and len(scored) > self.config.pass_examples:
+            scored = sorted(self._rng.sample(scored, self.config.pass_examples))
+        return scored
+
+    def _start(
+        self,
+        step: LearnedStep,
+        fresh: Sequence[ExampleRecord],
+        scored: list[int],
+        snapshot: ItemSnapshot,
+        history: HistoryFeatures | None,
+    ) -> _Pending:
+        """The ranking of the scored examples against the snapshot's items."""
+        vocab, known = self.trainer.item_encoder.item_vocab, snapshot.items
+        columns = [vocab.get(fresh[i]["item_id"]) for i in scored]
+        # A next item the step itself added (or never seen) is unseen: a miss.
+        targets = np.array([-1 if c is None or c >= known else c for c in columns], dtype=np.int64)
+        ranked = np.flatnonzero(targets >= 0)
+        which = np.full(len(scored), -1, dtype=np.int64)  # position among scored -> among ranked
+        which[ranked] = np.arange(len(ranked))
+        position, rows = self.trainer.prefix_pairs(step, scored, [fresh[i]["prefix"] for i in scored])
+        mine = (which[position] >= 0) & (rows < known)  # items the step added are not ranked
+        skip = (which[position[mine]], rows[mine])
+        boost, softmax = None, None
+        gate = self.trainer.repeat_gate
+        if history is not None and gate is not None:
+            own = (which[history.rows] >= 0) & (history.columns < known)
+            features = HistoryFeatures(which[history.rows[own]], history.columns[own], history.values[own])
+            # scale * s + bonus ranks as s + bonus / scale does (scale > 0).
+            boost = (features.rows, features.columns, gate.bonus(features) / gate.scale)
+            softmax = GateSoftmax(gate, self._gate_targets(targets, ranked), features, skip)
+        sessions = step.sessions[np.asarray(scored, dtype=np.int64)[ranked]]
+        ranking = RankingPass(snapshot, self._priorities, sessions, targets[ranked], skip, boost, softmax)
+        return _Pending(len(scored), ranked, snapshot, ranking)
+
+    def _gate_targets(self, targets: np.ndarray, ranked: np.ndarray) -> np.ndarray:
+        """Per ranked example, its next item's row for the ones the gate learns from (at most
+        ``gate_examples`` of the scored), -1 for the others."""
+        chosen = np.arange(len(targets))
+        if len(chosen) > self.config.gate_examples:
+            sample = self._rng.sample(range(len(targets)), self.config.gate_examples)
+            chosen = np.sort(np.asarray(sample, dtype=np.int64))
+        learned = np.full(len(targets), -1, dtype=np.int64)
+        learned[chosen] = targets[chosen]
+        return learned[ranked]
+
+    def _advance(self, allowance: int, hits: list[bool]) -> int:
+        """Go on with the ranking under way for ``allowance`` item rows at most; when it
+        completes, record its ranks and let the gate learn. Returns the rows read."""
+        pending = self._pending
+        assert pending is not None
+        if not pending.snapshot.valid:  # a state was loaded meanwhile: nothing left to rank
+            self._pending = None
+            return 0
+        read = pending.ranking.advance(allowance)
+        if pending.ranking.done:
+            ranks: list[int | None] = [None] * pending.scored
+            for position, rank in zip(pending.ranked.tolist(), pending.ranking.ranks(), strict=True):
+                ranks[position] = rank
+            gate, softmax = self.trainer.repeat_gate, pending.ranking.gate
+            if gate is not None and softmax is not None:
+                gate.learn_softmax(softmax)
+            pending.snapshot.release()
+            self._pending = None
+            self._record(ranks, hits)
+        return read
+
+    def _record(self, ranks: list[int | None], hits: list[bool]) -> None:
         for rank in ranks:
             self.score.add(rank)
-        return StepOutcome(loss=step.loss, examples=len(examples), hits=[rank is not None for rank in ranks])
+            hits.append(rank is not None)
 
     def _history_features(self, records: Sequence[ExampleRecord]) -> HistoryFeatures | None:
         """The gate's features of the scored records' users' own items, from the history as
@@ -116,32 +210,3 @@ class LearningRound:
         history = self.trainer.user_history
         recalled = [history.recall_arrays(str(r["user_id"]), str(r["session_id"])) for r in records]
         return HistoryFeatures.of(recalled, self.trainer.item_encoder.item_vocab.get)
-
-    def _learn_gate(
-        self,
-        step: LearnedStep,
-        scored: list[int],
-        targets: list[str],
-        matrix: np.ndarray,
-        history: HistoryFeatures,
-        exclude: tuple[np.ndarray, np.ndarray],
-    ) -> None:
-        """One gate step on the session scores the step was ranked with (items the step added
-        are not candidates), on at most ``gate_examples`` of the scored examples."""
-        assert self.trainer.repeat_gate is not None
-        known = len(matrix)
-        chosen = np.arange(len(scored))
-        if len(chosen) > self.config.gate_examples:
-            sample = self._rng.sample(range(len(scored)), self.config.gate_examples)
-            chosen = np.sort(np.asarray(sample, dtype=np.int64))
-        vocab = self.trainer.item_encoder.item_vocab
-        columns = [vocab.get(targets[i]) for i in chosen.tolist()]
-        target_columns = np.array([-1 if c is None or c >= known else c for c in columns], dtype=np.int64)
-        which = np.full(len(scored), -1, dtype=np.int64)
-        which[chosen] = np.arange(len(chosen))
-        mine = which[history.rows] >= 0
-        features = HistoryFeatures(which[history.rows[mine]], history.columns[mine], history.values[mine])
-        own = (which[exclude[0]] >= 0) & (exclude[1] < known)
-        excluded = (which[exclude[0][own]], exclude[1][own])
-        sessions = step.sessions[np.asarray(scored, dtype=np.int64)[chosen]]
-        self.trainer.repeat_gate.learn(sessions @ matrix.T, target_columns, features, excluded)

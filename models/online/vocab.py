@@ -49,6 +49,10 @@ class Vocabulary:
     def key(self, row: int) -> str:
         return self._keys[row]
 
+    def slice(self, start: int, stop: int) -> list[str]:
+        """The keys of rows ``[start, stop)``."""
+        return self._keys[start:stop]
+
     def keys(self) -> list[str]:
         """All keys, in row order (a copy)."""
         return list(self._keys)
