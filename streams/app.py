@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, ParamSpec, cast
 
 import faust
@@ -23,9 +24,10 @@ from faust.types import EventT, StreamT, TopicT
 
 from onevec.models.catalog import load_attributes, validate_catalog_record
 from onevec.models.clickstream.events import Event, Rejection, ValidationLimits, session_key, validate_event
-from onevec.models.clickstream.examples import ExampleRecord, decode_examples, encode_examples
+from onevec.models.clickstream.examples import ExampleRecord, decode_examples, encode_example_chunks
 from onevec.models.clickstream.sessions import ClosedSession, Example, SessionBook, SessionWindow
 from onevec.monitoring import metrics
+from onevec.streams.kafka.emitted import emitted_header, read_emitted_upto
 from onevec.streams.kafka.session_table import ChangelogBatchStore
 from onevec.streams.kafka.topics import bootstrap_servers
 from onevec.streams.learner.checkpoints import (
@@ -112,7 +114,7 @@ class OnevecApp:
         self.session_table: Any = None
         self.learner: Learner | None = None
         self.partitions: set[int] = set()
-        # Set once the learner has created the collections and published the catalogue: the
+        # Set once the learner has created the collections and published (or reopened) the catalogue: the
         # catalogue agent writes, and the lookups answer, only after that.
         self.store_ready = asyncio.Event()
         self.stream_bound = asyncio.Event()  # the checkpoint's offsets checked against this stream
@@ -204,8 +206,10 @@ class OnevecApp:
         is acknowledged by the broker."""
         outgoing: list[Outgoing] = []
         examples: dict[int, list[ExampleRecord]] = {}
+        example_offsets: dict[int, list[int]] = {}
         accepted: Counter[str] = Counter()
         duplicates = 0
+        await self._read_emitted({event.message.partition for event in events})
         for event in events:
             raw = event.value if isinstance(event.value, bytes) else b""
             message = event.message
@@ -220,21 +224,43 @@ class OnevecApp:
             record = example.to_dict()
             record["ingested_at"] = message.timestamp
             examples.setdefault(message.partition, []).append(record)
+            example_offsets.setdefault(message.partition, []).append(message.offset)
             for session in closed:
                 metrics.SESSIONS_CLOSED.labels(reason=session.reason).inc()
                 outgoing.append(
                     Outgoing(self.sessions_closed, session.to_dict(), session.session_id.encode())
                 )
         self.session_store.flush()
+        emitted = self.book.emitted_upto
+        sent: dict[int, int] = {}
         for partition, batch in examples.items():
-            for value in encode_examples(batch, self.settings.examples_record_max_bytes):
-                outgoing.append(Outgoing(self.examples, value, partition=partition, value_serializer="raw"))
+            upto, offsets = emitted.get(partition, -1), iter(example_offsets[partition])
+            for value, count in encode_example_chunks(batch, self.settings.examples_record_max_bytes):
+                upto = max(upto, *islice(offsets, count))
+                outgoing.append(
+                    Outgoing(
+                        self.examples,
+                        value,
+                        partition=partition,
+                        headers=[emitted_header(upto)],
+                        value_serializer="raw",
+                    )
+                )
+            sent[partition] = upto
         await self.deliver(outgoing)
+        emitted.update(sent)
         for event_type, count in accepted.items():
             metrics.EVENTS_ACCEPTED.labels(event_type=event_type).inc(count)
         metrics.EVENTS_DUPLICATE.inc(duplicates)
         metrics.EXAMPLES_EMITTED.inc(sum(accepted.values()))
         metrics.SESSIONS_OPEN.set(self.book.open_sessions())
+
+    async def _read_emitted(self, partitions: set[int]) -> None:
+        """Once per assignment of a clicks partition, before its first event: how far its
+        examples reached the topic (the session book reconciles its table against it)."""
+        unknown = sorted(partitions - self.book.emitted_upto.keys())
+        if unknown:
+            self.book.emitted_upto.update(await asyncio.to_thread(read_emitted_upto, self.settings, unknown))
 
     def _apply(
         self, raw: bytes, partition: int, offset: int
@@ -363,8 +389,9 @@ class OnevecApp:
             with attempt:
                 await self._bind_checkpoint_to_stream()
                 await self.store.ensure_collections()
-                await self.running_learner.align_to_serving()
-                await self.running_learner.publish_all()
+                # Reopens the store a restarted learner's checkpoint vouches for; otherwise
+                # aligns to it and publishes every item (Learner.open_serving).
+                await self.running_learner.open_serving()
         self.store_ready.set()
         await self._learn_since_checkpoint()
         await self.running_learner.run()

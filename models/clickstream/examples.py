@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import NotRequired, TypedDict, cast
 
-__all__ = ["ExampleRecord", "decode_examples", "encode_examples"]
+__all__ = ["ExampleRecord", "decode_examples", "encode_example_chunks", "encode_examples"]
 
 
 class ExampleRecord(TypedDict):
@@ -36,11 +36,18 @@ class ExampleRecord(TypedDict):
 def encode_examples(examples: Sequence[ExampleRecord], max_bytes: int) -> list[bytes]:
     """The examples as record values of at most ``max_bytes`` each (halved until they fit; a
     single example over the limit still gets a record of its own)."""
+    return [value for value, _ in encode_example_chunks(examples, max_bytes)]
+
+
+def encode_example_chunks(examples: Sequence[ExampleRecord], max_bytes: int) -> list[tuple[bytes, int]]:
+    """As :func:`encode_examples`, each value with how many examples (in order) it holds."""
     value = json.dumps({"examples": list(examples)}, separators=(",", ":")).encode()
     if len(value) <= max_bytes or len(examples) <= 1:
-        return [value]
+        return [(value, len(examples))]
     half = len(examples) // 2
-    return encode_examples(examples[:half], max_bytes) + encode_examples(examples[half:], max_bytes)
+    return encode_example_chunks(examples[:half], max_bytes) + encode_example_chunks(
+        examples[half:], max_bytes
+    )
 
 
 def decode_examples(raw: bytes) -> list[ExampleRecord]:

@@ -26,6 +26,15 @@ fingerprints): when an idle or evicted session closes, the key keeps a tombstone
 until ``redelivery_window`` more events of the partition have gone by (more than Faust ever
 leaves uncommitted), and a session opened after a gap keeps its predecessor. A redelivered
 event is then recognised and its example re-sent, flagged, with its original prefix.
+
+What was emitted. The changelog and the examples are two writes: a crash between them leaves
+the table holding events whose examples never reached the topic (flagged on redelivery, they
+would never be learned), or the reverse (sent again unflagged, learned twice). So the caller
+tells the book, per partition, the highest input offset whose example is on the examples topic
+(``emitted_upto``, read back from the topic's last record after an assignment). A redelivered
+event at or below it is flagged even when the table lost it (and applied again); one above it
+whose example never went out is sent unflagged, at its position. An event the table holds
+under another input offset (a producer's resend) is flagged as always.
 """
 
 from __future__ import annotations
@@ -162,8 +171,9 @@ def _prefix_at(session: dict[str, Any], position: int) -> list[str]:
 
 def _already_applied(
     session: dict[str, Any] | None, mark: str, offset: int | None, timestamp: float | None = None
-) -> tuple[bool, int | None]:
-    """Whether the event is already in ``session``, and its position if still kept.
+) -> tuple[bool, int | None, bool]:
+    """Whether the event is already in ``session``, its position if still kept, and whether
+    its input offset says so (it was read before, not resent by its producer).
 
     Two tests: the fingerprint (a producer that sent the same event twice), and the input
     offset (a redelivery after a crash, which can reach further back than the kept
@@ -173,14 +183,14 @@ def _already_applied(
     fingerprint, and an event in time order is almost always later.
     """
     if session is None:
-        return False, None
+        return False, None, False
     by_offset = offset is not None and offset <= session.get("offset", -1)
     if timestamp is not None and timestamp > session["last"]:
-        return by_offset, None
+        return by_offset, None, by_offset
     seen: list[list[Any]] = session["seen"]
     # A C-level membership test first: almost every event is new.
     position = next((pos for fp, pos in seen if fp == mark), None) if mark in map(_FIRST, seen) else None
-    return position is not None or by_offset, position
+    return position is not None or by_offset, position, by_offset
 
 
 _FIRST = itemgetter(0)
@@ -207,13 +217,16 @@ class SessionBook:
         self._tombstones: dict[int, deque[tuple[int, str]]] = {}
         self._open: dict[int, int] = {}
         self.duplicates = 0
+        # Per partition, the highest input offset whose example was emitted (see the module's
+        # docstring); a partition without an entry keeps the table-only rules.
+        self.emitted_upto: dict[int, int] = {}
 
     def open_sessions(self) -> int:
         return sum(self._open.values())
 
     def forget_partition(self, partition: int) -> None:
         """Drop the in-memory indexes of a partition this worker no longer owns."""
-        for index in (self._heaps, self._tombstones, self._open, self._watermarks):
+        for index in (self._heaps, self._tombstones, self._open, self._watermarks, self.emitted_upto):
             index.pop(partition, None)
 
     def process(
@@ -229,10 +242,12 @@ class SessionBook:
         current = state if _is_open(state) else None
         previous = state.get("previous") if state is not None else None
 
-        in_current, position = _already_applied(current, mark, offset, event.timestamp)
-        in_previous, previous_position = _already_applied(previous, mark, offset)
+        emitted = self._emitted(partition, offset)
+        in_current, position, reread = _already_applied(current, mark, offset, event.timestamp)
+        in_previous, previous_position, reread_previous = _already_applied(previous, mark, offset)
         if in_previous and not in_current:
-            return self._example(previous, event, mark, previous_position, duplicate=True), closed  # type: ignore[arg-type]
+            flag = emitted is not False or not reread_previous
+            return self._example(previous, event, mark, previous_position, duplicate=flag), closed  # type: ignore[arg-type]
         # An event already applied is no later than its session's last event: no gap closes it.
         if current is not None and event.timestamp - current["last"] > self.window.gap:
             closed.append(self._close(partition, key, "gap", offset or 0))
@@ -242,7 +257,11 @@ class SessionBook:
             current = _new_state(event, partition, previous)
             self._open[partition] += 1
 
-        example = self._apply(current, event, mark, offset, in_current, position)
+        # An event the table holds because it was read before (not a producer's resend) but
+        # whose example never went out is sent now, unflagged; one the table lost but whose
+        # example went out is applied again, flagged.
+        duplicate = not (reread and emitted is False) if in_current else bool(emitted)
+        example = self._apply(current, event, mark, offset, in_current, position, duplicate)
         self.store[key] = current  # reassign: a Faust table only changelogs on __setitem__
         heapq.heappush(self._heaps[partition], (current["last"], key))
 
@@ -254,6 +273,11 @@ class SessionBook:
         self._compact(partition)
         return example, closed
 
+    def _emitted(self, partition: int, offset: int | None) -> bool | None:
+        """Whether the example of the event at ``offset`` was emitted (None: not known)."""
+        upto = self.emitted_upto.get(partition)
+        return None if upto is None or offset is None else offset <= upto
+
     def _apply(
         self,
         state: dict[str, Any],
@@ -262,11 +286,13 @@ class SessionBook:
         offset: int | None,
         applied: bool,
         position: int | None,
+        duplicate: bool,
     ) -> Example:
-        """Apply ``event`` to ``state`` unless ``applied`` already (at ``position``, if kept)."""
+        """Apply ``event`` to ``state`` unless ``applied`` already (at ``position``, if kept);
+        its example is flagged with ``duplicate``."""
         if applied:
-            return self._example(state, event, mark, position, duplicate=True)
-        example = self._example(state, event, mark, state["n_events"], duplicate=False)
+            return self._example(state, event, mark, position, duplicate=duplicate)
+        example = self._example(state, event, mark, state["n_events"], duplicate=duplicate)
         # In place: the lists belong to this state alone (prefixes and closed sessions copy).
         seen, items = state["seen"], state["items"]
         seen.append([mark, state["n_events"]])

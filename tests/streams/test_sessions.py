@@ -210,3 +210,53 @@ def test_redelivery_older_than_the_kept_fingerprints_is_recognised_by_offset() -
     assert again.duplicate and again.prefix == ["c"]
     fresh, _ = book.process(ev("u1", "e", 1004), offset=4)
     assert not fresh.duplicate and fresh.prefix == ["c", "d"]
+
+
+def test_an_applied_event_whose_example_never_went_out_is_sent_unflagged() -> None:
+    """The table's changelog landed, the examples record did not (kill -9 between the two): the
+    redelivered events above the emitted offset are sent unflagged, at their positions."""
+    store: dict[str, dict] = {}
+    book = SessionBook(store, SessionWindow(gap=GAP))
+    for offset, item in enumerate("abcd"):
+        book.process(ev("u1", item, 1000 + offset), offset=offset)
+    book.emitted_upto[0] = 1  # the examples of offsets 0-1 are on the topic, of 2-3 not
+    sent = [
+        book.process(ev("u1", item, 1000 + offset), offset=offset)[0] for offset, item in enumerate("abcd")
+    ]
+    assert [(e.item_id, e.duplicate, e.prefix) for e in sent] == [
+        ("a", True, []),
+        ("b", True, ["a"]),
+        ("c", False, ["a", "b"]),
+        ("d", False, ["a", "b", "c"]),
+    ]
+    assert store["user:u1"]["n_events"] == 4  # applied once
+
+
+def test_an_event_the_table_lost_but_whose_example_went_out_is_applied_again_flagged() -> None:
+    """The examples record landed, the changelog did not: the redelivered events are applied
+    to the session again (the next event's prefix has them) and flagged."""
+    store: dict[str, dict] = {}
+    book = SessionBook(store, SessionWindow(gap=GAP))
+    book.process(ev("u1", "a", 1000), offset=0)
+    book.emitted_upto[0] = 2  # offsets 1-2 emitted; the table only knows offset 0
+    replayed = [
+        book.process(ev("u1", item, 1000 + offset), offset=offset)[0] for offset, item in ((1, "b"), (2, "c"))
+    ]
+    assert [(e.item_id, e.duplicate, e.prefix) for e in replayed] == [
+        ("b", True, ["a"]),
+        ("c", True, ["a", "b"]),
+    ]
+    fresh, _ = book.process(ev("u1", "d", 1003), offset=3)
+    assert not fresh.duplicate and fresh.prefix == ["a", "b", "c"]
+
+
+def test_a_producers_resend_is_flagged_whatever_was_emitted() -> None:
+    store: dict[str, dict] = {}
+    book = SessionBook(store, SessionWindow(gap=GAP))
+    book.process(ev("u1", "a", 1000), offset=0)
+    book.process(ev("u1", "b", 1001), offset=1)
+    book.emitted_upto[0] = 1
+    resent, _ = book.process(ev("u1", "a", 1000), offset=2)  # the same event, a new offset
+    assert resent.duplicate and store["user:u1"]["n_events"] == 2
+    book.forget_partition(0)
+    assert 0 not in book.emitted_upto  # a new assignment reads it again

@@ -1,0 +1,67 @@
+"""How far each clicks partition's examples reached the examples topic.
+
+Every examples record carries a header with the highest clicks offset whose example is on the
+topic once that record is (a running maximum per partition: examples partition p holds the
+examples of clicks partition p). After an assignment the sessionizer reads it back from each
+partition's last record, so the session table and the examples topic, written one after the
+other, can be reconciled (see onevec.models.clickstream.sessions, "What was emitted").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka import KafkaConsumer, TopicPartition
+
+from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.settings import Settings
+
+__all__ = ["EMITTED_HEADER", "emitted_header", "read_emitted_upto"]
+
+log = logging.getLogger(__name__)
+
+EMITTED_HEADER = "onevec-clicks-upto"
+
+
+def emitted_header(upto: int) -> tuple[str, bytes]:
+    return EMITTED_HEADER, str(upto).encode()
+
+
+def read_emitted_upto(settings: Settings, partitions: list[int], timeout: float = 10.0) -> dict[int, int]:
+    """Per partition, the header of the examples partition's last record: -1 for an empty
+    partition or one whose last record has none (an older onevec). A partition not read
+    within ``timeout`` is left out (its events keep the table-only rules), with a warning."""
+    topic = settings.examples_topic
+    wanted = [TopicPartition(topic, p) for p in partitions]
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers(settings),
+        enable_auto_commit=False,
+        **settings.kafka_client_options(),
+    )
+    try:
+        consumer.assign(wanted)
+        ends = consumer.end_offsets(wanted)
+        result = {tp.partition: -1 for tp in wanted if ends[tp] == 0}
+        missing = {tp for tp in wanted if ends[tp] > 0}
+        for tp in missing:
+            # Tansu's end offset is the last record batch's base + 1: read that batch whole.
+            consumer.seek(tp, ends[tp] - 1)
+        last: dict[TopicPartition, int] = {}
+        deadline = time.monotonic() + timeout
+        while missing and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=300).items():
+                for record in records:
+                    if record.offset >= last.get(tp, -1):
+                        last[tp] = record.offset
+                        headers = dict(record.headers or [])
+                        result[tp.partition] = int(headers.get(EMITTED_HEADER, b"-1"))
+            # Read up to the position the end offset gave (or further): the last batch is in.
+            missing = {tp for tp in missing if consumer.position(tp) < ends[tp] or tp not in last}
+        if missing:
+            log.warning("could not read the last examples record of %s in %.0f s", sorted(missing), timeout)
+            for tp in missing:
+                result.pop(tp.partition, None)
+        return result
+    finally:
+        consumer.close()
