@@ -77,6 +77,7 @@ class Checkpoints:
         self.stream: StreamIdentity | None = None  # what the offsets belong to, once known
         self.interval = settings.checkpoint_interval_seconds
         self.offsets: dict[str, int] = {}  # "topic:partition" -> last example offset learned
+        self.restored = False  # the model is the last checkpoint's
         self.dirty = False  # learned since the last checkpoint
         self._last = time.monotonic()
         self._skip_logged: set[str] = set()
@@ -86,6 +87,7 @@ class Checkpoints:
         if not self.path.exists():
             return {}
         self.offsets = trainer.load_checkpoint(self.path)
+        self.restored = True
         if self.stream_path.exists():
             self.stream = json.loads(self.stream_path.read_text())
         log.warning("restored checkpoint %s (%d steps)", self.path, trainer.steps)

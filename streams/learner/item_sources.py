@@ -7,6 +7,7 @@ catalogue agent encoded since, journalled beside the checkpoint and restored on 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,6 +57,9 @@ class ItemSources:
                 )
             log.warning("static bundle %s: %d items", self.static_models.version, len(self.static))
         self.journal = CatalogJournal(journal_path)
+        # Journalled after the last checkpoint folded the log: their points may never have been
+        # written (a crash), so a worker that reopens its store writes them again.
+        self.since_checkpoint = _journalled_items(self.journal.log_path)
         self.journal.load()
         self.journal.apply_to(self.static)
 
@@ -133,3 +137,17 @@ class ItemSources:
             for name in self.fusion_weights:
                 weights[name] = np.where(several, scaled[name], self.fusion_weights[name])
         return fuse_batch(matrices, {name: weights[name] for name in names})
+
+
+def _journalled_items(log_path: Path) -> list[str]:
+    """The items of the journal's log (each once, in order); a line a crash cut short is skipped,
+    as the journal itself skips it."""
+    if not log_path.exists():
+        return []
+    items: dict[str, None] = {}
+    for line in log_path.read_bytes().splitlines():
+        try:
+            items[str(json.loads(line)["item_id"])] = None
+        except (ValueError, KeyError, TypeError):
+            continue
+    return list(items)

@@ -9,13 +9,15 @@ before learning it (prequential HR@20 / MRR@20); then the items worth re-publish
 (:mod:`.publish`) are fused with their static sources (:mod:`.item_sources`), rotated onto the
 served version (:mod:`.serving`) and upserted, batched, to Qdrant, and the round's sessions and
 users get fresh live vectors (:mod:`.users`). Checkpoints record the example offsets they cover
-(:mod:`.checkpoints`), so a crash loses no learned state. Lookups are ranked by Qdrant
-(:mod:`.recommend`).
+(:mod:`.checkpoints`), so a crash loses no learned state, and what the store holds as of each
+one (:mod:`.publication`), so a restart reopens the store rather than publishing every item.
+Lookups are ranked by Qdrant (:mod:`.recommend`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,6 +31,7 @@ from threadpoolctl import threadpool_limits
 
 from onevec.models.catalog import CatalogItem
 from onevec.models.clickstream.examples import ExampleRecord
+from onevec.models.fusion import normalise
 from onevec.models.online.item_encoder import ItemEncoder
 from onevec.models.online.round import LearningRound, RoundConfig
 from onevec.models.online.trainer import OnlineTrainer
@@ -37,6 +40,7 @@ from onevec.monitoring import metrics
 from onevec.monitoring.drift import DriftConfig, DriftMonitor
 from onevec.streams.learner.checkpoints import Checkpoints
 from onevec.streams.learner.item_sources import ItemSources
+from onevec.streams.learner.publication import Publication, SavedPublication, point_inputs, store_location
 from onevec.streams.learner.publish import PublishPolicy, VectorUpdate
 from onevec.streams.learner.queue import ExampleQueue, ExamplesBatch
 from onevec.streams.learner.recommend import Recommendation, Recommender
@@ -61,6 +65,7 @@ DRIFT_UPDATE_SECONDS = 1.0  # how often the drift monitor takes the queued vecto
 IDLE_TICK_SECONDS = 1.0  # without examples, upkeep (sweep, drift, checkpoint) runs this often
 USERS_PER_PUBLISH = 4096  # users encoded at once when a starting worker publishes them all
 CATALOGUE_CHUNK = 16_384  # items encoded and built into points at once by the same
+REOPEN_SAMPLE = 256  # published items read back from the store before it is reopened
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -143,6 +148,20 @@ class Learner:
             settings.clicks_for_full_weight,
         )
         self.rotation = ServingRotation()
+        static = self.sources.static_models
+        self.publication = Publication(
+            self.checkpoints.directory,
+            store_location(settings, store.collections.values()),
+            point_inputs(settings, static.version if static is not None else None),
+        )
+        # Every item is in the store as published (after the start's full publish or a reopen):
+        # from then on each checkpoint's publish state can be vouched for.
+        self.serving = False
+        self._vouching: asyncio.Task[None] | None = None
+        # Held while a checkpoint is saved, and by a catalogue change from its journal entry to
+        # its point being queued: a journal entry folded by a checkpoint has its point queued
+        # before the flush that checkpoint's record waits for.
+        self._checkpointing = asyncio.Lock()
         self.publish = PublishPolicy(
             self.trainer.item_encoder,
             self._served_vectors,
@@ -165,6 +184,8 @@ class Learner:
             store, lambda: self.trainer.repeat_gate, decay=1.0 if history is None else history.decay
         )
         # Read at scrape time: while Qdrant is down the learner blocks in buffer.add().
+        metrics.ITEMS_UPSERTED.set_function(lambda: self.buffer.upserted_points)
+        metrics.ITEMS_KNOWN.set_function(lambda: len(self.publish.published))
         metrics.UPSERT_BUFFER_PENDING.set_function(lambda: self.buffer.pending)
         metrics.UPSERT_BUFFER_RETRIES.set_function(lambda: self.buffer.retries)
         metrics.UPSERT_BUFFER_COALESCED.set_function(lambda: self.buffer.coalesced)
@@ -215,6 +236,78 @@ class Learner:
             self.settings.model_dim,
         )
 
+    async def open_serving(self) -> bool:
+        """Before learning: reopen the store the restored checkpoint's record vouches for, or
+        align this model to what the store serves and publish every item and user. True when
+        reopened.
+
+        The rule (docs/operations.md, "Restarts"): the store is reopened only when it holds what
+        the restored checkpoint's publish state says was published (the record names that state,
+        this store and these point inputs, the store has at least the recorded points, and at
+        least half of a sample of items read back hold exactly the recorded vector). What changed
+        after the checkpoint is then published as it is learned again: the examples after its
+        offsets (the gap read, and redelivered records) republish every item they click and,
+        through the sweep, every item they move against the restored state; catalogue records
+        journalled after it are written again here. That also rewrites the points a lost process
+        published after its last checkpoint (kill -9), where they matter. Anything else (no
+        checkpoint, another model version, another or an emptied store, changed fusion or static
+        inputs) takes the full path: a Procrustes fit onto the stored vectors, then every item,
+        since the rotation moves every served coordinate."""
+        saved = self.publication.load(self.checkpoints.path) if self.checkpoints.restored else "no checkpoint"
+        refused = await self._reopen(saved) if isinstance(saved, SavedPublication) else saved
+        if refused is not None:
+            log.warning("publishing every item: %s", refused)
+            self.publication.withdraw()
+            await self.align_to_serving()
+            await self.publish_all()
+        self.serving = True
+        return refused is None
+
+    async def _reopen(self, saved: SavedPublication) -> str | None:
+        """Continue from ``saved`` if the store holds it; else why not."""
+        items, users = await self.store.count("items"), await self.store.count("users")
+        if items < saved.items or users < saved.users:
+            return (
+                f"the store holds {items} item and {users} user points, the checkpoint's record "
+                f"{saved.items} and {saved.users}"
+            )
+        units, rows = saved.policy["units"], np.flatnonzero(saved.policy["has_unit"])
+        vocab = self.trainer.item_encoder.item_vocab
+        sample = np.random.default_rng(0).choice(rows, min(len(rows), REOPEN_SAMPLE), replace=False)
+        index = {vocab.key(row): row for row in sample.tolist()}
+        stored = await self.store.get_items(list(index))
+        # Each point read back holds exactly the recorded vector, or was written at or after the
+        # checkpoint's model version (by the lost process: learned again below). A store restored
+        # from an older copy, or written by another model, has points that are neither.
+        newer = np.array(
+            [item.payload.get("model_version", -1) >= saved.steps for item in stored], dtype=bool
+        )
+        if stored:
+            read = normalise(np.asarray([item.vectors["behaviour"] for item in stored]))
+            recorded = normalise(units[[index[item.item_id] for item in stored]])
+            newer |= np.einsum("ij,ij->i", read, recorded) > 1.0 - 1e-4
+        if len(stored) < len(sample) or not newer.all():
+            return (
+                f"of {len(sample)} published items read back, {len(sample) - len(stored)} are missing and"
+                f" {np.count_nonzero(~newer)} hold neither the recorded vector nor a newer one"
+            )
+        self.publish.load_state_dict(saved.policy)
+        self.rotation.matrix = saved.rotation
+        # The drift monitor takes the served vectors as a full publish would have shown them (a
+        # copy: the policy's own matrix changes as items are published).
+        keys, served = vocab.keys(), normalise(units[rows])
+        for row, vector in zip(rows.tolist(), served, strict=True):
+            self.drift.observe_update(keys[row], None, vector)
+        for item_id in self.sources.since_checkpoint:
+            await self._write_catalog_item(item_id, await self._in_thread(self._behaviour, item_id))
+        log.warning(
+            "reopened the store: %d item points, as published by the restored checkpoint; %d"
+            " catalogue items journalled after it written again",
+            items,
+            len(self.sources.since_checkpoint),
+        )
+        return None
+
     async def publish_all(self) -> None:
         """Send every known item and user to Qdrant: after a restart the serving store may be
         empty (in-memory local mode) or hold an older version."""
@@ -245,14 +338,22 @@ class Learner:
         once, so the item has a unified vector before its first click. Returns False when the
         item has no source at all (no known token, no image, unknown to the behaviour model):
         its point, if any, is deleted, so stale text/image vectors are not served."""
-        behaviour = await self._in_thread(self._apply_catalog_record, item)
-        return await self._write_catalog_item(item.item_id, behaviour)
+        return await self._catalog_change(item.item_id, functools.partial(self._apply_catalog_record, item))
 
     async def remove_catalog(self, item_id: str) -> None:
         """A tombstone: the item leaves the catalogue. Its static sources and attributes go;
         the point keeps only behaviour if the model knows the item, else it is deleted."""
-        behaviour = await self._in_thread(self._apply_catalog_removal, item_id)
-        await self._write_catalog_item(item_id, behaviour)
+        await self._catalog_change(item_id, functools.partial(self._apply_catalog_removal, item_id))
+
+    async def _catalog_change(self, item_id: str, apply: Callable[[], np.ndarray | None]) -> bool:
+        async with self._checkpointing:
+            behaviour = await self._in_thread(apply)
+            if await self._queue_catalog_item(item_id, behaviour):
+                return True
+        # Outside the lock: the record is acknowledged only once the delete is done, so a crash
+        # before that redelivers it, and a Qdrant outage here holds no checkpoint back.
+        await self._delete_item(item_id)
+        return False
 
     def _apply_catalog_record(self, item: CatalogItem) -> np.ndarray | None:
         self.sources.apply_record(item)
@@ -269,25 +370,53 @@ class Learner:
             return None
         return self._served_vectors([item_id])[0]
 
-    async def _write_catalog_item(self, item_id: str, behaviour: np.ndarray | None) -> bool:
+    async def _write_catalog_item(self, item_id: str, behaviour: np.ndarray | None) -> None:
+        if not await self._queue_catalog_item(item_id, behaviour):
+            await self._delete_item(item_id)
+
+    async def _queue_catalog_item(self, item_id: str, behaviour: np.ndarray | None) -> bool:
+        """Queue the item's whole point; False when it has no source at all."""
         records = self.sources.records(
             {item_id: behaviour}, self.event_counts.many([item_id]), self.trainer.steps, time.time()
         )
-        if not records:  # no source at all
-            # A pending upsert of the item is written first, or it could land after the delete.
-            await self.buffer.flush()
-            await self.store.delete_items([item_id])
+        if not records:
             return False
         await self.buffer.add(records[0])
-        metrics.ITEMS_UPSERTED.set(self.buffer.upserted_points)
         return True
 
-    async def checkpoint(self) -> None:
-        await self._in_thread(self._save_checkpoint)
+    async def _delete_item(self, item_id: str) -> None:
+        # A pending upsert of the item is written first, or it could land after the delete.
+        await self.buffer.flush()
+        await self.store.delete_items([item_id])
 
-    def _save_checkpoint(self) -> None:
+    async def checkpoint(self) -> None:
+        """Save the model, and with it what was published; once the points queued before the
+        save are written, vouch for it (in the background: a Qdrant outage delays the record,
+        never the learner)."""
+        async with self._checkpointing:
+            token = await self._in_thread(self._save_checkpoint)
+        if token is not None:
+            if self._vouching is not None:
+                self._vouching.cancel()  # this newer state supersedes the one it waited for
+            self._vouching = asyncio.create_task(self._vouch(token))
+
+    def _save_checkpoint(self) -> str | None:
         self.checkpoints.save(self.trainer)
         self.sources.journal.compact()
+        if not self.serving:  # not every item is in the store yet: nothing to vouch for
+            return None
+        return self.publication.save_state(
+            self.publish.state_dict(), self.rotation.matrix, self.trainer.steps, self.checkpoints.path
+        )
+
+    async def _vouch(self, token: str) -> None:
+        try:
+            await self.buffer.flush()
+            await self.user_buffer.flush()
+            items, users = await self.store.count("items"), await self.store.count("users")
+            self.publication.vouch(token, items, users)
+        except Exception as error:  # noqa: BLE001 - no record: the next start publishes everything
+            log.warning("the store's content was not recorded with the checkpoint: %r", error)
 
     async def close(self, drain_seconds: float = 20.0) -> None:
         """Stop learning, drain the sink, write a last checkpoint.
@@ -310,6 +439,8 @@ class Learner:
             except TimeoutError as error:  # live vectors are rewritten by the next event
                 log.warning("%s", error)
         await self.checkpoint()
+        if self._vouching is not None:
+            await self._vouching
         self.thread.shutdown(wait=True)
 
     # -- the work ----------------------------------------------------------------------
@@ -386,7 +517,6 @@ class Learner:
         metrics.TRAIN_LOSS.set(published.loss)
         metrics.EXAMPLES_LEARNED.inc(len(examples))
         metrics.MODEL_VERSION.set(self.trainer.steps)
-        metrics.ITEMS_KNOWN.set(len(self.publish.published))
         self.checkpoints.learned(batches)
         await self._upsert(published, examples)
         if self.checkpoints.due():
@@ -512,7 +642,6 @@ class Learner:
         await self.buffer.add_points(published.items, now=True)
         await self.session_buffer.add_points(published.sessions, now=True)
         await self.user_buffer.add_points(published.users, now=True)
-        metrics.ITEMS_UPSERTED.set(self.buffer.upserted_points)
 
     def _observe_freshness(self, item_ids: list[str]) -> None:
         """These items' upsert returned: their clicks are now visible in Qdrant."""

@@ -7,13 +7,18 @@ per ``refresh_seconds``, at most ``sweep_items`` per full round (a smaller round
 share, so the sweep's points cost the same per example learned), and only those whose direction
 moved by more than ``min_change`` (cosine distance) since they were last published are sent:
 writing them all each time would make the sink the bottleneck for no visible change.
+
+What was published (one unit vector per item row) and the sweep's stamps are the policy's state
+(:meth:`PublishPolicy.state_dict`): saved beside the checkpoint, they let a restarted worker
+reopen the store those vectors are in instead of publishing every item again (docs/operations.md,
+"Restarts").
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +26,7 @@ import numpy as np
 from onevec.models.fusion import normalise
 from onevec.models.online.item_encoder import ItemEncoder
 
-__all__ = ["PublishPolicy", "VectorUpdate"]
+__all__ = ["PublishPolicy", "PublishedVectors", "VectorUpdate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +64,11 @@ class PublishPolicy:
         self.min_change = min_change
         self.refresh_seconds = refresh_seconds
         self.sweep_items = sweep_items
-        self.published: dict[str, np.ndarray] = {}  # unit vector last sent to Qdrant, per item
+        # The unit vector last sent to Qdrant, per item row (valid where _has_unit): one matrix
+        # rather than an array per item, so it costs its bytes only and saves in one write.
+        self._units = np.zeros((0, encoder.config.dim), dtype=np.float32)
+        self._has_unit = np.zeros(0, dtype=bool)
+        self.published = PublishedVectors(self)
         self._round = 0  # rounds so far: the stamps below
         self._row_changed = np.zeros(0, dtype=np.int64)  # per item row: last round it moved
         self._token_changed = np.zeros(0, dtype=np.int64)  # per token row: last round it moved
@@ -100,10 +109,7 @@ class PublishPolicy:
         """A new round: the rows and tokens changed since the last one get its stamp."""
         self._round += 1
         rows, tokens = self.encoder.drain_changes()
-        items = len(self.encoder.item_vocab)
-        self._row_changed = _grown(self._row_changed, items)
-        self._row_checked = _grown(self._row_checked, items)
-        self._token_changed = _grown(self._token_changed, len(self.encoder.vocabularies["token"]))
+        self._stamp_arrays(len(self.encoder.item_vocab), len(self.encoder.vocabularies["token"]))
         self._row_changed[rows] = self._round
         self._token_changed[tokens] = self._round
 
@@ -138,30 +144,110 @@ class PublishPolicy:
             return {}, []
         vectors = self.encode(changed)
         units = normalise(vectors)
-        lasts = [self.published.get(item_id) for item_id in changed]
-        due = np.fromiter(
-            (last is None or item_id in always for item_id, last in zip(changed, lasts, strict=True)),
-            dtype=bool,
-            count=len(changed),
-        )
+        vocab = self.encoder.item_vocab
+        rows = np.fromiter(map(vocab.get, changed), dtype=np.int64, count=len(changed))
+        self._reserve(len(vocab))
+        had = self._has_unit[rows]
+        previous = self._units[rows]  # a copy: the updates keep what was published before
+        due = ~had | np.fromiter((item_id in always for item_id in changed), dtype=bool, count=len(changed))
         seen = np.flatnonzero(~due)
         if len(seen):
             # One batched cosine for all published items instead of one numpy call per item.
-            previous = np.array([lasts[i] for i in seen])
-            moved = 1.0 - np.einsum("ij,ij->i", units[seen], previous) > self.min_change
+            moved = 1.0 - np.einsum("ij,ij->i", units[seen], previous[seen]) > self.min_change
             due[seen[moved]] = True
-        publish: dict[str, np.ndarray] = {}
-        updates: list[VectorUpdate] = []
-        for i in np.flatnonzero(due):
-            item_id, unit = changed[i], units[i].copy()  # a copy: a row view would keep all of units alive
-            publish[item_id] = vectors[i]
-            updates.append(VectorUpdate(item_id, lasts[i], unit, sampled=item_id in always))
-            self.published[item_id] = unit
+        chosen = np.flatnonzero(due)
+        self._units[rows[chosen]] = units[chosen]
+        self._has_unit[rows[chosen]] = True
+        publish = {changed[i]: vectors[i] for i in chosen.tolist()}
+        updates = [
+            VectorUpdate(changed[i], previous[i] if had[i] else None, units[i], sampled=changed[i] in always)
+            for i in chosen.tolist()
+        ]
         return publish, updates
 
+    def _reserve(self, items: int) -> None:
+        self._units = _grown(self._units, items)
+        self._has_unit = _grown(self._has_unit, items)
 
-def _grown(stamps: np.ndarray, size: int) -> np.ndarray:
-    """``stamps`` holding at least ``size`` rows (doubled, so growth is amortised O(1))."""
-    if len(stamps) >= size:
-        return stamps
-    return np.concatenate([stamps, np.zeros(max(size, 2 * len(stamps)) - len(stamps), dtype=stamps.dtype)])
+    # -- state saved beside the checkpoint -----------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """What was published and the sweep's place, by item row (the rows of the model saved
+        with it): arrays only, so it saves with ``np.savez``."""
+        items, tokens = len(self.encoder.item_vocab), len(self.encoder.vocabularies["token"])
+        self._reserve(items)
+        self._stamp_arrays(items, tokens)
+        return {
+            # Half precision: a checkpoint is written to disk every interval, and a cosine
+            # against a rounded unit vector moves by ~1e-7, far below any min_change.
+            "units": self._units[:items].astype(np.float16),
+            "has_unit": self._has_unit[:items],
+            "row_changed": self._row_changed[:items],
+            "row_checked": self._row_checked[:items],
+            "token_changed": self._token_changed[:tokens],
+            "counters": np.array([self._round, self._cursor, self._sweeping], dtype=np.int64),
+        }
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue from a saved state: the model restored with it has the same rows. The sweep
+        resumes where it was, so items that moved and were not yet swept still will be."""
+        items, tokens = len(self.encoder.item_vocab), len(self.encoder.vocabularies["token"])
+        if len(state["units"]) > items or len(state["token_changed"]) > tokens:
+            raise ValueError("the publish state has more rows than the model it is loaded into")
+        self._units = _grown(normalise(state["units"]), items)  # unit again after the rounding
+        self._has_unit = _grown(np.array(state["has_unit"], dtype=bool), items)
+        self._row_changed = _grown(np.array(state["row_changed"], dtype=np.int64), items)
+        self._row_checked = _grown(np.array(state["row_checked"], dtype=np.int64), items)
+        self._token_changed = _grown(np.array(state["token_changed"], dtype=np.int64), tokens)
+        self._round, self._cursor, sweeping = (int(value) for value in state["counters"])
+        self._sweeping = bool(sweeping)
+        self._last_sweep = time.monotonic()
+
+    def _stamp_arrays(self, items: int, tokens: int) -> None:
+        self._row_changed = _grown(self._row_changed, items)
+        self._row_checked = _grown(self._row_checked, items)
+        self._token_changed = _grown(self._token_changed, tokens)
+
+
+class PublishedVectors(Mapping[str, np.ndarray]):
+    """Item -> the unit vector last published, read off the policy's row matrix (what the
+    drift monitor compares). A value is a view of that matrix: read it, do not keep it."""
+
+    def __init__(self, policy: PublishPolicy) -> None:
+        self._policy = policy
+
+    def _row(self, item_id: str) -> int | None:
+        row = self._policy.encoder.item_vocab.get(item_id)
+        has = self._policy._has_unit
+        return row if row is not None and row < len(has) and has[row] else None
+
+    def __getitem__(self, item_id: str) -> np.ndarray:
+        row = self._row(item_id)
+        if row is None:
+            raise KeyError(item_id)
+        return self._policy._units[row]
+
+    def __contains__(self, item_id: object) -> bool:
+        return isinstance(item_id, str) and self._row(item_id) is not None
+
+    def rows(self) -> np.ndarray:
+        """The item rows that have a published vector."""
+        return np.flatnonzero(self._policy._has_unit)
+
+    def __iter__(self) -> Iterator[str]:
+        keys = self._policy.encoder.item_vocab.keys()
+        return iter([keys[row] for row in self.rows().tolist()])
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._policy._has_unit))
+
+
+def _grown(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` holding at least ``size`` rows (doubled, so growth is amortised O(1)). The new
+    rows are zeros from ``np.zeros``, whose pages the OS maps only once they are written, so
+    the spare capacity costs no memory until used."""
+    if len(array) >= size:
+        return array
+    grown = np.zeros((max(size, 2 * len(array)), *array.shape[1:]), dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
