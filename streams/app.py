@@ -231,13 +231,21 @@ class OnevecApp:
                     Outgoing(self.sessions_closed, session.to_dict(), session.session_id.encode())
                 )
         self.session_store.flush()
+        # A partition's examples records go out one round at a time (most batches have one):
+        # a record's header claims the records before it, so it is sent only once they are
+        # acknowledged, never reordered ahead of one that failed and is sent again.
+        rounds: list[list[Outgoing]] = [outgoing]
+        claims: list[dict[int, int]] = [{}]  # per round, the header each partition's record carries
         emitted = self.book.emitted_upto
-        sent: dict[int, int] = {}
         for partition, batch in examples.items():
             upto, offsets = emitted.get(partition, -1), iter(example_offsets[partition])
-            for value, count in encode_example_chunks(batch, self.settings.examples_record_max_bytes):
+            chunks = encode_example_chunks(batch, self.settings.examples_record_max_bytes)
+            for number, (value, count) in enumerate(chunks):
                 upto = max(upto, *islice(offsets, count))
-                outgoing.append(
+                if number == len(rounds):
+                    rounds.append([])
+                    claims.append({})
+                rounds[number].append(
                     Outgoing(
                         self.examples,
                         value,
@@ -246,9 +254,10 @@ class OnevecApp:
                         value_serializer="raw",
                     )
                 )
-            sent[partition] = upto
-        await self.deliver(outgoing)
-        emitted.update(sent)
+                claims[number][partition] = upto
+        for records, claimed in zip(rounds, claims, strict=True):
+            await self.deliver(records)
+            emitted.update(claimed)
         for event_type, count in accepted.items():
             metrics.EVENTS_ACCEPTED.labels(event_type=event_type).inc(count)
         metrics.EVENTS_DUPLICATE.inc(duplicates)

@@ -1,12 +1,20 @@
-"""Reading back how far each clicks partition's examples reached the topic (real broker)."""
+"""How far each clicks partition's examples reached the topic: the headers a worker writes and
+reading them back (real broker; MovieLens-100k for the worker)."""
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 from kafka import KafkaProducer
 
-from onevec.streams.kafka.emitted import emitted_header, read_emitted_upto
+from onevec.models.clickstream.examples import decode_examples
+from onevec.models.datasets import load_events
+from onevec.streams.kafka.emitted import EMITTED_HEADER, emitted_header, read_emitted_upto
+from onevec.streams.kafka.producer import EventProducer
+from onevec.streams.kafka.replay import iter_event_dicts
 from onevec.streams.kafka.topics import bootstrap_servers
 from onevec.streams.settings import Settings
+from tests.kafka_helpers import read_topic, wait_processed
 
 
 def test_the_last_records_header_per_partition(settings: Settings) -> None:
@@ -21,3 +29,25 @@ def test_the_last_records_header_per_partition(settings: Settings) -> None:
     producer.send(topic, b"{}", partition=2)  # an older onevec's record: no header
     producer.close()
     assert read_emitted_upto(settings, [0, 1, 2, 3]) == {0: 17, 1: 5, 2: -1, 3: -1}
+
+
+def test_a_worker_claims_each_partitions_clicks_in_order_across_split_records(settings, start_worker) -> None:
+    """Records split to 1 KiB (several per partition and batch): along each examples partition
+    the headers only grow, each covers at least as many clicks as the examples before it and
+    its own, and the last one is the partition's last clicks offset."""
+    events = load_events("movielens-100k", settings.session_gap_seconds).head(1500)
+    worker = start_worker(examples_record_max_bytes=1024)
+    with EventProducer(bootstrap_servers(settings), settings.clicks_topic) as producer:
+        for event in iter_event_dicts(events):
+            producer.send(event)
+    wait_processed(worker, len(events))
+    records = read_topic(settings, settings.examples_topic, 0, settle=2.0)
+    clicks = read_topic(settings, settings.clicks_topic, len(events))
+    last_click = {p: max(r.offset for r in clicks if r.partition == p) for p in {r.partition for r in clicks}}
+    for partition, last in last_click.items():
+        mine = sorted((r for r in records if r.partition == partition), key=lambda r: r.offset)
+        claims = [int(dict(r.headers)[EMITTED_HEADER]) for r in mine]
+        assert len(mine) > 1 and claims == sorted(claims)
+        counts = list(accumulate(len(decode_examples(r.value)) for r in mine))
+        assert all(claim + 1 >= count for claim, count in zip(claims, counts, strict=True))
+        assert claims[-1] == last
