@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, ParamSpec, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import faust
 import tenacity
@@ -46,6 +46,7 @@ from onevec.streams.settings import Settings
 __all__ = ["OnevecApp"]
 
 _P = ParamSpec("_P")
+_R = TypeVar("_R")
 log = logging.getLogger(__name__)
 
 REASON_HEADER = "onevec-reason"
@@ -268,8 +269,14 @@ class OnevecApp:
         """Once per assignment of a clicks partition, before its first event: how far its
         examples reached the topic (the session book reconciles its table against it)."""
         unknown = sorted(partitions - self.book.emitted_upto.keys())
-        if unknown:
-            self.book.emitted_upto.update(await asyncio.to_thread(read_emitted_upto, self.settings, unknown))
+        if not unknown:
+            return
+        # Until it is read, the batch waits (nothing of it is acked): deciding without it would
+        # flag events whose examples never went out, or write a header that goes backwards.
+        upto = await self._read_retrying(read_emitted_upto, self.settings, unknown)
+        # A last record without the header (an older onevec) leaves the partition to the
+        # table's rules for this batch; its first record here starts the headers.
+        self.book.emitted_upto.update({p: offset for p, offset in upto.items() if offset is not None})
 
     def _apply(
         self, raw: bytes, partition: int, offset: int
@@ -446,21 +453,21 @@ class OnevecApp:
         for batch in batches:
             await self.running_learner.submit(batch)
 
-    async def _read_retrying(
-        self, read: Callable[_P, list[ExamplesBatch]], *args: _P.args, **kwargs: _P.kwargs
-    ) -> list[ExamplesBatch]:
-        """Examples records read from the broker on a thread, retried until they are read whole:
-        records the group will not deliver again are learned late rather than never."""
+    async def _read_retrying(self, read: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """A read from the broker on a thread, retried until it succeeds: what the group will
+        not deliver again is learned late rather than never, and a batch waits for what it
+        needs instead of deciding without it."""
         reading = tenacity.AsyncRetrying(
             wait=tenacity.wait_random_exponential(multiplier=0.5, max=10.0),
             before_sleep=lambda state: log.warning(
-                "reading examples records failed (%s); again in %.1f s",
+                "%s failed (%s); again in %.1f s",
+                getattr(read, "__name__", "a read"),
                 state.outcome.exception() if state.outcome else None,
                 state.upcoming_sleep,
             ),
         )
-        batches: list[ExamplesBatch] = await reading(asyncio.to_thread, read, *args, **kwargs)
-        return batches
+        result: _R = await reading(asyncio.to_thread, read, *args, **kwargs)
+        return result
 
     async def _report_lag(self) -> None:
         """Consumer lag per stage, from the partitions' end offsets: sessionize against the

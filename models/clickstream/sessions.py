@@ -138,15 +138,16 @@ def _new_state(event: Event, partition: int, previous: dict[str, Any] | None) ->
         "n_events": 0,
         "items": [],
         "counts": {},
-        "seen": [],  # [fingerprint, position] of the last max_items events
+        "seen": [],  # [fingerprint, position, input offset] of the last max_items events
+        "first_offset": -1,  # input offset of the first event applied
         "offset": -1,  # input offset of the last event applied
         "previous": previous,  # the key's last closed session, to recognise its redeliveries
     }
 
 
 def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
-    fields = ("session_id", "user_id", "n_events", "items", "seen", "offset")
-    return {name: state[name] for name in fields}
+    fields = ("session_id", "user_id", "n_events", "items", "seen", "first_offset", "offset")
+    return {name: state[name] for name in fields if name in state}
 
 
 def _closed(state: dict[str, Any], reason: CloseReason) -> ClosedSession:
@@ -184,13 +185,19 @@ def _already_applied(
     """
     if session is None:
         return False, None, False
-    by_offset = offset is not None and offset <= session.get("offset", -1)
+    # The session's own span of input offsets (a state from before first_offset spans from 0):
+    # an event of its key read in that span was applied to it, not to a session it followed.
+    by_offset = offset is not None and session.get("first_offset", -1) <= offset <= session.get("offset", -1)
     if timestamp is not None and timestamp > session["last"]:
         return by_offset, None, by_offset
     seen: list[list[Any]] = session["seen"]
     # A C-level membership test first: almost every event is new.
-    position = next((pos for fp, pos in seen if fp == mark), None) if mark in map(_FIRST, seen) else None
-    return position is not None or by_offset, position, by_offset
+    entry = next((e for e in seen if e[0] == mark), None) if mark in map(_FIRST, seen) else None
+    if entry is None:
+        return by_offset, None, by_offset
+    # Kept with the offset it was read at (older states keep none): another offset is a resend.
+    reread = entry[2] == offset if len(entry) > 2 else by_offset
+    return True, entry[1], reread
 
 
 _FIRST = itemgetter(0)
@@ -295,7 +302,7 @@ class SessionBook:
         example = self._example(state, event, mark, state["n_events"], duplicate=duplicate)
         # In place: the lists belong to this state alone (prefixes and closed sessions copy).
         seen, items = state["seen"], state["items"]
-        seen.append([mark, state["n_events"]])
+        seen.append([mark, state["n_events"], offset])
         items.append(event.item_id)
         excess = len(items) - self.window.max_items
         if excess > 0:
@@ -309,6 +316,8 @@ class SessionBook:
         counts[kind] = counts.get(kind, 0) + 1
         state["last"] = max(state["last"], event.timestamp)
         if offset is not None:
+            if state["n_events"] == 1:
+                state["first_offset"] = offset
             state["offset"] = offset
         return example
 

@@ -9,7 +9,6 @@ other, can be reconciled (see onevec.models.clickstream.sessions, "What was emit
 
 from __future__ import annotations
 
-import logging
 import time
 
 from kafka import KafkaConsumer, TopicPartition
@@ -19,8 +18,6 @@ from onevec.streams.settings import Settings
 
 __all__ = ["EMITTED_HEADER", "emitted_header", "read_emitted_upto"]
 
-log = logging.getLogger(__name__)
-
 EMITTED_HEADER = "onevec-clicks-upto"
 
 
@@ -28,10 +25,12 @@ def emitted_header(upto: int) -> tuple[str, bytes]:
     return EMITTED_HEADER, str(upto).encode()
 
 
-def read_emitted_upto(settings: Settings, partitions: list[int], timeout: float = 10.0) -> dict[int, int]:
+def read_emitted_upto(
+    settings: Settings, partitions: list[int], timeout: float = 10.0
+) -> dict[int, int | None]:
     """Per partition, the header of the examples partition's last record: -1 for an empty
-    partition or one whose last record has none (an older onevec). A partition not read
-    within ``timeout`` is left out (its events keep the table-only rules), with a warning."""
+    partition, None when its last record has none (an older onevec: not known). TimeoutError
+    when a partition's last record is not read within ``timeout``."""
     topic = settings.examples_topic
     wanted = [TopicPartition(topic, p) for p in partitions]
     consumer = KafkaConsumer(
@@ -42,7 +41,7 @@ def read_emitted_upto(settings: Settings, partitions: list[int], timeout: float 
     try:
         consumer.assign(wanted)
         ends = consumer.end_offsets(wanted)
-        result = {tp.partition: -1 for tp in wanted if ends[tp] == 0}
+        result: dict[int, int | None] = {tp.partition: -1 for tp in wanted if ends[tp] == 0}
         missing = {tp for tp in wanted if ends[tp] > 0}
         for tp in missing:
             # Tansu's end offset is the last record batch's base + 1: read that batch whole.
@@ -54,14 +53,12 @@ def read_emitted_upto(settings: Settings, partitions: list[int], timeout: float 
                 for record in records:
                     if record.offset >= last.get(tp, -1):
                         last[tp] = record.offset
-                        headers = dict(record.headers or [])
-                        result[tp.partition] = int(headers.get(EMITTED_HEADER, b"-1"))
+                        header = dict(record.headers or []).get(EMITTED_HEADER)
+                        result[tp.partition] = None if header is None else int(header)
             # Read up to the position the end offset gave (or further): the last batch is in.
             missing = {tp for tp in missing if consumer.position(tp) < ends[tp] or tp not in last}
         if missing:
-            log.warning("could not read the last examples record of %s in %.0f s", sorted(missing), timeout)
-            for tp in missing:
-                result.pop(tp.partition, None)
+            raise TimeoutError(f"the last examples record of {sorted(missing)} not read in {timeout:.0f} s")
         return result
     finally:
         consumer.close()

@@ -260,3 +260,35 @@ def test_a_producers_resend_is_flagged_whatever_was_emitted() -> None:
     assert resent.duplicate and store["user:u1"]["n_events"] == 2
     book.forget_partition(0)
     assert 0 not in book.emitted_upto  # a new assignment reads it again
+
+
+def test_a_resend_read_before_stays_flagged_when_its_copy_never_went_out() -> None:
+    """A producer's resend (same event, new offset) was applied as a duplicate; redelivered
+    after a crash with nothing emitted past the first copy, it is still a resend: flagged."""
+    store: dict[str, dict] = {}
+    book = SessionBook(store, SessionWindow(gap=GAP))
+    book.process(ev("u1", "a", 1000), offset=0)
+    book.process(ev("u1", "b", 1001), offset=1)
+    book.process(ev("u1", "a", 1000), offset=2)  # the resend
+    book.emitted_upto[0] = 1
+    redelivered, _ = book.process(ev("u1", "a", 1000), offset=2)
+    assert redelivered.duplicate
+
+
+def test_events_of_a_session_closed_by_a_gap_are_resent_from_that_session() -> None:
+    """a, b form a session that c closes by the gap; none of their examples went out: redelivered,
+    a and b are sent unflagged from their own session, with their prefixes."""
+    store: dict[str, dict] = {}
+    book = SessionBook(store, SessionWindow(gap=GAP))
+    for offset, (item, ts) in enumerate((("a", 1000), ("b", 1010), ("c", 1500))):
+        book.process(ev("u1", item, ts), offset=offset)
+    book.emitted_upto[0] = -1
+    sent = [
+        book.process(ev("u1", item, ts), offset=o)[0]
+        for o, (item, ts) in enumerate((("a", 1000), ("b", 1010)))
+    ]
+    assert [(e.session_id, e.prefix, e.duplicate) for e in sent] == [
+        ("user:u1@1000", [], False),
+        ("user:u1@1000", ["a"], False),
+    ]
+    assert store["user:u1"]["n_events"] == 1  # c's session is unchanged
