@@ -50,6 +50,8 @@ class RoundConfig:
     # is ranked whole in every step; a larger one over the following steps (see the module).
     item_budget: int = 50_000
     # Examples a step ranked over several steps scores at most (a seeded sample of its own).
+    # An exact rank reads every item (~10 ms per example at 1M items on one core); 32 examples
+    # x 50,000 rows a step is less work than a whole step of 256 examples at 10,000 items.
     pass_examples: int = 32
     seed: int = 0  # which examples and steps scoring samples
     # Scored examples per step the repeat gate learns from (a sample when more were scored):

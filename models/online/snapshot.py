@@ -113,8 +113,9 @@ class ItemSnapshot:
             ids = ids.clone()
             ids[moved] = self._old["item"][slot[moved]]
         # bag + s . id: a zero id vector adds exactly nothing, so an item's score is then its
-        # bag's score, the same bits wherever the item sits.
-        return torch.addmm(self._bag_scores(token_scores, rows).T, sessions, ids.T)
+        # bag's score, the same bits wherever the item sits. Items x sessions, then transposed:
+        # the bag scores come that way, and a transposed bias made the product ~1.7x slower.
+        return torch.addmm(self._bag_scores(token_scores, rows), ids, sessions.T).T
 
     def _bag_scores(self, token_scores: Tensor, rows: Tensor) -> Tensor:
         """(len(rows), n): the mean token score of each row's attribute bag as it was."""
