@@ -11,7 +11,9 @@ depend on what else the machine runs), one module each:
 - ``learner``: the trainer, whole learner rounds and the learner with its sink, against a raw
   torch loop of the same model;
 - ``sink``: ``UpsertBuffer`` over ``QdrantStore`` against raw ``QdrantClient.upsert``;
-- ``memory``: peak RSS and learner speed against the catalogue size, one child per size.
+- ``memory``: peak RSS and learner speed against the catalogue size, one child per size;
+- ``scale`` (opt-in, ``OPT_IN_SECTIONS``): the pipeline on the synthetic scale stream at a
+  catalogue's size (default 1M items, 10M events): end to end, freshness and RSS.
 
 ``report`` holds the rows and their table, ``context`` what every section is handed, ``run``
 the entry point; ``python -m onevec.streams.tools.bench noop|memory ...`` runs a child process
@@ -20,6 +22,6 @@ the entry point; ``python -m onevec.streams.tools.bench noop|memory ...`` runs a
 
 from onevec.streams.tools.bench.context import BenchSizes
 from onevec.streams.tools.bench.report import BenchRow
-from onevec.streams.tools.bench.run import SECTIONS, run_bench
+from onevec.streams.tools.bench.run import OPT_IN_SECTIONS, SECTIONS, run_bench
 
-__all__ = ["SECTIONS", "BenchRow", "BenchSizes", "run_bench"]
+__all__ = ["OPT_IN_SECTIONS", "SECTIONS", "BenchRow", "BenchSizes", "run_bench"]

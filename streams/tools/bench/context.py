@@ -27,6 +27,8 @@ class BenchSizes:
     freshness_seconds: float = 15.0
     memory_items: tuple[int, ...] = (1_000, 10_000, 100_000, 1_000_000)
     memory_events: int = 16_384  # steady state: long enough for a few drift windows and rotations
+    # The opt-in scale section's stream (models/synthetic_scale.py): hours at this size.
+    scale_stream: str = "synthetic-scale:items=1000000,events=10000000"
 
     @classmethod
     def quick(cls) -> BenchSizes:
@@ -40,6 +42,7 @@ class BenchSizes:
             freshness_seconds=5.0,
             memory_items=(1_000, 10_000),
             memory_events=1_024,
+            scale_stream="synthetic-scale:items=2000,events=4000",
         )
 
 

@@ -14,9 +14,10 @@ from onevec.streams.settings import Settings
 from onevec.streams.tools.bench.context import BenchContext, BenchSizes
 from onevec.streams.tools.bench.report import BenchRow, render_table, write_reports
 
-__all__ = ["SECTIONS", "run_bench"]
+__all__ = ["OPT_IN_SECTIONS", "SECTIONS", "run_bench"]
 
-SECTIONS = ("pipeline", "learner", "sink", "freshness", "memory")
+SECTIONS = ("pipeline", "learner", "sink", "freshness", "memory")  # a run's default
+OPT_IN_SECTIONS = ("scale",)  # run only when named: hours at full size
 
 
 def run_bench(
@@ -27,15 +28,20 @@ def run_bench(
     output: Path | None = Path("reports/bench"),
     console: Console | None = None,
     memory_items: Sequence[int] = (),
+    scale_stream: str = "",
 ) -> list[BenchRow]:
-    """Run the chosen sections, print one table, write ``output``.md / .json; return the rows."""
+    """Run the chosen sections, print one table, write ``output``.md / .json; return the rows.
+    ``scale_stream``: the scale section's stream name (e.g.
+    ``synthetic-scale:items=100000,events=200000``) instead of the sizes'."""
     console = console or Console()
-    unknown = set(sections) - set(SECTIONS)
+    unknown = set(sections) - set(SECTIONS) - set(OPT_IN_SECTIONS)
     if unknown:
-        raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+        raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS + OPT_IN_SECTIONS}")
     sizes = BenchSizes.quick() if quick else BenchSizes()
     if memory_items:
         sizes = dataclasses.replace(sizes, memory_items=tuple(memory_items))
+    if scale_stream:
+        sizes = dataclasses.replace(sizes, scale_stream=scale_stream)
     ctx = BenchContext(settings, sizes, console)
     load = os.getloadavg()
     started = time.time()
@@ -57,6 +63,10 @@ def run_bench(
         from onevec.streams.tools.bench.memory import bench_memory
 
         bench_memory(ctx)
+    if "scale" in sections:
+        from onevec.streams.tools.bench.scale import bench_scale
+
+        bench_scale(ctx)
     load_after = os.getloadavg()
     title = (
         f"onevec bench ({'quick' if quick else 'full'}; {os.cpu_count()} cores; load average "

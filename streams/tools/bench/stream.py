@@ -15,8 +15,11 @@ import math
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from onevec.deploy.embedded_broker import EmbeddedBroker
 from onevec.models.datasets import load_events
@@ -31,7 +34,7 @@ from onevec.streams.tools.bench.report import BenchRow
 from onevec.streams.tools.bench.workers import LAYOUTS, Workers, layout_label
 from onevec.streams.worker import metric_total
 
-__all__ = ["bench_stream"]
+__all__ = ["bench_settings", "bench_stream", "freshness_ladder"]
 
 # Saturated: after the input stopped, the learner still had more than this much work queued
 # (it fell behind during the window).
@@ -57,7 +60,7 @@ def bench_stream(ctx: BenchContext, pipeline: bool, freshness: bool) -> None:
         first_settings: Settings | None = None
         for number, roles in enumerate(LAYOUTS):
             # Topics and an app id of its own per layout: the second starts from nothing too.
-            settings = _bench_settings(ctx.settings, broker_url, Path(tmp) / f"data-{number}")
+            settings = bench_settings(ctx.settings, broker_url, Path(tmp) / f"data-{number}")
             first_settings = first_settings or settings
             run = _run_stream(ctx, settings, roles, pipeline, freshness)
             if run is not None:
@@ -73,7 +76,7 @@ def bench_stream(ctx: BenchContext, pipeline: bool, freshness: bool) -> None:
                 _add_pipeline_rows(ctx, roles, run, ceilings)
 
 
-def _bench_settings(settings: Settings, broker_url: str, data_dir: Path) -> Settings:
+def bench_settings(settings: Settings, broker_url: str, data_dir: Path) -> Settings:
     tag = uuid.uuid4().hex[:8]
     return settings.model_copy(
         update={
@@ -113,23 +116,49 @@ def _run_stream(
             ctx.console.log(f"pipeline{label}: produced {count:,} in {produce_seconds:.1f}s")
             run = PipelineRun(count, first, sessionized, learned, produce_seconds)
         if freshness:
-            for rate in ctx.sizes.freshness_rates:
-                result = freshness_at(settings, workers, events, rate, ctx.sizes.freshness_seconds)
-                keeps_up = result.drain <= SATURATION_DRAIN_SECONDS
-                note = (
-                    f"{result.probes} probes; input {result.input_rate:,.0f} ev/s; "
-                    f"learner caught up {result.drain:.1f}s after the input stopped"
-                    + ("" if keeps_up else "; SATURATED")
-                )
-                goal = "< 2" if rate == 1_000 else ""
-                ctx.add(BenchRow("freshness", f"p50 at {rate:,} ev/s{label}", result.p50, "s", note=note))
-                ctx.add(BenchRow("freshness", f"p99 at {rate:,} ev/s{label}", result.p99, "s", goal=goal))
-                if not keeps_up:
-                    break
-                _drain(workers, timeout=120)
+            freshness_ladder(
+                ctx,
+                settings,
+                workers,
+                events,
+                "freshness",
+                lambda stat, rate: f"{stat} at {rate:,} ev/s{label}",
+            )
     finally:
         workers.stop()
     return run
+
+
+def freshness_ladder(
+    ctx: BenchContext,
+    settings: Settings,
+    workers: Workers,
+    events: pd.DataFrame,
+    section: str,
+    measure: Callable[[str, int], str],
+    note: str = "",
+) -> None:
+    """Freshness p50 / p99 rows at each of the sizes' input rates (background clicks from
+    ``events``), up to the first rate the learner no longer keeps up with. ``measure`` names a
+    row from its statistic and rate."""
+    for rate in ctx.sizes.freshness_rates:
+        result = freshness_at(settings, workers, events, rate, ctx.sizes.freshness_seconds)
+        keeps_up = result.drain <= SATURATION_DRAIN_SECONDS
+        details = (
+            f"{result.probes} probes; input {result.input_rate:,.0f} ev/s; "
+            f"learner caught up {result.drain:.1f}s after the input stopped"
+            + ("" if keeps_up else "; SATURATED")
+        )
+        goal = "< 2" if rate == 1_000 else ""
+        ctx.add(
+            BenchRow(
+                section, measure("p50", rate), result.p50, "s", note=f"{note}; {details}" if note else details
+            )
+        )
+        ctx.add(BenchRow(section, measure("p99", rate), result.p99, "s", goal=goal))
+        if not keeps_up:
+            break
+        _drain(workers, timeout=120)
 
 
 def _wait_pipeline(

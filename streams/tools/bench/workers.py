@@ -4,6 +4,11 @@ learner a core and an interpreter each."""
 
 from __future__ import annotations
 
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
 from onevec.streams.settings import Settings
 from onevec.streams.worker import WorkerProcess, metric_total
 
@@ -22,6 +27,7 @@ class Workers:
     lookups go to the one that runs the learner."""
 
     def __init__(self, settings: Settings, roles: tuple[str, ...]) -> None:
+        self.roles = roles
         self.workers = [
             WorkerProcess(settings.model_copy(update={"role": role}), settings.broker_url) for role in roles
         ]
@@ -46,6 +52,35 @@ class Workers:
                 summed[name] = summed.get(name, 0.0) + value
         return summed
 
+    def wait_serving(self, timeout: float) -> None:
+        """Until the learner answers /healthz?ready: its store is open (a first start publishes
+        every item before that)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/healthz?ready", timeout=10):  # noqa: S310
+                    return
+            except (urllib.error.HTTPError, OSError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"the learner did not serve in {timeout:.0f}s; log: {self.log_path}"
+                    ) from None
+                time.sleep(0.5)
+
+    def tree_rss_mb(self) -> dict[str, float]:
+        """Per role: the RSS now of its worker process and every process below it."""
+        return {
+            role: sum(_status_mb(pid, "VmRSS") for pid in _tree(_pid(worker)))
+            for role, worker in zip(self.roles, self.workers, strict=True)
+        }
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Per role: the peak RSS of its worker process alone (VmHWM)."""
+        return {
+            role: _status_mb(_pid(worker), "VmHWM")
+            for role, worker in zip(self.roles, self.workers, strict=True)
+        }
+
     def learned(self) -> float:
         """Examples the learner has learned so far."""
         return metric_total(self.metrics(), "onevec_examples_learned_total")
@@ -53,3 +88,33 @@ class Workers:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
+
+
+def _pid(worker: WorkerProcess) -> int:
+    """The worker's process id, 0 (no such process) when it is not running."""
+    return 0 if worker.proc is None else worker.proc.pid
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every process below it."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                queue.extend(int(child) for child in children.read_text().split())
+            except OSError:  # the task ended meanwhile
+                continue
+    return found
+
+
+def _status_mb(pid: int, field: str) -> float:
+    """A memory line of /proc/PID/status in MB; 0 once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
