@@ -13,6 +13,7 @@ import pytest
 from onevec.models.alignment import linear_cka
 from onevec.models.catalog import load_attributes
 from onevec.models.datasets import load_events
+from onevec.models.online.round import RoundConfig
 from onevec.models.pretrain import session_examples
 from onevec.streams.learner.learner import Learner
 from onevec.streams.learner.queue import ExamplesBatch
@@ -158,9 +159,10 @@ def test_a_round_takes_what_is_queued_up_to_its_batches(tmp_path: Path, examples
     assert rest == [6, 7]  # 400 examples, more than a batch: the queue is empty, no wait
 
 
-def test_prequential_scores_whole_steps_above_the_item_budget(tmp_path: Path, examples: list[dict]) -> None:
-    """Up to ``prequential_item_budget`` known items every step is scored; above it, whole steps
-    are sampled with probability budget / known items (no item matrix for the others)."""
+def test_prequential_scores_a_sample_above_the_item_budget(tmp_path: Path, examples: list[dict]) -> None:
+    """Up to ``prequential_item_budget`` known items every step is scored; above it one step's
+    sample (at most ``RoundConfig.pass_examples``) is ranked over the following steps, budget
+    item rows a step, and scored in the step where its pass completes."""
 
     def scored_steps(budget: int) -> tuple[int, int, list[int]]:
         path = tmp_path / f"budget-{budget}"
@@ -176,9 +178,14 @@ def test_prequential_scores_whole_steps_above_the_item_budget(tmp_path: Path, ex
     everything, known, all_steps = scored_steps(10_000)
     assert known < 10_000 and all(all_steps[1:])  # under the budget: every step scored
     sampled, _, steps = scored_steps(300)
-    # The first step starts from an empty model (nothing known, nothing ranked); after it
-    # the catalogue is past 300 items, so about 300/known of the steps are scored.
     chosen = [i for i, n in enumerate(steps) if n]
     assert 0 < sampled < everything / 2, (sampled, everything)
-    assert all(steps[i] == all_steps[i] for i in chosen), "a scored step scores all its examples"
+    # Whole steps while the catalogue is under the budget, then samples of at most
+    # pass_examples, each pass spanning more steps as the catalogue grows.
+    limit = RoundConfig().pass_examples
+    first_sample = next(i for i, n in enumerate(steps) if 0 < n <= limit)
+    assert all(n in (0, all_steps[i]) for i, n in enumerate(steps[:first_sample])), steps
+    assert all(n <= limit for n in steps[first_sample:]), steps
+    later = steps[len(steps) // 2 :]
+    assert 0 < sum(1 for n in later if n) < len(later) / 2, steps
     assert 2 <= len(chosen) <= 25, chosen
