@@ -215,6 +215,52 @@ def test_a_record_that_does_not_vouch_for_the_restart_publishes_everything(
     assert not reopened and written == count
 
 
+def test_a_store_restored_from_an_older_copy_gets_every_item(
+    tmp_path: Path, records: list[ExamplesBatch], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store is put back to a copy taken one checkpoint earlier: its points are older than
+    what the restored checkpoint recorded, and learning the examples after the checkpoint would
+    never rewrite them all."""
+    settings = learner_settings(tmp_path)
+    assert settings.qdrant_path is not None
+    backup = tmp_path / "backup"
+    # Later examples of the same users and items only: the older copy has as many points, so
+    # only the points read back can tell it is older.
+    seen = [e for b in records[:1500] for e in b.examples]
+    items = {e["item_id"] for e in seen} | {i for e in seen for i in e["prefix"]}
+    users = {e["user_id"] for e in seen}
+    later = [
+        b
+        for b in records[1500:]
+        if all(
+            e["user_id"] in users and e["item_id"] in items and set(e["prefix"]) <= items for e in b.examples
+        )
+    ]
+
+    async def scenario() -> tuple[bool, int, int]:
+        first, _ = await started(settings)
+        await first.learn_records(records[:1500])
+        await stopped(first)
+        shutil.copytree(settings.qdrant_path, backup)
+        second, reopened = await started(settings)
+        assert reopened
+        await second.learn_records(later)
+        await stopped(second)
+        shutil.rmtree(settings.qdrant_path)
+        shutil.copytree(backup, settings.qdrant_path)
+        third, reopened = await started(settings)
+        count, written = await third.store.count(), third.buffer.upserted_points
+        await stopped(third)
+        return reopened, count, written
+
+    with caplog.at_level("WARNING"):
+        reopened, count, written = asyncio.run(scenario())
+    assert not reopened and written == count
+    assert any(
+        "publishing every item: " in r.message and "no checkpoint" not in r.message for r in caplog.records
+    )
+
+
 def test_another_model_version_is_aligned_and_published_whole(
     tmp_path: Path, records: list[ExamplesBatch]
 ) -> None:
