@@ -105,12 +105,15 @@ class ScaleSpec:
         for part in filter(None, parameters.split(",")):
             match = _PARAMETER.fullmatch(part.strip())
             if match is None or match[1] not in known:
-                raise ValueError(f"{name}: {part!r} is not one of {', '.join(f'{k}=...' for k in known)}")
+                raise ValueError(f"{part!r} is not one of {', '.join(f'{k}=...' for k in known)}")
             key, value = match[1], match[2]
-            values[key] = float(value) if key == "zipf" else int(float(value))
+            try:
+                values[key] = float(value) if key == "zipf" else int(float(value))
+            except ValueError:
+                raise ValueError(f"{part!r}: {key} takes a number") from None
         spec = replace(cls(), **values)
         if spec.items < 1 or spec.events < 0 or spec.users < 0 or spec.zipf <= 0:
-            raise ValueError(f"{name}: items must be positive, events and users not negative, zipf positive")
+            raise ValueError("items must be positive, events and users not negative, zipf positive")
         return spec
 
     @property
