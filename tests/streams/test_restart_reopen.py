@@ -70,8 +70,14 @@ async def stopped(learner: Learner) -> None:
 
 async def crashed(learner: Learner) -> None:
     """The process is lost: no drain, no last checkpoint (what was written stays written)."""
+    # Nothing of it writes again: a buffer's task left running would call the store after its
+    # close, which starts a new qdrant-edge child that holds the shards' WAL lock.
+    tasks = [b._task for b in (learner.buffer, learner.session_buffer, learner.user_buffer) if b._task]
     if learner._vouching is not None:
-        learner._vouching.cancel()
+        tasks.append(learner._vouching)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     learner.thread.shutdown(wait=True)
     await learner.store.close()
 
