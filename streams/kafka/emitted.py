@@ -9,6 +9,7 @@ other, can be reconciled (see onevec.models.clickstream.sessions, "What was emit
 
 from __future__ import annotations
 
+import logging
 import time
 
 from kafka import KafkaConsumer, TopicPartition
@@ -18,6 +19,8 @@ from onevec.streams.settings import Settings
 
 __all__ = ["EMITTED_HEADER", "emitted_header", "read_emitted_upto"]
 
+log = logging.getLogger(__name__)
+
 EMITTED_HEADER = "onevec-clicks-upto"
 
 
@@ -25,12 +28,26 @@ def emitted_header(upto: int) -> tuple[str, bytes]:
     return EMITTED_HEADER, str(upto).encode()
 
 
+def _claim(header: bytes | None, tp: TopicPartition) -> int | None:
+    """A header's offset; None when absent, or unreadable (written by something else: the
+    partition then keeps the table's rules rather than stalling on it)."""
+    if header is None:
+        return None
+    try:
+        return int(header)
+    except ValueError:
+        log.warning(
+            "%s: unreadable %s header %r; deciding by the session table", tp, EMITTED_HEADER, header[:40]
+        )
+        return None
+
+
 def read_emitted_upto(
     settings: Settings, partitions: list[int], timeout: float = 10.0
 ) -> dict[int, int | None]:
     """Per partition, the header of the examples partition's last record: -1 for an empty
-    partition, None when its last record has none (an older onevec: not known). TimeoutError
-    when a partition's last record is not read within ``timeout``."""
+    partition, None when its last record has none (an older onevec) or an unreadable one: not
+    known. TimeoutError when a partition's last record is not read within ``timeout``."""
     topic = settings.examples_topic
     wanted = [TopicPartition(topic, p) for p in partitions]
     consumer = KafkaConsumer(
@@ -53,8 +70,7 @@ def read_emitted_upto(
                 for record in records:
                     if record.offset >= last.get(tp, -1):
                         last[tp] = record.offset
-                        header = dict(record.headers or []).get(EMITTED_HEADER)
-                        result[tp.partition] = None if header is None else int(header)
+                        result[tp.partition] = _claim(dict(record.headers or []).get(EMITTED_HEADER), tp)
             # Read up to the position the end offset gave (or further): the last batch is in.
             missing = {tp for tp in missing if consumer.position(tp) < ends[tp] or tp not in last}
         if missing:

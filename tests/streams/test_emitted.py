@@ -27,8 +27,12 @@ def test_the_last_records_header_per_partition(settings: Settings) -> None:
         producer.send(topic, b"{}", partition=1, headers=[emitted_header(upto)])
         producer.flush()
     producer.send(topic, b"{}", partition=2)  # an older onevec's record: no header
+    producer.send(topic, b"{}", partition=3, headers=[(EMITTED_HEADER, b"not a number")])
     producer.close()
-    assert read_emitted_upto(settings, [0, 1, 2, 3]) == {0: 17, 1: 5, 2: None, 3: -1}
+    assert read_emitted_upto(settings, [0, 1, 2, 3]) == {0: 17, 1: 5, 2: None, 3: None}
+    assert read_emitted_upto(settings.model_copy(update={"examples_topic": settings.clicks_topic}), [0]) == {
+        0: -1
+    }
 
 
 def test_a_worker_claims_each_partitions_clicks_in_order_across_split_records(settings, start_worker) -> None:
