@@ -203,6 +203,12 @@ def _already_applied(
 _FIRST = itemgetter(0)
 
 
+def _applied_flag(reread: bool, emitted: bool | None) -> bool:
+    """The flag of an event its session already holds: a duplicate, unless it was read before
+    and its example is known never to have gone out."""
+    return not (reread and emitted is False)
+
+
 def _is_open(state: dict[str, Any] | None) -> bool:
     return state is not None and not state.get("tombstone", False)
 
@@ -253,7 +259,7 @@ class SessionBook:
         in_current, position, reread = _already_applied(current, mark, offset, event.timestamp)
         in_previous, previous_position, reread_previous = _already_applied(previous, mark, offset)
         if in_previous and not in_current:
-            flag = emitted is not False or not reread_previous
+            flag = _applied_flag(reread_previous, emitted)
             return self._example(previous, event, mark, previous_position, duplicate=flag), closed  # type: ignore[arg-type]
         # An event already applied is no later than its session's last event: no gap closes it.
         if current is not None and event.timestamp - current["last"] > self.window.gap:
@@ -267,7 +273,7 @@ class SessionBook:
         # An event the table holds because it was read before (not a producer's resend) but
         # whose example never went out is sent now, unflagged; one the table lost but whose
         # example went out is applied again, flagged.
-        duplicate = not (reread and emitted is False) if in_current else bool(emitted)
+        duplicate = _applied_flag(reread, emitted) if in_current else bool(emitted)
         example = self._apply(current, event, mark, offset, in_current, position, duplicate)
         self.store[key] = current  # reassign: a Faust table only changelogs on __setitem__
         heapq.heappush(self._heaps[partition], (current["last"], key))
