@@ -1,8 +1,8 @@
 """Sections **pipeline** and **freshness**: real worker processes on one broker, in each layout
 (``workers.LAYOUTS``).
 
-pipeline: MovieLens-100k events replayed into a fresh clicks topic, timed from the first
-accepted event to the last one sessionized and to the last one learned; then the ceilings
+pipeline: MovieLens-100k events replayed into a fresh clicks topic, timed from the last poll
+before the first accepted event to the last one sessionized and to the last one learned; then the ceilings
 (``ceilings``: raw aiokafka, the Quix Streams peer, the no-op Faust agent) drain the same events.
 The sessionize rows are compared with the peer, end to end with the layout's sessionize rate.
 freshness: p50 / p99 seconds from a click on a new item to its vector being served, at rising
@@ -43,7 +43,8 @@ SATURATION_DRAIN_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class PipelineRun:
-    """One layout's replay, monotonic seconds: first event accepted, all sessionized, all learned."""
+    """One layout's replay, monotonic seconds: last poll before the first
+    event was accepted, all sessionized, all learned."""
 
     events: int
     first: float
@@ -164,17 +165,23 @@ def freshness_ladder(
 def _wait_pipeline(
     workers: Workers, count: int, started: float, timeout: float
 ) -> tuple[float, float, float]:
-    """Poll the workers: (first event accepted, all sessionized, all learned), monotonic."""
+    """Poll the workers: (start, all sessionized, all learned), monotonic. The start is the last
+    poll that saw no event accepted (the producer's start before any): a small run can be
+    sessionized within one poll, and the rates must stay finite lower bounds."""
     first = sessionized = math.nan
+    nothing_yet = started
     deadline = started + timeout
     while time.monotonic() < deadline:
+        polled = time.monotonic()
         samples = workers.metrics()
         now = time.monotonic()
         accepted = metric_total(samples, "onevec_events_accepted_total") + metric_total(
             samples, "onevec_events_rejected_total"
         )
-        if accepted > 0 and math.isnan(first):
-            first = now
+        if accepted == 0:
+            nothing_yet = polled
+        elif math.isnan(first):
+            first = nothing_yet
         if accepted >= count and math.isnan(sessionized):
             sessionized = now
         if metric_total(samples, "onevec_examples_learned_total") >= count:
