@@ -31,6 +31,7 @@ __all__ = [
     "CHECKPOINT_RESTORES",
     "EXAMPLES_LEARNED",
     "EXAMPLES_RECORDS_SKIPPED",
+    "INPUT_OFFSET_GAPS",
     "ITEMS_UPSERTED",
     "LEARNER_ERRORS",
     "LEARNER_QUEUE",
@@ -87,6 +88,12 @@ PRODUCE_RETRIES = Counter(
 )
 HTTP_INGEST_REQUESTS = Counter(
     "onevec_http_ingest_requests", "POST /events requests, by HTTP status.", ["status"]
+)
+INPUT_OFFSET_GAPS = Counter(
+    "onevec_input_offset_gaps",
+    "Records delivered past the next offset of their input partition: 'refetched' when the "
+    "consumer was sought back to the missing offsets, 'accepted' when the broker had none there.",
+    ["outcome"],
 )
 WORKER_PARTITIONS = Gauge("onevec_worker_partitions", "Input partitions assigned to this worker.")
 

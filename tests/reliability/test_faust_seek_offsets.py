@@ -1,10 +1,11 @@
-"""Correction 4 of onevec.streams.kafka.faust_fixes: the read offset a record fetched before a
-seek leaves behind. Faust's fetch loop (``Consumer._drain_messages``) is replayed step by step
-on the real classes: records handed out before a seek, the seek, the record in flight setting
-its read offset, then the records fetched again from the sought offset."""
+"""Corrections 4 and 6 of onevec.streams.kafka.faust_fixes, replayed step by step on the real
+classes. 4: the read offset a record fetched before a seek leaves behind (records handed out
+before a seek, the seek, the record in flight setting its read offset, then the records fetched
+again from the sought offset). 6: a fetch position that jumps over records never handed on."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections import defaultdict
 from collections.abc import MutableMapping
@@ -132,3 +133,63 @@ def test_faust_still_works_as_the_correction_assumes() -> None:
     assert "read_offset.update(" in inspect.getsource(Consumer.perform_seek)
     # The commit's tolerance of a one-offset hole at the head of a partition.
     assert "if min(acked) - committed_offset > 1:" in inspect.getsource(Consumer._new_offset)
+
+
+class StubThread:
+    """What correction 6 reaches through the consumer thread: its aiokafka consumer, whose
+    seek goes through aiokafka's (corrected) ``Fetcher.seek_to``, and ``call_thread``."""
+
+    def __init__(self, fetcher: StubFetcher) -> None:
+        self._fetcher = fetcher
+
+    def _ensure_consumer(self) -> Any:
+        return self
+
+    def seek(self, tp: Any, offset: int) -> None:
+        Fetcher.seek_to(self._fetcher, tp, offset)
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+
+def test_records_passed_over_are_fetched_again(monkeypatch) -> None:
+    """Correction 6: the fetch position jumps from 1050 to 1600 without a seek the fetcher saw
+    (as in the chaos soak); the record at 1600 is not handed on, the partition is sought back
+    to 1050 and the records fetched again are; a jump the broker repeats right after that
+    seek (it has no records there) is accepted, counted and logged."""
+    apply_faust_fixes()
+    app = faust.App("seek-jumps", broker="kafka://127.0.0.1:1", web_enabled=False)
+    consumer = app.consumer
+    fetcher = StubFetcher()
+    consumer._thread = StubThread(fetcher)
+    Fetcher.seek_to(fetcher, PARTITION, COMMITTED)  # the post-recovery seek
+    batches = iter(
+        [
+            range(COMMITTED, 1050),
+            range(1600, 1610),  # the jump: 1050-1599 were never handed on
+            range(1050, 1700),  # after the seek back
+            range(1700, 1701),
+            range(2000, 2001),  # a second jump, refetched ...
+            range(2000, 2001),  # ... and the broker still has nothing at 1701-1999
+        ]
+    )
+
+    async def batch(self: Any, timeout: float) -> Any:
+        for offset in fetched(fetcher, next(batches)):
+            yield PARTITION, offset
+
+    async def handed_on() -> list[int]:
+        offsets = []
+        for _ in range(6):
+            offsets += [
+                message.offset async for _, message in faust_fixes._getmany_without_jumps(consumer, 1.0)
+            ]
+        return offsets
+
+    monkeypatch.setattr(faust_fixes, "_getmany", batch)
+    refetched = faust_fixes.INPUT_OFFSET_GAPS.labels("refetched")._value.get()
+    accepted = faust_fixes.INPUT_OFFSET_GAPS.labels("accepted")._value.get()
+    offsets = asyncio.run(handed_on())
+    assert offsets == [*range(COMMITTED, 1701), 2000]
+    assert faust_fixes.INPUT_OFFSET_GAPS.labels("refetched")._value.get() - refetched == 2
+    assert faust_fixes.INPUT_OFFSET_GAPS.labels("accepted")._value.get() - accepted == 1
