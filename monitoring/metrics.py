@@ -37,6 +37,7 @@ __all__ = [
     "LEARNER_QUEUE",
     "PREQUENTIAL_HITS",
     "PREQUENTIAL_RR",
+    "PREQUENTIAL_SAMPLED",
     "PREQUENTIAL_SCORED",
     "TRAIN_LOSS",
     "TRAIN_STEP_SECONDS",
@@ -110,6 +111,11 @@ LEARNER_ERRORS = Counter("onevec_learner_errors", "Learner micro-batches that fa
 PREQUENTIAL_SCORED = Gauge("onevec_prequential_scored", "Examples scored before training (since start).")
 PREQUENTIAL_HITS = Gauge("onevec_prequential_hits", "Scored examples whose next item was in the top 20.")
 PREQUENTIAL_RR = Gauge("onevec_prequential_reciprocal_rank", "Sum of reciprocal ranks within the top 20.")
+PREQUENTIAL_SAMPLED = Gauge(
+    "onevec_prequential_sampled",
+    "1 while the prequential score is taken on a sample of the examples (more known items than "
+    "ONEVEC_PREQUENTIAL_ITEM_BUDGET, or a sample rate below 1), 0 while every example is scored.",
+)
 ITEMS_UPSERTED = Gauge("onevec_items_upserted", "Item points written to Qdrant (since start).")
 CHECKPOINTS_WRITTEN = Counter("onevec_checkpoints_written", "Learner checkpoints written.")
 CHECKPOINT_RESTORES = Counter("onevec_checkpoint_restores", "Learner checkpoints restored at start.")

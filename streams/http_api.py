@@ -487,6 +487,7 @@ def register_routes(onevec: OnevecApp) -> None:
                         "scored": onevec.running_learner.score.scored,
                         "hr@20": onevec.running_learner.score.hr,
                         "mrr@20": onevec.running_learner.score.mrr,
+                        "sampled": onevec.running_learner.round.sampling,
                     },
                 }
             )

@@ -90,6 +90,13 @@ class LearningRound:
         self._priorities = TiePriorities(trainer.item_encoder.item_vocab)
         self._pending: _Pending | None = None
 
+    @property
+    def sampling(self) -> bool:
+        """Whether the score is now taken on a sample of the examples (a sample rate below 1,
+        or more known items than the item budget) rather than on every one."""
+        known = len(self.trainer.item_encoder.item_vocab)
+        return self.config.sample_rate < 1 or known > self.config.item_budget
+
     def learn(self, examples: Sequence[ExampleRecord]) -> list[StepOutcome]:
         """Score and learn ``examples`` in equal steps.
 

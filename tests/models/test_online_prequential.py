@@ -154,6 +154,9 @@ def test_above_the_budget_one_sampled_step_is_ranked_at_a_time(
     scored = [
         len(learning.step(examples[start : start + 256]).hits) for start in range(0, len(examples), 256)
     ]
+    # The score is labelled a sample; with a budget above the catalogue it would not be.
+    assert learning.sampling
+    assert not LearningRound(_trainer(tokens, gate=True), RoundConfig(item_budget=2_000)).sampling
     completed = [number for number, count in enumerate(scored) if count]
     assert len(completed) >= 3 and all(scored[number] == 16 for number in completed)
     assert all(later - earlier in (5, 6) for earlier, later in itertools.pairwise(completed))

@@ -135,6 +135,7 @@ def test_replay_gives_useful_vectors_in_qdrant(settings, start_worker, movielens
 
     stats = get(worker, "/stats")
     assert stats["sessions"] > 0 and stats["prequential"]["scored"] > 0
+    assert stats["prequential"]["sampled"] is False  # 1,682 items, under the item budget: every example
     assert Counter(h["item_id"] for h in hits).most_common(1)[0][1] == 1  # no duplicate points
 
 
