@@ -44,13 +44,22 @@ app = typer.Typer(help="onevec: live unified product embeddings.", no_args_is_he
 def worker(
     role: Annotated[
         str | None,
-        typer.Option(help="all | ingest | learn (default: ONEVEC_ROLE, else all); see docs/operations.md."),
+        typer.Option(
+            help="all | ingest | learn (default: ONEVEC_ROLE; without it, an ingest and a learn "
+            "process under a supervisor); see docs/operations.md."
+        ),
     ] = None,
 ) -> None:
     """Run a worker (sessionize agent, learner, HTTP ingest and lookups, /metrics) until interrupted."""
+    from onevec.streams.supervisor import run_supervised, supervises
+
+    settings = load_settings(**({"role": role} if role else {}))
+    if supervises(settings):
+        run_supervised(settings)
+        return
     from onevec.streams.worker import run_worker
 
-    run_worker(load_settings(**({"role": role} if role else {})))
+    run_worker(settings)
 
 
 @app.command()
@@ -329,7 +338,8 @@ def demo(
         float, typer.Option(help="Give up waiting for the worker after this many seconds.")
     ] = 900.0,
 ) -> None:
-    """Embedded broker + one worker + a replay of a real dataset, then a summary."""
+    """Embedded broker + a worker (the default layout: ingest and learn processes) + a replay of
+    a real dataset, then a summary."""
     from onevec.deploy.processes import exit_on_signals
     from onevec.streams.tools.demo import run_demo
 

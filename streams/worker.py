@@ -1,7 +1,8 @@
 """Run a onevec worker in this process, or manage one as a child process.
 
 The child-process form is what ``onevec demo`` and the tests use: a real worker, stopped by
-its own PID (SIGTERM for a graceful stop, SIGKILL to simulate a crash).
+its own PID (SIGTERM for a graceful stop, SIGKILL to simulate a crash), in one role or in the
+supervised default layout (:mod:`onevec.streams.supervisor`).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from typing import Any
 import faust
 from prometheus_client.parser import text_string_to_metric_families
 
-from onevec.deploy.embedded_broker import EmbeddedBroker, free_port
+from onevec.deploy.embedded_broker import free_port
 from onevec.deploy.processes import start_child, stop_process
 from onevec.streams.app import OnevecApp
 from onevec.streams.http_api import register_routes
 from onevec.streams.kafka.faust_fixes import apply_faust_fixes
-from onevec.streams.kafka.topics import ensure_topics
 from onevec.streams.settings import Settings
+from onevec.streams.startup import prepared
+from onevec.streams.supervisor import ROLES
 
 __all__ = ["WorkerProcess", "create_app", "run_worker", "scrape_metrics"]
 
@@ -44,28 +46,16 @@ def create_app(settings: Settings, broker_url: str | None = None) -> OnevecApp:
 
 def run_worker(settings: Settings) -> None:
     """Run the Faust worker until SIGTERM/SIGINT. Starts an embedded broker if none is set."""
-    broker: EmbeddedBroker | None = None
     if settings.embedded and settings.role != "all":
         # Each process would start its own broker: the two halves would never meet.
         raise SystemExit(
             f"ONEVEC_ROLE={settings.role} needs ONEVEC_BROKER_URL: a broker shared with the other role"
         )
-    if settings.embedded:
-        broker = EmbeddedBroker(host=settings.bind_host).start()
-        settings = settings.model_copy(update={"broker_url": broker.url, "tansu": True})
-        print(f"embedded broker on {broker.url}", flush=True)
-    if settings.web_port == 0:
-        settings = settings.model_copy(update={"web_port": free_port(settings.bind_host)})
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        ensure_topics(settings)
+    with prepared(settings) as settings:
         onevec = create_app(settings)
         print(f"worker web on http://{settings.bind_host}:{settings.web_port}", flush=True)
         worker = faust.Worker(onevec.faust, loglevel=settings.log_level.upper(), quiet=True)
         worker.execute_from_commandline()
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 def scrape_metrics(url: str, timeout: float = 5.0) -> dict[str, float]:
@@ -80,22 +70,38 @@ def scrape_metrics(url: str, timeout: float = 5.0) -> dict[str, float]:
     return samples
 
 
-def metric_total(samples: dict[str, float], name: str) -> float:
-    """Sum of a metric's samples over all label values."""
-    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
+def metric_total(samples: dict[str, float], name: str, role: str | None = None) -> float:
+    """Sum of a metric's samples over all label values; with ``role``, only the samples a
+    supervisor labelled with that child's role."""
+
+    def counted(key: str) -> bool:
+        if role is None:
+            return key == name or key.startswith(name + "{")
+        return key.startswith(name + "{") and f"role={role}" in key[len(name) + 1 : -1].split(",")
+
+    return sum(v for k, v in samples.items() if counted(k))
 
 
 class WorkerProcess:
-    """A worker in a child process, with its own web port on loopback."""
+    """A worker in a child process, with its own web port on loopback: one worker in
+    ``settings.role``, or with ``supervised`` the default layout (a supervisor and its ingest
+    and learn children, behind the supervisor's port)."""
 
     # What the child runs; a test may run the same worker inside a wrapper module.
     command: tuple[str, ...] = (sys.executable, "-m", "onevec.streams.cli", "worker")
 
-    def __init__(self, settings: Settings, broker_url: str, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        broker_url: str,
+        extra_env: dict[str, str] | None = None,
+        supervised: bool = False,
+    ):
         self.settings = settings
         self.broker_url = broker_url
         self.port = free_port(settings.bind_host)
         self.extra_env = extra_env or {}
+        self.supervised = supervised
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.gettempdir()) / f"onevec-worker-{self.port}.log"
 
@@ -118,18 +124,23 @@ class WorkerProcess:
         env.update(self.settings.to_env())
         env.update({"ONEVEC_BROKER_URL": self.broker_url, "ONEVEC_WEB_PORT": str(self.port)})
         env.update(self.extra_env)
+        if self.supervised:
+            del env["ONEVEC_ROLE"]  # no role chosen: the supervised layout
         with open(self.log_path, "ab") as out:
             self.proc = start_child(self.command, log=out, env=env)
         return self
 
     def wait_ready(self, timeout: float) -> None:
-        """Ready = the web server answers and the worker owns at least one input partition."""
+        """Ready = the web server answers and the worker owns at least one input partition
+        (supervised: each child does)."""
+        roles = ROLES if self.supervised else (None,)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited early; log: {self.log_path}")
             try:
-                if metric_total(self.metrics(), "onevec_worker_partitions") > 0:
+                samples = self.metrics()
+                if all(metric_total(samples, "onevec_worker_partitions", role) > 0 for role in roles):
                     return
             except OSError:
                 pass

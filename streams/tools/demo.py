@@ -1,5 +1,6 @@
-"""``onevec demo``: an embedded broker, one worker, a real dataset replayed, then a summary of
-the pipeline, of Qdrant and of the live model against a popularity baseline."""
+"""``onevec demo``: an embedded broker, a worker in the default layout (an ingest and a learn
+process under a supervisor; one process with ``ONEVEC_ROLE=all``), a real dataset replayed,
+then a summary of the pipeline, of Qdrant and of the live model against a popularity baseline."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from onevec.models.pretrain import session_examples
 from onevec.models.ranking import prequential_popularity
 from onevec.streams.console import progress_bar, read_events, replay_events
 from onevec.streams.settings import Settings
+from onevec.streams.supervisor import supervises
 from onevec.streams.worker import WorkerProcess, metric_total
 
 __all__ = ["run_demo"]
@@ -36,11 +38,13 @@ def run_demo(settings: Settings, dataset: str, limit: int, timeout: float, conso
             update={"broker_url": broker_url, "tansu": settings.tansu or embedded is not None}
         )
         console.print(f"broker: {broker_url} ({'embedded Tansu' if embedded else 'external'})")
-        worker = WorkerProcess(settings, broker_url)
+        supervised = supervises(settings)
+        worker = WorkerProcess(settings, broker_url, supervised=supervised)
+        layout = "ingest + learn processes" if supervised else f"one process, role {settings.role}"
         started = time.monotonic()
         try:
             worker.start()
-            console.print(f"worker: {worker.base_url} ready in {time.monotonic() - started:.1f}s")
+            console.print(f"worker: {worker.base_url} ({layout}) ready in {time.monotonic() - started:.1f}s")
             replay_started = time.monotonic()
             replay_seconds = replay_events(settings, events, dataset, None)
             wait_for(
