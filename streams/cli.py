@@ -54,6 +54,8 @@ def worker(
     from onevec.streams.supervisor import run_supervised, supervises
 
     settings = load_settings(**({"role": role} if role else {}))
+    if not settings.embedded:  # found out in seconds, not after the client's 30 s bootstrap
+        require_reachable(settings.broker_url.split(",")[0], "broker (ONEVEC_BROKER_URL)")
     if supervises(settings):
         run_supervised(settings)
         return

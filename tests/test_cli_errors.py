@@ -52,9 +52,17 @@ def _unreachable() -> str:
             {"ONEVEC_BROKER_URL": "UNREACHABLE"},
             "cannot reach the broker",
         ),
+        (["worker"], {"ONEVEC_BROKER_URL": "UNREACHABLE"}, "cannot reach the broker"),
         (["similar", "1", "--worker", "http://UNREACHABLE"], {}, "cannot reach the worker at http://"),
     ],
-    ids=["unknown-dataset", "missing-file", "bad-setting", "unreachable-broker", "unreachable-worker"],
+    ids=[
+        "unknown-dataset",
+        "missing-file",
+        "bad-setting",
+        "unreachable-broker",
+        "worker-unreachable-broker",
+        "unreachable-worker",
+    ],
 )
 def test_a_mistake_is_one_line_and_exit_2(
     args: list[str], env: dict[str, str], expected: str, tmp_path: Path
