@@ -40,10 +40,10 @@ class Settings(BaseSettings):
     # The broker is Tansu (set automatically for the embedded one): use short group timeouts.
     tansu: bool = False
     app_id: str = "onevec"
-    # What this worker runs. "all": sessions and the learner in one process. On a machine with
-    # more than one core, "ingest" (sessions, the session table, HTTP ingest) and "learn" (the
-    # learner, the Qdrant sink and the lookups) run as two processes on the same broker, so the
-    # two halves stop sharing one interpreter lock (docs/performance.md).
+    # What this worker runs: "ingest" (sessions, the session table, HTTP ingest), "learn" (the
+    # learner, the Qdrant sink and the lookups), or "all" (both in one process). Left unset
+    # anywhere, `onevec worker` runs an ingest and a learn process under a supervisor
+    # (onevec.streams.supervisor), so the two halves stop sharing one interpreter lock.
     role: Literal["all", "ingest", "learn"] = "all"
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
