@@ -132,7 +132,7 @@ def test_faust_still_works_as_the_correction_assumes() -> None:
     assert "if r_offset is None or offset >= r_offset:" in drain_source
     assert "read_offset.update(" in inspect.getsource(Consumer.perform_seek)
     # The commit's tolerance of a one-offset hole at the head of a partition.
-    assert "if min(acked) - committed_offset > 1:" in inspect.getsource(Consumer._new_offset)
+    assert "if min(acked) - committed_offset > 1:" in inspect.getsource(faust_fixes._new_offset)
 
 
 class StubThread:
@@ -193,3 +193,18 @@ def test_records_passed_over_are_fetched_again(monkeypatch) -> None:
     assert offsets == [*range(COMMITTED, 1701), 2000]
     assert faust_fixes.INPUT_OFFSET_GAPS.labels("refetched")._value.get() - refetched == 2
     assert faust_fixes.INPUT_OFFSET_GAPS.labels("accepted")._value.get() - accepted == 1
+
+
+def test_the_commit_waits_for_the_record_at_the_committed_offset() -> None:
+    """Correction 7: the record at the committed offset (450) is not acknowledged, the next two
+    are; Faust's rule would commit 453 past it, the corrected one holds the commit back until
+    450 itself is acknowledged."""
+    apply_faust_fixes()
+    app = faust.App("head-hole", broker="kafka://127.0.0.1:1", web_enabled=False)
+    consumer = app.consumer
+    consumer._committed_offset[PARTITION] = 450
+    consumer._acked[PARTITION] = [451, 452]
+    assert faust_fixes._new_offset(consumer, PARTITION) == 453  # Faust's own rule skips 450
+    assert consumer._new_offset(PARTITION) is None
+    consumer._acked[PARTITION] = [450, 451, 452]
+    assert consumer._new_offset(PARTITION) == 453
