@@ -1,7 +1,9 @@
 """The Faust application: topics, the session table and the ``sessionize`` agent.
 
-``sessionize`` reads raw click bytes, validates them (bad input goes to the dead-letter topic
-with the original bytes and a reason), applies good events to the changelogged session table
+``sessionize`` reads raw click records, each one event or a packed record of many
+(onevec.models.clickstream.packed), validates every event (bad input goes to the dead-letter
+topic with the original bytes and a reason; a packed record's other events are kept), applies
+good events to the changelogged session table
 and emits one training example per event plus a record for every session that closes.
 Delivery is at-least-once (Tansu refuses idempotent producers), so every consumer downstream
 treats a repeated example as harmless.
@@ -13,9 +15,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, ParamSpec, TypeVar, cast
 
 import faust
@@ -25,9 +26,19 @@ from faust.types import EventT, StreamT, TopicT
 from onevec.models.catalog import load_attributes, validate_catalog_record
 from onevec.models.clickstream.events import Event, Rejection, ValidationLimits, session_key, validate_event
 from onevec.models.clickstream.examples import ExampleRecord, decode_examples, encode_example_chunks
+from onevec.models.clickstream.packed import (
+    PACK_FORMAT,
+    PACK_HEADER,
+    PACK_SLOTS,
+    input_position,
+    pack_format,
+    pack_lines,
+    unpack,
+)
 from onevec.models.clickstream.sessions import ClosedSession, Example, SessionBook, SessionWindow
 from onevec.monitoring import metrics
 from onevec.streams.kafka.emitted import emitted_header, read_emitted_upto
+from onevec.streams.kafka.producer import DEFAULT_PACK_BYTES, key_partition
 from onevec.streams.kafka.session_table import ChangelogBatchStore
 from onevec.streams.kafka.topics import bootstrap_servers
 from onevec.streams.learner.checkpoints import (
@@ -51,6 +62,7 @@ log = logging.getLogger(__name__)
 
 REASON_HEADER = "onevec-reason"
 DETAIL_HEADER = "onevec-detail"
+INDEX_HEADER = "onevec-pack-index"  # a dead letter's line in its packed record
 LAG_INTERVAL_SECONDS = 2.0  # how often consumer lag per stage is measured
 
 
@@ -163,15 +175,20 @@ class OnevecApp:
             raise RuntimeError(f"a worker of role {self.settings.role!r} runs no learner")
         return self.learner
 
-    def dead_letter(self, key: bytes | None, value: bytes, rejection: Rejection, stage: str) -> Outgoing:
+    def dead_letter(
+        self, key: bytes | None, value: bytes, rejection: Rejection, stage: str, index: int | None = None
+    ) -> Outgoing:
         """The dead-letter record of a rejected input (counted here): its original bytes, and
-        the reason, detail and stage as headers."""
+        the reason, detail and stage as headers; with ``index``, the line of a packed record
+        it was (its other lines were kept)."""
         metrics.EVENTS_REJECTED.labels(stage=stage, reason=rejection.reason).inc()
         headers = [
             (REASON_HEADER, rejection.reason.encode()),
             (DETAIL_HEADER, rejection.detail.encode()),
             ("onevec-stage", stage.encode()),
         ]
+        if index is not None:
+            headers.append((INDEX_HEADER, str(index).encode()))
         return Outgoing(self.dlq, value, key, headers=headers)
 
     async def send_dead_letter(
@@ -180,69 +197,93 @@ class OnevecApp:
         """Send a rejected input to the dead-letter topic and wait until it is written."""
         await self.deliver([self.dead_letter(key, value, rejection, stage)])
 
-    def click(self, event: Event) -> Outgoing:
-        """A validated event as a clicks record, keyed by session (HTTP ingestion)."""
-        return Outgoing(self.clicks, event.to_json(), session_key(event).encode())
+    def packed_clicks(self, accepted: Sequence[tuple[bytes, Event]]) -> list[Outgoing]:
+        """Validated events as packed clicks records (HTTP ingestion): each event's bytes as
+        received (not encoded again), packed per partition its session key hashes to, the
+        partition a single-event record with that key would go to."""
+        lines: dict[int, list[bytes]] = {}
+        for raw, event in accepted:
+            partition = key_partition(session_key(event).encode(), self.settings.partitions)
+            lines.setdefault(partition, []).append(raw)
+        return [
+            Outgoing(self.clicks, value, partition=partition, headers=[(PACK_HEADER, PACK_FORMAT)])
+            for partition, raws in lines.items()
+            for value in pack_lines(raws, DEFAULT_PACK_BYTES)
+        ]
 
     async def _sessionize(self, stream: StreamT[bytes]) -> None:
         # Micro-batches: the session table is written through a ChangelogBatchStore (one
         # changelog record per changed session per batch) and examples go out as one record
         # per partition, instead of two produce calls per event. Acks are manual (noack_take):
-        # a batch's events are acked only once everything it produced was acknowledged by the
+        # a batch's records are acked only once everything it produced was acknowledged by the
         # broker, so a crash or a shutdown mid-batch leaves them to be delivered again (Faust's
         # take_events would ack them even when the batch failed).
         settings = self.settings
-        async for events in stream.noack_take(  # type: ignore[attr-defined]  # Stream's, not in StreamT
+        async for records in stream.noack_take(  # type: ignore[attr-defined]  # Stream's, not in StreamT
             settings.sessionize_batch_size, within=settings.sessionize_batch_within_seconds
         ):
-            started = time.perf_counter()
-            await self._sessionize_batch(cast(Sequence[EventT[bytes]], events))
-            for event in events:
-                await stream.ack(cast(EventT[bytes], event))
-            metrics.PROCESSING_SECONDS.labels(stage="sessionize").observe(time.perf_counter() - started)
-            metrics.BATCH_EVENTS.labels(stage="sessionize").observe(len(events))
+            # A packed record holds many events: a take is sessionized in batches of whole
+            # records of about sessionize_batch_size events each.
+            for batch in _batches(cast(Sequence[EventT[bytes]], records), settings.sessionize_batch_size):
+                started = time.perf_counter()
+                count = await self._sessionize_batch(batch)
+                for record in batch:
+                    await stream.ack(record)
+                metrics.PROCESSING_SECONDS.labels(stage="sessionize").observe(time.perf_counter() - started)
+                metrics.BATCH_EVENTS.labels(stage="sessionize").observe(count)
 
-    async def _sessionize_batch(self, events: Sequence[EventT[bytes]]) -> None:
-        """Validate, apply to the sessions, send; returns once every record the batch produced
-        is acknowledged by the broker."""
+    async def _sessionize_batch(self, records: Sequence[EventT[bytes]]) -> int:
+        """Validate, apply to the sessions, send; returns the number of events once every
+        record the batch produced is acknowledged by the broker."""
         outgoing: list[Outgoing] = []
         examples: dict[int, list[ExampleRecord]] = {}
-        example_offsets: dict[int, list[int]] = {}
+        sources: dict[int, list[int]] = {}  # per partition, the clicks offset of each example
         accepted: Counter[str] = Counter()
-        duplicates = 0
-        await self._read_emitted({event.message.partition for event in events})
-        for event in events:
-            raw = event.value if isinstance(event.value, bytes) else b""
-            message = event.message
-            result = self._apply(raw, message.partition, message.offset)
-            if isinstance(result, Rejection):
-                outgoing.append(self.dead_letter(event.key, raw, result, stage="stream"))
+        duplicates = count = 0
+        await self._read_emitted({record.message.partition for record in records})
+        for record in records:
+            message = record.message
+            partition, offset = message.partition, message.offset
+            raw = record.value if isinstance(record.value, bytes) else b""
+            pack = pack_format(message.headers)
+            if pack is not None and pack != PACK_FORMAT:
+                count += 1
+                rejection = Rejection("bad_pack", f"unknown {PACK_HEADER} format {pack[:40]!r}")
+                outgoing.append(self.dead_letter(record.key, raw, rejection, stage="stream"))
                 continue
-            example, closed = result
-            accepted[example.event_type] += 1
-            duplicates += example.duplicate
-            # The click's Kafka timestamp rides along: the learner's freshness clock starts there.
-            record = example.to_dict()
-            record["ingested_at"] = message.timestamp
-            examples.setdefault(message.partition, []).append(record)
-            example_offsets.setdefault(message.partition, []).append(message.offset)
-            for session in closed:
-                metrics.SESSIONS_CLOSED.labels(reason=session.reason).inc()
-                outgoing.append(
-                    Outgoing(self.sessions_closed, session.to_dict(), session.session_id.encode())
-                )
+            for index, line in ((0, raw),) if pack is None else unpack(raw):
+                count += 1
+                result = self._apply(line, partition, offset, index)
+                if isinstance(result, Rejection):
+                    packed_at = None if pack is None else index
+                    outgoing.append(self.dead_letter(record.key, line, result, "stream", packed_at))
+                    continue
+                example, closed = result
+                accepted[example.event_type] += 1
+                duplicates += example.duplicate
+                # The click's Kafka timestamp rides along: the learner's freshness clock starts there.
+                example_record = example.to_dict()
+                example_record["ingested_at"] = message.timestamp
+                examples.setdefault(partition, []).append(example_record)
+                sources.setdefault(partition, []).append(offset)
+                for session in closed:
+                    metrics.SESSIONS_CLOSED.labels(reason=session.reason).inc()
+                    outgoing.append(
+                        Outgoing(self.sessions_closed, session.to_dict(), session.session_id.encode())
+                    )
         self.session_store.flush()
         # A partition's examples records go out one round at a time (most batches have one):
-        # a record's header claims the records before it, so it is sent only once they are
-        # acknowledged, never reordered ahead of one that failed and is sent again.
+        # a record's header claims the clicks records before it, so it is sent only once they
+        # are acknowledged, never reordered ahead of one that failed and is sent again.
         rounds: list[list[Outgoing]] = [outgoing]
         claims: list[dict[int, int]] = [{}]  # per round, the header each partition's record carries
         emitted = self.book.emitted_upto
         for partition, batch in examples.items():
-            upto, offsets = emitted.get(partition, -1), iter(example_offsets[partition])
+            upto, offsets, end = emitted.get(partition, -1), sources[partition], 0
             chunks = encode_example_chunks(batch, self.settings.examples_record_max_bytes)
-            for number, (value, count) in enumerate(chunks):
-                upto = max(upto, *islice(offsets, count))
+            for number, (value, size) in enumerate(chunks):
+                end += size
+                upto = max(upto, _claim(offsets, end))
                 if number == len(rounds):
                     rounds.append([])
                     claims.append({})
@@ -256,14 +297,15 @@ class OnevecApp:
                     )
                 )
                 claims[number][partition] = upto
-        for records, claimed in zip(rounds, claims, strict=True):
-            await self.deliver(records)
+        for round_records, claimed in zip(rounds, claims, strict=True):
+            await self.deliver(round_records)
             emitted.update(claimed)
-        for event_type, count in accepted.items():
-            metrics.EVENTS_ACCEPTED.labels(event_type=event_type).inc(count)
+        for event_type, number in accepted.items():
+            metrics.EVENTS_ACCEPTED.labels(event_type=event_type).inc(number)
         metrics.EVENTS_DUPLICATE.inc(duplicates)
         metrics.EXAMPLES_EMITTED.inc(sum(accepted.values()))
         metrics.SESSIONS_OPEN.set(self.book.open_sessions())
+        return count
 
     async def _read_emitted(self, partitions: set[int]) -> None:
         """Once per assignment of a clicks partition, before its first event: how far its
@@ -279,16 +321,19 @@ class OnevecApp:
         self.book.emitted_upto.update({p: offset for p, offset in upto.items() if offset is not None})
 
     def _apply(
-        self, raw: bytes, partition: int, offset: int
+        self, raw: bytes, partition: int, offset: int, index: int
     ) -> tuple[Example, list[ClosedSession]] | Rejection:
-        """One click: validated, then applied to its session; a rejection says why not."""
+        """One click (line ``index`` of the record at ``offset``): validated, then applied to its
+        session; a rejection says why not."""
+        if index >= PACK_SLOTS:
+            return Rejection("bad_pack", f"a packed record holds at most {PACK_SLOTS} lines")
         try:
             event = validate_event(raw, self.limits)
             if isinstance(event, Rejection):
                 return event
-            return self.book.process(event, partition, offset)
+            return self.book.process(event, partition, input_position(offset, index))
         except Exception as error:  # noqa: BLE001 - a bug must not stop the stream
-            log.exception("sessionize failed on partition %d offset %d", partition, offset)
+            log.exception("sessionize failed on partition %d offset %d line %d", partition, offset, index)
             return Rejection("internal_error", f"sessionize failed: {error!r}")
 
     async def deliver(self, records: list[Outgoing], timeout: float | None = None) -> None:
@@ -518,6 +563,29 @@ class OnevecApp:
                 if self.settings.runs_sessions:
                     self.book.forget_partition(tp.partition)
         metrics.WORKER_PARTITIONS.set(len(self.partitions))
+
+
+def _batches(records: Sequence[EventT[bytes]], events: int) -> Iterator[Sequence[EventT[bytes]]]:
+    """Consecutive runs of whole records of about ``events`` events each (a packed record counts
+    its lines; one record above the size is a run of its own)."""
+    start = size = 0
+    for end, record in enumerate(records):
+        value = record.value if isinstance(record.value, bytes) else b""
+        lines = value.count(b"\n") + 1 if pack_format(record.message.headers) is not None else 1
+        if size and size + lines > events:
+            yield records[start:end]
+            start, size = end, 0
+        size += lines
+    if start < len(records):
+        yield records[start:]
+
+
+def _claim(offsets: list[int], end: int) -> int:
+    """What an examples record holding the examples before ``end`` (of clicks ``offsets``, in
+    order) claims: its last clicks record, or the one before that when the next example
+    belongs to the same record (a packed record's examples in two records)."""
+    last = offsets[end - 1]
+    return last if end == len(offsets) or offsets[end] != last else last - 1
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:

@@ -1,9 +1,10 @@
 """HTTP endpoints of a worker: ``POST /events`` ingestion, lookups, ``GET /metrics``, ``GET /healthz``.
 
 ``POST /events`` takes a JSON array of events or JSON lines (one event per line), validates
-each, sends the good ones to the clicks topic (keyed by session) and the bad ones to the
-dead-letter topic with their reason, and answers with the counts. The body is parsed as a
-whole only when it is a JSON array, so one broken line of JSON lines rejects that line alone.
+each, sends the good ones to the clicks topic as received (packed records, one per partition
+their session keys hash to) and the bad ones to the dead-letter topic with their reason, and
+answers with the counts. The body is parsed as a whole only when it is a JSON array, so one
+broken line of JSON lines rejects that line alone.
 
 With ``ONEVEC_HTTP_INGEST_TOKEN`` set, every write (``POST /events``, ``POST /drift``) needs
 ``Authorization: Bearer <token>``, and with ``ONEVEC_HTTP_TOKEN_FOR_READS`` every lookup too;
@@ -32,7 +33,7 @@ from faust.web import Request, Response, View
 from faust.web.drivers.aiohttp import Web as FaustAiohttpWeb
 from prometheus_client import generate_latest
 
-from onevec.models.clickstream.events import TOO_DEEP, Rejection, json_error, validate_event
+from onevec.models.clickstream.events import TOO_DEEP, Event, Rejection, json_error, validate_event
 from onevec.monitoring import metrics
 from onevec.streams.app import OnevecApp
 from onevec.streams.learner.recommend import MODES, UnknownSession, UnknownUser
@@ -336,9 +337,9 @@ def register_routes(onevec: OnevecApp) -> None:
             raws = split_body(body)
             if isinstance(raws, Rejection):
                 return answer(self, 400, {"error": raws.detail, "reason": raws.reason}, reason=raws.reason)
-            accepted = 0
             errors: list[dict[str, Any]] = []
             records = []
+            good: list[tuple[bytes, Event]] = []
             for index, raw in enumerate(raws):
                 result = validate_event(raw, limits)
                 if isinstance(result, Rejection):
@@ -346,8 +347,10 @@ def register_routes(onevec: OnevecApp) -> None:
                     if len(errors) < MAX_REPORTED_ERRORS:
                         errors.append({"index": index, "reason": result.reason, "detail": result.detail})
                     continue
-                records.append(onevec.click(result))
-                accepted += 1
+                good.append((raw, result))
+            # The accepted events as packed records, one per clicks partition (as sent, not re-encoded).
+            records += onevec.packed_clicks(good)
+            accepted = len(good)
             # 200 means the broker has every event (and every dead letter): waited for here.
             try:
                 await onevec.deliver(records, timeout=onevec.settings.http_delivery_timeout_seconds)

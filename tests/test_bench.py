@@ -35,6 +35,14 @@ def test_quick_bench_prints_every_row(settings: Settings, tmp_path: Path) -> Non
         # The same pipeline split over an ingest and a learn worker (Settings.role).
         ("pipeline", "sessionized (ingest -> sessions), ingest + learn workers"),
         ("pipeline", "end to end (-> learner -> Qdrant), ingest + learn workers"),
+        # The producer packing records, in both layouts.
+        ("pipeline", "sessionized (ingest -> sessions), packed records"),
+        ("pipeline", "end to end (-> learner -> Qdrant), packed records"),
+        ("pipeline", "sessionized (ingest -> sessions), packed records, ingest + learn workers"),
+        ("pipeline", "end to end (-> learner -> Qdrant), packed records, ingest + learn workers"),
+        # The sessionize stage alone, measured as the peer is.
+        ("pipeline", "sessionize stage alone, one event per record (ingest worker)"),
+        ("pipeline", "sessionize stage alone, packed records (ingest worker)"),
         ("freshness", "p99 at 200 ev/s, ingest + learn workers"),
         ("learner", "trainer.learn only"),
         ("learner", "learner round of 1 micro-batch (score+train+select+points)"),

@@ -180,9 +180,14 @@ class Rejection:
 TOO_DEEP = Rejection("bad_json", f"not JSON: nested deeper than {MAX_JSON_DEPTH} levels")
 
 
+_CONTAINERS = frozenset({dict, list})
+
+
 def deeper_than(value: Any, limit: int) -> bool:
     """True when a decoded JSON value nests lists/objects more than ``limit`` levels deep
     (iterative, so the check itself cannot hit the recursion limit)."""
+    if type(value) is dict and _CONTAINERS.isdisjoint(map(type, value.values())):
+        return limit < 1  # a flat object, as every event is: one level
     stack = [(value, 1)] if isinstance(value, (dict, list)) else []
     while stack:
         item, depth = stack.pop()
@@ -237,7 +242,9 @@ def validate_event(raw: bytes, limits: ValidationLimits, now: float | None = Non
     except UnicodeDecodeError as error:
         return Rejection("bad_encoding", f"not UTF-8: {error.reason} at byte {error.start}")
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        if text.startswith("\ufeff"):  # json.loads refuses it; the decoder it calls does not check
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        data = _DECODER.decode(text)
     except RecursionError:  # not a ValueError: deep nesting exhausts the parser's recursion
         return TOO_DEEP
     except ValueError as error:
@@ -257,6 +264,10 @@ def json_error(error: ValueError) -> str:
 def _refuse_constant(name: str) -> None:
     # json accepts NaN/Infinity by default; they are not JSON and never a valid field value.
     raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for every event: json.loads with an option builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def session_key(event: Event) -> str:

@@ -19,22 +19,28 @@ Rules (all in event time, so a fast replay closes sessions exactly as live traff
 * State is bounded: a session keeps its last ``max_items`` items and event fingerprints, and
   a partition keeps at most ``max_open`` sessions (the longest idle is closed, ``evicted``).
 
+Input positions. The ``offset`` an event is processed with is its input position on its
+partition (onevec.models.clickstream.packed): the offset of its record, and for the events of
+a packed record a fraction above it (``offset + line / PACK_SLOTS``), so that every event has
+its own position, the same at every redelivery.
+
 Redelivery. The table's changelog can run ahead of the committed input offsets: after a
 kill -9, events are delivered again to a table that already holds their effects, including
 the closing of their session. So a key remembers its last closed session (items and event
 fingerprints): when an idle or evicted session closes, the key keeps a tombstone holding it
-until ``redelivery_window`` more events of the partition have gone by (more than Faust ever
+until ``redelivery_window`` more records of the partition have gone by (more than Faust ever
 leaves uncommitted), and a session opened after a gap keeps its predecessor. A redelivered
 event is then recognised and its example re-sent, flagged, with its original prefix.
 
 What was emitted. The changelog and the examples are two writes: a crash between them leaves
 the table holding events whose examples never reached the topic (flagged on redelivery, they
 would never be learned), or the reverse (sent again unflagged, learned twice). So the caller
-tells the book, per partition, the highest input offset whose example is on the examples topic
-(``emitted_upto``, read back from the topic's last record after an assignment). A redelivered
-event at or below it is flagged even when the table lost it (and applied again); one above it
-whose example never went out is sent unflagged, at its position. An event the table holds
-under another input offset (a producer's resend) is flagged as always.
+tells the book, per partition, the highest input offset (record) all of whose events have
+their examples on the examples topic (``emitted_upto``, read back from the topic's last record
+after an assignment). A redelivered event of a record at or below it is flagged even when the
+table lost it (and applied again); one above it whose example never went out is sent
+unflagged, at its position. An event the table holds under another input position (a
+producer's resend) is flagged as always.
 """
 
 from __future__ import annotations
@@ -139,6 +145,7 @@ def _new_state(event: Event, partition: int, previous: dict[str, Any] | None) ->
         "items": [],
         "counts": {},
         "seen": [],  # [fingerprint, position, input offset] of the last max_items events
+        "at_last": 0,  # events appended to seen since the first one at the time "last"
         "first_offset": -1,  # input offset of the first event applied
         "offset": -1,  # input offset of the last event applied
         "previous": previous,  # the key's last closed session, to recognise its redeliveries
@@ -146,7 +153,17 @@ def _new_state(event: Event, partition: int, previous: dict[str, Any] | None) ->
 
 
 def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
-    fields = ("session_id", "user_id", "n_events", "items", "seen", "first_offset", "offset")
+    fields = (
+        "session_id",
+        "user_id",
+        "n_events",
+        "items",
+        "seen",
+        "first_offset",
+        "offset",
+        "last",
+        "at_last",
+    )
     return {name: state[name] for name in fields if name in state}
 
 
@@ -171,7 +188,7 @@ def _prefix_at(session: dict[str, Any], position: int) -> list[str]:
 
 
 def _already_applied(
-    session: dict[str, Any] | None, mark: str, offset: int | None, timestamp: float | None = None
+    session: dict[str, Any] | None, mark: str, offset: float | None, timestamp: float | None = None
 ) -> tuple[bool, int | None, bool]:
     """Whether the event is already in ``session``, its position if still kept, and whether
     its input offset says so (it was read before, not resent by its producer).
@@ -179,18 +196,25 @@ def _already_applied(
     Two tests: the fingerprint (a producer that sent the same event twice), and the input
     offset (a redelivery after a crash, which can reach further back than the kept
     fingerprints: all events of a key share one partition, whose offsets only grow).
-    ``timestamp`` (the event's time), given for an open session, skips the fingerprints when
-    the event is later than the session's last event: none applied to it can share its
-    fingerprint, and an event in time order is almost always later.
+    ``timestamp`` (the event's time) narrows the fingerprints to read: none when the event is
+    later than the session's last event (none applied to it can share its fingerprint, and an
+    event in time order is almost always later), only the last ``at_last`` when it is at that
+    time (every event at that time came after the first one at it). States written before these
+    fields existed are read whole.
     """
     if session is None:
         return False, None, False
     # The session's own span of input offsets (a state from before first_offset spans from 0):
     # an event of its key read in that span was applied to it, not to a session it followed.
     by_offset = offset is not None and session.get("first_offset", -1) <= offset <= session.get("offset", -1)
-    if timestamp is not None and timestamp > session["last"]:
-        return by_offset, None, by_offset
     seen: list[list[Any]] = session["seen"]
+    last = session.get("last")
+    if timestamp is not None and last is not None:
+        if timestamp > last:
+            return by_offset, None, by_offset
+        at_last = session.get("at_last", 0) if timestamp == last else 0
+        if 0 < at_last < len(seen):
+            seen = seen[-at_last:]
     # A C-level membership test first: almost every event is new.
     entry = next((e for e in seen if e[0] == mark), None) if mark in map(_FIRST, seen) else None
     if entry is None:
@@ -213,6 +237,11 @@ def _is_open(state: dict[str, Any] | None) -> bool:
     return state is not None and not state.get("tombstone", False)
 
 
+def _current(state: dict[str, Any] | None, last: float) -> bool:
+    """Whether a heap entry of a key's last event time is that of its open session."""
+    return state is not None and not state.get("tombstone", False) and state["last"] == last
+
+
 class SessionBook:
     """Applies events to session states kept in ``store`` (a dict or a Faust table).
 
@@ -227,11 +256,11 @@ class SessionBook:
         self.window = window
         self._watermarks: dict[int, float] = {}
         self._heaps: dict[int, list[tuple[float, str]]] = {}
-        self._tombstones: dict[int, deque[tuple[int, str]]] = {}
+        self._tombstones: dict[int, deque[tuple[float, str]]] = {}
         self._open: dict[int, int] = {}
         self.duplicates = 0
-        # Per partition, the highest input offset whose example was emitted (see the module's
-        # docstring); a partition without an entry keeps the table-only rules.
+        # Per partition, the highest input offset (record) whose examples were all emitted (see
+        # the module's docstring); a partition without an entry keeps the table-only rules.
         self.emitted_upto: dict[int, int] = {}
 
     def open_sessions(self) -> int:
@@ -243,7 +272,7 @@ class SessionBook:
             index.pop(partition, None)
 
     def process(
-        self, event: Event, partition: int = 0, offset: int | None = None
+        self, event: Event, partition: int = 0, offset: float | None = None
     ) -> tuple[Example, list[ClosedSession]]:
         """Apply one accepted event (read at input ``offset``, when known); return its example
         and the sessions it closed."""
@@ -257,7 +286,9 @@ class SessionBook:
 
         emitted = self._emitted(partition, offset)
         in_current, position, reread = _already_applied(current, mark, offset, event.timestamp)
-        in_previous, previous_position, reread_previous = _already_applied(previous, mark, offset)
+        in_previous, previous_position, reread_previous = _already_applied(
+            previous, mark, offset, event.timestamp
+        )
         if in_previous and not in_current:
             flag = _applied_flag(reread_previous, emitted)
             return self._example(previous, event, mark, previous_position, duplicate=flag), closed  # type: ignore[arg-type]
@@ -265,10 +296,12 @@ class SessionBook:
         if current is not None and event.timestamp - current["last"] > self.window.gap:
             closed.append(self._close(partition, key, "gap", offset or 0))
             previous, current = _snapshot(current), None
+        fresh = current is None
         if current is None:
             closed.extend(self._evict_if_full(partition, offset or 0))
             current = _new_state(event, partition, previous)
             self._open[partition] += 1
+        last = current["last"]
 
         # An event the table holds because it was read before (not a producer's resend) but
         # whose example never went out is sent now, unflagged; one the table lost but whose
@@ -276,7 +309,8 @@ class SessionBook:
         duplicate = _applied_flag(reread, emitted) if in_current else bool(emitted)
         example = self._apply(current, event, mark, offset, in_current, position, duplicate)
         self.store[key] = current  # reassign: a Faust table only changelogs on __setitem__
-        heapq.heappush(self._heaps[partition], (current["last"], key))
+        if fresh or current["last"] != last:  # otherwise the entry pushed before is still current
+            heapq.heappush(self._heaps[partition], (current["last"], key))
 
         watermark = max(self._watermarks.get(partition, event.timestamp), event.timestamp)
         self._watermarks[partition] = watermark
@@ -286,17 +320,18 @@ class SessionBook:
         self._compact(partition)
         return example, closed
 
-    def _emitted(self, partition: int, offset: int | None) -> bool | None:
-        """Whether the example of the event at ``offset`` was emitted (None: not known)."""
+    def _emitted(self, partition: int, offset: float | None) -> bool | None:
+        """Whether the example of the event at input position ``offset`` was emitted (None: not
+        known). A packed record's events sit between its offset and the next one."""
         upto = self.emitted_upto.get(partition)
-        return None if upto is None or offset is None else offset <= upto
+        return None if upto is None or offset is None else offset < upto + 1
 
     def _apply(
         self,
         state: dict[str, Any],
         event: Event,
         mark: str,
-        offset: int | None,
+        offset: float | None,
         applied: bool,
         position: int | None,
         duplicate: bool,
@@ -320,7 +355,10 @@ class SessionBook:
         counts = state["counts"]
         kind = str(event.event_type)  # a StrEnum's value; Enum.value is a slow descriptor
         counts[kind] = counts.get(kind, 0) + 1
-        state["last"] = max(state["last"], event.timestamp)
+        if event.timestamp > state["last"]:
+            state["last"], state["at_last"] = event.timestamp, 1
+        elif "at_last" in state:  # an older state starts counting at its next later event
+            state["at_last"] += 1
         if offset is not None:
             if state["n_events"] == 1:
                 state["first_offset"] = offset
@@ -366,7 +404,7 @@ class SessionBook:
         self._tombstones[partition] = deque(sorted(tombstones))
         self._open[partition] = len(heap)
 
-    def _close(self, partition: int, key: str, reason: CloseReason, offset: int) -> ClosedSession:
+    def _close(self, partition: int, key: str, reason: CloseReason, offset: float) -> ClosedSession:
         """Close the open session of ``key``; idle and evicted ones leave a tombstone."""
         state = self.store[key]
         self._open[partition] -= 1
@@ -386,21 +424,23 @@ class SessionBook:
         """The heap's oldest open entry; entries older than the stored state are dropped."""
         while heap:
             last, key = heap[0]
-            state = self.store.get(key)
-            if _is_open(state) and state["last"] == last:  # type: ignore[index]
+            if _current(self.store.get(key), last):
                 return last, key
             heapq.heappop(heap)
         return None
 
-    def _expire(self, partition: int, cutoff: float, offset: int) -> list[ClosedSession]:
+    def _expire(self, partition: int, cutoff: float, offset: float) -> list[ClosedSession]:
         heap = self._heaps[partition]
         closed = []
-        while (entry := self._oldest(heap)) is not None and entry[0] < cutoff:
+        # The first test alone is almost always false: no entry, stale or not, is that old.
+        while (
+            heap and heap[0][0] < cutoff and (entry := self._oldest(heap)) is not None and entry[0] < cutoff
+        ):
             heapq.heappop(heap)
             closed.append(self._close(partition, entry[1], "idle", offset))
         return closed
 
-    def _evict_if_full(self, partition: int, offset: int) -> list[ClosedSession]:
+    def _evict_if_full(self, partition: int, offset: float) -> list[ClosedSession]:
         heap = self._heaps[partition]
         closed = []
         while self._open[partition] >= self.window.max_open:
@@ -411,7 +451,7 @@ class SessionBook:
             closed.append(self._close(partition, entry[1], "evicted", offset))
         return closed
 
-    def _purge_tombstones(self, partition: int, offset: int) -> None:
+    def _purge_tombstones(self, partition: int, offset: float) -> None:
         queue = self._tombstones[partition]
         while queue and queue[0][0] < offset - self.window.redelivery_window:
             closed_offset, key = queue.popleft()
@@ -420,11 +460,11 @@ class SessionBook:
                 del self.store[key]
 
     def _compact(self, partition: int) -> None:
-        # Every event pushes a fresh heap entry; drop the stale ones once they dominate.
+        # Every later event pushes a fresh heap entry; drop the stale ones once they dominate.
+        # Reads only the heap's keys: a scan of the whole store (every partition's sessions and
+        # tombstones, through the Faust table) cost more than the rest of the book.
         heap = self._heaps[partition]
         if len(heap) > 4 * self._open[partition] + 1024:
-            live = {
-                (s["last"], k) for k, s in self.store.items() if _is_open(s) and s["partition"] == partition
-            }
-            heap[:] = [entry for entry in set(heap) if entry in live]
+            get = self.store.get
+            heap[:] = [entry for entry in set(heap) if _current(get(entry[1]), entry[0])]
             heapq.heapify(heap)

@@ -10,7 +10,8 @@ the same broker, once every worker has stopped.
 - the no-op Faust agent (``noop``), as a reference.
 
 Each is measured ``passes`` times, in the reverse order on every other pass, so that a change in
-the machine's load favours none of them; a row gives the median. A raw drain of the pipeline's
+the machine's load favours none of them; a row gives the median. The caller's own measurements
+of the same events (``also``: onevec's sessionize stage) join the same passes. A raw drain of the pipeline's
 40,000 events takes 0.1-0.4 s, where the machine's other work moves one figure by up to 2x, so
 the raw consumers drain ``RAW_DRAINS`` times per pass.
 """
@@ -25,7 +26,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,10 @@ class Ceilings:
     def noop(self) -> float:
         return statistics.median(self.rates[NOOP])
 
+    def median(self, name: str) -> float:
+        """The median rate of one of the measurements (a ceiling's or one passed as ``also``)."""
+        return statistics.median(self.rates[name])
+
     def rows(self, session_items: int) -> list[BenchRow]:
         """One row per ceiling, each but the first with its ratio to raw aiokafka."""
         state = f"the last {session_items} items and the last event time per record key"
@@ -211,7 +216,7 @@ class Ceilings:
                 "raw aiokafka getmany (physical ceiling)",
                 self.raw,
                 "ev/s",
-                note=f"{self.events:,} events from the earliest offset, no group; {self._runs(RAW)}",
+                note=f"{self.events:,} events from the earliest offset, no group; {self.runs_note(RAW)}",
             ),
             BenchRow(
                 "pipeline",
@@ -219,7 +224,7 @@ class Ceilings:
                 statistics.median(self.rates[PARSED]),
                 "ev/s",
                 self.raw,
-                note=f"{state}, in memory; {self._runs(PARSED)}",
+                note=f"{state}, in memory; {self.runs_note(PARSED)}",
             ),
             BenchRow(
                 "pipeline",
@@ -229,7 +234,7 @@ class Ceilings:
                 self.raw,
                 note=f"{state} in Quix's state, changelogged; timed from the first event to the end "
                 "of its run (the checkpoint after the last event writes the state and its changelog); "
-                + self._runs(PEER),
+                + self.runs_note(PEER),
                 unavailable=self.peer_missing,
             ),
             BenchRow(
@@ -238,11 +243,12 @@ class Ceilings:
                 self.noop,
                 "ev/s",
                 self.raw,
-                note=f"an agent that only counts, the worker's Faust options; {self._runs(NOOP)}",
+                note=f"an agent that only counts, the worker's Faust options; {self.runs_note(NOOP)}",
             ),
         ]
 
-    def _runs(self, name: str) -> str:
+    def runs_note(self, name: str) -> str:
+        """How many runs a row's median is of, and their spread."""
         runs = self.rates.get(name, [])
         if len(runs) < 2:
             return f"{len(runs)} run"
@@ -250,10 +256,14 @@ class Ceilings:
 
 
 def measure_ceilings(
-    settings: Settings, count: int, passes: int, peer_python: Path = PEER_PYTHON
+    settings: Settings,
+    count: int,
+    passes: int,
+    peer_python: Path = PEER_PYTHON,
+    also: Mapping[str, Callable[[], float]] | None = None,
 ) -> Ceilings:
-    """Every ceiling on the first ``count`` events of the clicks topic, ``passes`` times, the
-    order reversed on every other pass."""
+    """Every ceiling on the first ``count`` events of the clicks topic, and each measurement of
+    ``also`` (by name), ``passes`` times, the order reversed on every other pass."""
     missing = peer_missing(settings, peer_python)
     runs: dict[str, Callable[[], list[float]]] = {
         RAW: lambda: [drain(settings, count).rate for _ in range(RAW_DRAINS)],
@@ -263,11 +273,16 @@ def measure_ceilings(
         runs[PEER] = lambda: [peer_rate(settings, count, peer_python)]
     # A consumer group of its own each pass: a group that committed starts at the end.
     runs[NOOP] = lambda: [noop_rate(settings.model_copy(update={"app_id": _unique(settings.app_id)}), count)]
+    runs.update({name: _one_run(measure) for name, measure in (also or {}).items()})
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for number in range(passes):
         for name in list(runs) if number % 2 == 0 else list(reversed(runs)):
             rates[name] += runs[name]()
     return Ceilings(count, rates, missing)
+
+
+def _one_run(measure: Callable[[], float]) -> Callable[[], list[float]]:
+    return lambda: [measure()]
 
 
 def _unique(name: str) -> str:
