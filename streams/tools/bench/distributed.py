@@ -64,6 +64,7 @@ from onevec.streams.tools.bench.report import BenchRow
 __all__ = ["StreamRun", "bench_distributed", "main", "model_digest", "run_group", "split_step", "stream_run"]
 
 PARTITIONS = 4  # the examples topic's partitions (Settings.partitions' default)
+SECTIONS = ("collective", "steps", "stream")
 GROUP_TIMEOUT = timedelta(seconds=120)  # a collective waiting longer than this raises
 
 
@@ -134,30 +135,34 @@ def collective_cost(
 
 def step_cost(rank: int, world: int, batch_sizes: Sequence[int], steps: int) -> list[dict[str, float]]:
     """Per batch size (per rank): ``steps`` data-parallel steps on consecutive MovieLens-100k
-    examples (rank r takes the r-th of each ``world`` batches), after two untimed ones."""
+    examples (rank r takes the r-th of each ``world`` batches), after two untimed ones; fewer
+    where the data set runs out."""
     examples = session_examples(load_events(DATASET, 1800.0))
     out = []
     for size in batch_sizes:
+        timed_steps = max(1, min(steps, len(examples) // (world * size) - 2))
         trainer = DataParallelTrainer(ModelConfig())
         encoder = trainer.item_encoder
         assert isinstance(encoder, SyncedItemEncoder)
-        timed = 0.0
-        for step in range(steps + 2):
+        timed = cpu = 0.0
+        for step in range(timed_steps + 2):
             start = (step * world + rank) * size
             batch = examples[start : start + size]
             if step == 2:
                 encoder.sync_seconds, encoder.syncs, encoder.synced_rows = 0.0, 0, 0
-                timed = 0.0
-            started = time.perf_counter()
+                timed = cpu = 0.0
+            started, cpu_started = time.perf_counter(), time.process_time()
             trainer.learn(batch)
             timed += time.perf_counter() - started
+            cpu += time.process_time() - cpu_started
         out.append(
             {
                 "batch": size,
                 "rows_per_sync": encoder.synced_rows / encoder.syncs,
                 "sync_ms": 1000 * encoder.sync_seconds / encoder.syncs,
-                "step_ms": 1000 * timed / steps,  # a step is 1 + replay syncs
-                "syncs_per_step": encoder.syncs / steps,
+                "step_ms": 1000 * timed / timed_steps,  # a step is 1 + replay syncs
+                "step_cpu_ms": 1000 * cpu / timed_steps,
+                "syncs_per_step": encoder.syncs / timed_steps,
             }
         )
     return out
@@ -172,6 +177,7 @@ class StreamRun:
     seed: int
     examples: int
     seconds: float  # the slowest rank's learning time
+    cpu_seconds: float  # the busiest rank's CPU time while learning (waits not counted)
     scored: int
     hits: int
     reciprocal_rank: float
@@ -180,6 +186,12 @@ class StreamRun:
     @property
     def examples_per_second(self) -> float:
         return self.examples / self.seconds
+
+    @property
+    def examples_per_cpu_second(self) -> float:
+        """What the group would learn a second with a core per rank and no wait but the
+        exchanges' own (an upper bound on a loaded machine, where wall time is noise)."""
+        return self.examples / self.cpu_seconds
 
     @property
     def hr(self) -> float:
@@ -206,6 +218,7 @@ def stream_run(
         seed=seed,
         examples=sum(r["examples"] for r in results),
         seconds=max(r["seconds"] for r in results),
+        cpu_seconds=max(r["cpu_seconds"] for r in results),
         scored=sum(r["scored"] for r in results),
         hits=sum(r["hits"] for r in results),
         reciprocal_rank=sum(r["reciprocal_rank"] for r in results),
@@ -236,17 +249,18 @@ def learn_stream(
     mine = [e for e in examples if key_partition(e["session_id"].encode(), PARTITIONS) % world == rank]
     bounds = _round_bounds(examples, mine, round_examples)
     dist.barrier()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for start, end in bounds:
         if world > 1:
             learn_in_lockstep(learning, mine[start:end])
         else:
             learning.learn(mine[start:end])
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     score = learning.score
     return {
         "examples": len(mine),
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "scored": score.scored,
         "hits": score.hits,
         "reciprocal_rank": score.reciprocal_rank,
@@ -289,10 +303,16 @@ def bench_distributed(
     union_rows: Sequence[int] = (256, 1024, 4096, 16_384, 65_536),
     world: int = 2,
     report: Callable[[str], None] = print,
+    sections: Sequence[str] = SECTIONS,
 ) -> list[BenchRow]:
     settings = load_settings()
     rows: list[BenchRow] = []
-    for cost in run_group(world, collective_cost, union_rows, settings.model_dim, 20)[0]:
+    exchanges = (
+        run_group(world, collective_cost, union_rows, settings.model_dim, 20)[0]
+        if "collective" in sections
+        else []
+    )
+    for cost in exchanges:
         rows.append(
             BenchRow(
                 "distributed",
@@ -303,7 +323,7 @@ def bench_distributed(
             )
         )
         report(f"exchange {cost}")
-    for cost in run_group(world, step_cost, batch_sizes, 8)[0]:
+    for cost in run_group(world, step_cost, batch_sizes, 16)[0] if "steps" in sections else []:
         rows += [
             BenchRow(
                 "distributed",
@@ -317,7 +337,8 @@ def bench_distributed(
                 f"step, batch {cost['batch']:,}/rank: whole step",
                 cost["step_ms"],
                 "ms",
-                note=f"{cost['syncs_per_step']:.0f} exchanges a step (1 + replay)",
+                note=f"{cost['syncs_per_step']:.0f} exchanges a step (1 + replay);"
+                f" CPU {cost['step_cpu_ms']:.1f} ms",
             ),
         ]
         report(f"step {cost}")
@@ -328,18 +349,28 @@ def bench_distributed(
         f"{world} ranks, each the whole step": (world, batch, {}),
     }
     runs: dict[str, list[StreamRun]] = {name: [] for name in variants}
-    for seed in seeds:  # variants interleaved per seed: a change of load hits them alike
+    for seed in (
+        seeds if "stream" in sections else []
+    ):  # variants interleaved per seed: a change of load hits them alike
         for name, (n, per_rank, overrides) in variants.items():
             run = stream_run(n, seed, events, per_rank, settings.learner_round_examples, overrides)
             runs[name].append(run)
             report(
-                f"stream {name} seed={seed} ex/s={run.examples_per_second:.0f} hr={run.hr:.4f}"
+                f"stream {name} seed={seed} ex/s={run.examples_per_second:.0f}"
+                f" ex/cpu-s={run.examples_per_cpu_second:.0f} hr={run.hr:.4f}"
                 f" mrr={run.mrr:.4f} identical={len(set(run.digests)) == 1}"
             )
     for name, done in runs.items():
+        if not done:
+            continue
         note = f"{len(done)} seeds, first {events:,} events of {DATASET}"
         for measure, unit, values in (
             ("examples/s", "ex/s", [r.examples_per_second for r in done]),
+            (
+                "examples per CPU second of the busiest rank",
+                "ex/s",
+                [r.examples_per_cpu_second for r in done],
+            ),
             ("HR@20", "", [r.hr for r in done]),
             ("MRR@20", "", [r.mrr for r in done]),
         ):
@@ -372,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", default="256,1024,4096")
     parser.add_argument("--union-rows", default="256,1024,4096,16384,65536")
     parser.add_argument("--world", type=int, default=2)
+    parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--out", type=Path, help="write the rows here as JSON")
     options = parser.parse_args(argv)
     rows = bench_distributed(
@@ -380,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch_sizes=[int(s) for s in options.batch_sizes.split(",")],
         union_rows=[int(s) for s in options.union_rows.split(",")],
         world=options.world,
+        sections=options.sections.split(","),
     )
     for row in rows:
         print(f"{row.measure}: {row.value:,.4g} {row.unit} {row.note}")
