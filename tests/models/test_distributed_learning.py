@@ -6,6 +6,7 @@ that import them by name."""
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from onevec.models.online.data_parallel import (
     learn_in_lockstep,
     owner_rank,
 )
+from onevec.models.online.group_checkpoint import restore_group_checkpoint, save_group_checkpoint
 from onevec.models.online.round import LearningRound, RoundConfig
 from onevec.streams.tools.bench.distributed import model_digest, run_group, split_step, stream_run
 
@@ -142,3 +144,51 @@ def test_two_ranks_learn_movielens_to_identical_weights_within_one_ranks_spread(
     assert len(set(pair.digests)) == 1
     assert pair.examples == single[0].examples and pair.scored == single[0].scored
     assert pair.hr >= min(run.hr for run in single), (pair.hr, [run.hr for run in single])
+
+
+def _rounds(rank: int) -> list[list[dict[str, Any]]]:
+    """Three rounds of this rank's share of the synthetic stream (users split by rank)."""
+    mine = [e for e in _events(384) if int(e["user_id"][1:]) % 2 == rank]
+    return [mine[:64], mine[64:128], mine[128:]]
+
+
+def _learn_and_checkpoint(rank: int, world: int, directory: str, incomplete: bool) -> dict[str, Any]:
+    """Learn three rounds, a group checkpoint after each of the first two; with ``incomplete``,
+    rank 0 then starts a third checkpoint that rank 1 never writes (as if killed)."""
+    trainer = DataParallelTrainer(ModelConfig(dim=8, negatives=16))
+    learning = LearningRound(trainer, RoundConfig(batch_size=32))
+    numbers = []
+    for index, chunk in enumerate(_rounds(rank)):
+        learn_in_lockstep(learning, chunk)
+        if index < 2:
+            offsets = {f"examples:{rank}": 100 * (index + 1) + rank}
+            numbers.append(save_group_checkpoint(trainer, Path(directory), offsets))
+    if incomplete and rank == 0:
+        trainer.save_checkpoint(Path(directory) / "learner-00000003-rank0-of-2.pt", {"examples:0": 999})
+    return {"digest": model_digest(trainer), "numbers": numbers}
+
+
+def _restore_and_finish(rank: int, world: int, directory: str) -> dict[str, Any]:
+    """A restarted group: restore, then learn the round after the checkpoint again."""
+    trainer = DataParallelTrainer(ModelConfig(dim=8, negatives=16))
+    offsets = restore_group_checkpoint(trainer, Path(directory))
+    learn_in_lockstep(LearningRound(trainer, RoundConfig(batch_size=32)), _rounds(rank)[2])
+    return {"digest": model_digest(trainer), "offsets": offsets}
+
+
+def test_a_group_restores_its_newest_complete_checkpoint_and_learns_on_to_the_same_weights(
+    tmp_path: Path,
+) -> None:
+    first, second = run_group(2, _learn_and_checkpoint, str(tmp_path), True)
+    assert first["digest"] == second["digest"]
+    assert first["numbers"] == second["numbers"] == [1, 2]
+    # The first checkpoint's files are gone once the second was complete; the third is rank 0's only.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "learner-00000002-rank0-of-2.pt",
+        "learner-00000002-rank1-of-2.pt",
+        "learner-00000003-rank0-of-2.pt",
+    ]
+    restored = run_group(2, _restore_and_finish, str(tmp_path))
+    # Both ranks hold every rank's offsets (the partitions may be dealt out anew), from checkpoint 2.
+    assert restored[0]["offsets"] == restored[1]["offsets"] == {"examples:0": 200, "examples:1": 201}
+    assert restored[0]["digest"] == restored[1]["digest"] == first["digest"]
