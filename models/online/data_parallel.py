@@ -186,16 +186,18 @@ class DataParallelTrainer(OnlineTrainer):
         returns how many examples the group has in this step."""
         encoder = self.item_encoder
         keep = self.config.max_prefix
-        items = (i for e in examples for i in (e.item_id, *e.prefix[-keep:]))
-        new_items = [i for i in dict.fromkeys(items) if encoder.item_vocab.get(i) is None]
+        # Flattened by C-level chains and deduplicated before the vocabulary is asked: a step's
+        # prefixes hold thousands of items but a few hundred distinct ones.
+        targets = [e.item_id for e in examples]
+        prefixes = itertools.chain.from_iterable(e.prefix[-keep:] for e in examples)
+        distinct = dict.fromkeys(itertools.chain(targets, prefixes))
+        new_items = [i for i in distinct if encoder.item_vocab.get(i) is None]
         new_users: list[str] = []
         if self.config.objective == "bpr":
             users = encoder.vocabularies["user"]
             new_users = [u for u in dict.fromkeys(e.user_id for e in examples) if users.get(u) is None]
         shares: list[Any] = [None] * dist.get_world_size(self.group)
-        dist.all_gather_object(
-            shares, (new_items, new_users, [e.item_id for e in examples]), group=self.group
-        )
+        dist.all_gather_object(shares, (new_items, new_users, targets), group=self.group)
         encoder._rows("item", list(dict.fromkeys(itertools.chain.from_iterable(s[0] for s in shares))))
         if self.config.objective == "bpr":
             encoder._rows("user", list(dict.fromkeys(itertools.chain.from_iterable(s[1] for s in shares))))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -61,10 +62,10 @@ def test_the_exchange_averages_sparse_rows_over_their_union_and_dense_grads_over
     assert first["carried"] == 3
 
 
-def _uneven(rank: int, world: int, events: list[dict[str, Any]]) -> dict[str, Any]:
+def _uneven(rank: int, world: int, events: list[dict[str, Any]], objective: str) -> dict[str, Any]:
     """Rank 1 has nothing in the first round and only duplicates in the second; rank 0 learns
-    new items all along (so rank 1 must also register ids it never saw)."""
-    trainer = DataParallelTrainer(ModelConfig(dim=8, negatives=16))
+    new items (and, with bpr, users) all along, so rank 1 must register ids it never saw."""
+    trainer = DataParallelTrainer(ModelConfig(dim=8, negatives=16, objective=objective))
     learning = LearningRound(trainer, RoundConfig(batch_size=32))
     rounds = [events[:96], events[96:160], events[160:]]
     for index, chunk in enumerate(rounds):
@@ -102,8 +103,9 @@ def _events(count: int) -> list[dict[str, Any]]:
     return out
 
 
-def test_a_rank_without_examples_joins_every_step_and_the_copies_stay_identical() -> None:
-    first, second = run_group(2, _uneven, _events(256))
+@pytest.mark.parametrize("objective", ["sgns", "bpr"])
+def test_a_rank_without_examples_joins_every_step_and_the_copies_stay_identical(objective: str) -> None:
+    first, second = run_group(2, _uneven, _events(256), objective)
     assert first == second
     assert first["items"] == 60
     assert first["steps"] > 0
