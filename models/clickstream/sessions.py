@@ -72,7 +72,7 @@ def fingerprint(event: Event) -> str:
     return hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 4x, once per event
 class Example:
     """A training example: the session prefix (oldest first) and the item that came next."""
 
@@ -276,7 +276,8 @@ class SessionBook:
     ) -> tuple[Example, list[ClosedSession]]:
         """Apply one accepted event (read at input ``offset``, when known); return its example
         and the sessions it closed."""
-        self._load_partition(partition)
+        if partition not in self._heaps:
+            self._load_partition(partition)
         closed: list[ClosedSession] = []
         key = session_key(event)
         mark = fingerprint(event)
@@ -286,8 +287,10 @@ class SessionBook:
 
         emitted = self._emitted(partition, offset)
         in_current, position, reread = _already_applied(current, mark, offset, event.timestamp)
-        in_previous, previous_position, reread_previous = _already_applied(
-            previous, mark, offset, event.timestamp
+        in_previous, previous_position, reread_previous = (
+            (False, None, False)
+            if previous is None
+            else _already_applied(previous, mark, offset, event.timestamp)
         )
         if in_previous and not in_current:
             flag = _applied_flag(reread_previous, emitted)
@@ -316,8 +319,11 @@ class SessionBook:
         self._watermarks[partition] = watermark
         position_in_input = offset if offset is not None else 0
         closed.extend(self._expire(partition, watermark - self.window.gap, position_in_input))
-        self._purge_tombstones(partition, position_in_input)
-        self._compact(partition)
+        tombstones = self._tombstones[partition]
+        if tombstones and tombstones[0][0] < position_in_input - self.window.redelivery_window:
+            self._purge_tombstones(partition, position_in_input)
+        if len(self._heaps[partition]) > 4 * self._open[partition] + 1024:
+            self._compact(partition)
         return example, closed
 
     def _emitted(self, partition: int, offset: float | None) -> bool | None:
@@ -389,8 +395,6 @@ class SessionBook:
         )
 
     def _load_partition(self, partition: int) -> None:
-        if partition in self._heaps:
-            return
         heap, tombstones = [], []
         for key, state in self.store.items():
             if state.get("partition") != partition:
@@ -460,11 +464,10 @@ class SessionBook:
                 del self.store[key]
 
     def _compact(self, partition: int) -> None:
-        # Every later event pushes a fresh heap entry; drop the stale ones once they dominate.
-        # Reads only the heap's keys: a scan of the whole store (every partition's sessions and
-        # tombstones, through the Faust table) cost more than the rest of the book.
+        # Every later event pushes a fresh heap entry; the stale ones are dropped once they
+        # dominate. Reads only the heap's keys: a scan of the whole store (every partition's
+        # sessions and tombstones, through the Faust table) cost more than the rest of the book.
         heap = self._heaps[partition]
-        if len(heap) > 4 * self._open[partition] + 1024:
-            get = self.store.get
-            heap[:] = [entry for entry in set(heap) if _current(get(entry[1]), entry[0])]
-            heapq.heapify(heap)
+        get = self.store.get
+        heap[:] = [entry for entry in set(heap) if _current(get(entry[1]), entry[0])]
+        heapq.heapify(heap)
