@@ -6,9 +6,12 @@ item, user or session id, so a busy shop cannot blow up the time-series count.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = [
+    "SUPERVISOR_REGISTRY",
+    "WORKER_CHILD_UP",
+    "WORKER_RESTARTS",
     "UPSERT_BUFFER_COALESCED",
     "UPSERT_BUFFER_FAILED_BATCHES",
     "UPSERT_BUFFER_PENDING",
@@ -218,4 +221,22 @@ HTTP_REJECTIONS = Counter(
     "HTTP requests answered 4xx/5xx by onevec or by aiohttp's parser, and connections closed "
     "unanswered by the header or idle timeout, by reason.",
     ["reason"],
+)
+
+
+# The supervisor's own metrics (streams/supervisor.py): a registry of their own, because the
+# supervisor's /metrics page merges its children's pages with these, not with the default
+# registry's process collectors.
+SUPERVISOR_REGISTRY = CollectorRegistry(auto_describe=True)
+WORKER_RESTARTS = Counter(
+    "onevec_worker_restarts",
+    "Times the supervisor restarted its worker child of this role after the child exited.",
+    ["role"],
+    registry=SUPERVISOR_REGISTRY,
+)
+WORKER_CHILD_UP = Gauge(
+    "onevec_worker_child_up",
+    "1 while the supervisor's worker child of this role runs, 0 while it waits to be restarted.",
+    ["role"],
+    registry=SUPERVISOR_REGISTRY,
 )

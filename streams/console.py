@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from onevec.streams.settings import Settings
 from onevec.streams.user_errors import UserError, require_reachable
+
+if TYPE_CHECKING:  # pandas costs ~80 MB of RSS: the supervisor imports this and reads no file
+    import pandas as pd
 
 __all__ = ["console", "data_source", "progress_bar", "read_events", "replay_events", "staged_progress"]
 

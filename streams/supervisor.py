@@ -24,10 +24,9 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
 from onevec.deploy.embedded_broker import free_port
 from onevec.deploy.processes import start_child, stop_process
+from onevec.monitoring.metrics import SUPERVISOR_REGISTRY, WORKER_CHILD_UP, WORKER_RESTARTS
 from onevec.streams.gateway import Gateway
 from onevec.streams.settings import Settings
 from onevec.streams.startup import prepared
@@ -45,20 +44,6 @@ MAX_BACKOFF_SECONDS = 30.0
 STABLE_SECONDS = 60.0
 # A graceful stop (checkpoint, commits) gets this long before SIGKILL, as WorkerProcess.stop.
 STOP_TIMEOUT_SECONDS = 30.0
-
-REGISTRY = CollectorRegistry(auto_describe=True)  # the supervisor's own metrics, on its /metrics
-RESTARTS = Counter(
-    "onevec_worker_restarts",
-    "Times the supervisor restarted its worker child of this role after the child exited.",
-    ["role"],
-    registry=REGISTRY,
-)
-CHILD_UP = Gauge(
-    "onevec_worker_child_up",
-    "1 while the supervisor's worker child of this role runs, 0 while it waits to be restarted.",
-    ["role"],
-    registry=REGISTRY,
-)
 
 _output_lock = threading.Lock()
 
@@ -139,7 +124,7 @@ class Child:
         self.relays = [t for t in self.relays if t.is_alive()] + [relay]
         self.started = time.monotonic()
         self.state = "running"
-        CHILD_UP.labels(role=self.role).set(1)
+        WORKER_CHILD_UP.labels(role=self.role).set(1)
 
 
 class Supervisor:
@@ -153,8 +138,8 @@ class Supervisor:
         # What every child runs on; its role and port are its own.
         self.env = dict(os.environ) | settings.to_env() | {"ONEVEC_BIND_HOST": CHILD_HOST}
         for role in ROLES:
-            RESTARTS.labels(role=role)  # exported at 0 from the start, so increase() sees the first
-            CHILD_UP.labels(role=role).set(0)
+            WORKER_RESTARTS.labels(role=role)  # exported at 0 from the start, so increase() sees the first
+            WORKER_CHILD_UP.labels(role=role).set(0)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -166,7 +151,7 @@ class Supervisor:
             child.launch(self.env)
             assert child.proc is not None  # launched
             code = await asyncio.to_thread(child.proc.wait)
-            CHILD_UP.labels(role=child.role).set(0)
+            WORKER_CHILD_UP.labels(role=child.role).set(0)
             if self.stopping.is_set():
                 break
             ran = time.monotonic() - child.started
@@ -175,7 +160,7 @@ class Supervisor:
             child.restarts += 1
             child.last_exit = describe_exit(code)
             child.state = "restarting"
-            RESTARTS.labels(role=child.role).inc()
+            WORKER_RESTARTS.labels(role=child.role).inc()
             log.warning(
                 "the %s worker (pid %d) exited with %s after %.1f s; restart %d in %.0f s",
                 child.role,
@@ -198,7 +183,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
         host, port = self.settings.bind_host, self.settings.web_port
-        gateway = Gateway(self.children, REGISTRY, self.settings.http_idle_timeout_seconds)
+        gateway = Gateway(self.children, SUPERVISOR_REGISTRY, self.settings.http_idle_timeout_seconds)
         await gateway.start(host, port)
         print(f"worker web on http://{host}:{port} (supervising {' + '.join(ROLES)})", flush=True)
         keepers = [asyncio.create_task(self.keep(child)) for child in self.children.values()]
