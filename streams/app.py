@@ -271,7 +271,28 @@ class OnevecApp:
                     outgoing.append(
                         Outgoing(self.sessions_closed, session.to_dict(), session.session_id.encode())
                     )
-        self.session_store.flush()
+        # The examples first, then the session updates; the batch returns (and its input is
+        # acked) once both are acknowledged. In this order a crash leaves the restored table at
+        # or behind what went out, never ahead: an event read again whose example is out is
+        # applied again from the exact state before it (flagged), and no example that never went
+        # out has to be rebuilt from a table that moved on and kept only its last items.
+        await self._send_examples(outgoing, examples, sources)
+        await self.session_store.flush()
+        for event_type, number in accepted.items():
+            metrics.EVENTS_ACCEPTED.labels(event_type=event_type).inc(number)
+        metrics.EVENTS_DUPLICATE.inc(duplicates)
+        metrics.EXAMPLES_EMITTED.inc(sum(accepted.values()))
+        metrics.SESSIONS_OPEN.set(self.book.open_sessions())
+        return count
+
+    async def _send_examples(
+        self,
+        outgoing: list[Outgoing],
+        examples: dict[int, list[ExampleRecord]],
+        sources: dict[int, list[int]],
+    ) -> None:
+        """Deliver the batch's other records and its examples records (with the header each
+        partition's record claims)."""
         # A partition's examples records go out one round at a time (most batches have one):
         # a record's header claims the clicks records before it, so it is sent only once they
         # are acknowledged, never reordered ahead of one that failed and is sent again.
@@ -300,12 +321,6 @@ class OnevecApp:
         for round_records, claimed in zip(rounds, claims, strict=True):
             await self.deliver(round_records)
             emitted.update(claimed)
-        for event_type, number in accepted.items():
-            metrics.EVENTS_ACCEPTED.labels(event_type=event_type).inc(number)
-        metrics.EVENTS_DUPLICATE.inc(duplicates)
-        metrics.EXAMPLES_EMITTED.inc(sum(accepted.values()))
-        metrics.SESSIONS_OPEN.set(self.book.open_sessions())
-        return count
 
     async def _read_emitted(self, partitions: set[int]) -> None:
         """Once per assignment of a clicks partition, before its first event: how far its

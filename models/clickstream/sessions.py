@@ -39,8 +39,10 @@ tells the book, per partition, the highest input offset (record) all of whose ev
 their examples on the examples topic (``emitted_upto``, read back from the topic's last record
 after an assignment). A redelivered event of a record at or below it is flagged even when the
 table lost it (and applied again); one above it whose example never went out is sent
-unflagged, at its position. An event the table holds under another input position (a
-producer's resend) is flagged as always.
+unflagged, at its position (its prefix then holds only the items the table still keeps,
+which is why the agent writes a batch's examples before its changelog: the table is then never
+ahead of the examples, and every unflagged example carries its whole prefix). An event the
+table holds under another input position (a producer's resend) is flagged as always.
 """
 
 from __future__ import annotations

@@ -81,7 +81,18 @@ def test_restart_loses_nothing_and_restores_sessions(settings, start_worker, how
         got = tuple(e["prefix"])
         if got != want and not (e["duplicate"] and want[len(want) - len(got) :] == got):
             wrong.append(e)
-    assert not wrong, f"{len(wrong)} examples with a prefix the restored state should not give"
+    if wrong:  # what a failure needs to be told apart: flagged or not, and how the prefix differs
+        shown = [
+            f"{e['session_id']} item {e['item_id']} at {e['timestamp']:.0f} duplicate={e['duplicate']}: "
+            f"got {list(e['prefix'])}, want {list(prefixes[(e['session_id'], e['item_id'], e['timestamp'])])}"
+            for e in sorted(wrong, key=lambda e: (e["session_id"], e["timestamp"]))[:6]
+        ]
+        raise AssertionError(
+            f"{len(wrong)} examples with a prefix the restored state should not give "
+            f"({sum(e['duplicate'] for e in wrong)} flagged), in {len({e['session_id'] for e in wrong})} "
+            f"sessions; committed at the restart: {committed_at_restart}; worker logs: "
+            f"{first.log_path}, {second.log_path}; first ones:\n" + "\n".join(shown)
+        )
     sessions_before = {s for s, _, _ in emitted_before}
     sessions_after = {s for s, i, t, _ in expected.examples if (s, i, t) not in emitted_before}
     spanning = sessions_before & sessions_after
