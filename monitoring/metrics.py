@@ -96,7 +96,8 @@ HTTP_INGEST_REQUESTS = Counter(
 INPUT_OFFSET_GAPS = Counter(
     "onevec_input_offset_gaps",
     "Records delivered past the next offset of their input partition: 'refetched' when the "
-    "consumer was sought back to the missing offsets, 'accepted' when the broker had none there.",
+    "consumer was sought back to the missing offsets, 'accepted' when the broker had none there; "
+    "'stalled': a partition whose records stopped arriving while the broker held more, sought back.",
     ["outcome"],
 )
 WORKER_PARTITIONS = Gauge("onevec_worker_partitions", "Input partitions assigned to this worker.")

@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import faust
 import tenacity
-from faust.types import EventT, StreamT, TopicT
+from faust.types import TP, EventT, StreamT, TopicT
 
 from onevec.models.catalog import load_attributes, validate_catalog_record
 from onevec.models.clickstream.events import Event, Rejection, ValidationLimits, session_key, validate_event
@@ -38,6 +38,8 @@ from onevec.models.clickstream.packed import (
 from onevec.models.clickstream.sessions import ClosedSession, Example, SessionBook, SessionWindow
 from onevec.monitoring import metrics
 from onevec.streams.kafka.emitted import emitted_header, read_emitted_upto
+from onevec.streams.kafka.faust_fixes import accept_gap, seek_back
+from onevec.streams.kafka.input_watch import InputWatch, Verdict, first_offset_from, start_offsets
 from onevec.streams.kafka.producer import DEFAULT_PACK_BYTES, key_partition
 from onevec.streams.kafka.session_table import ChangelogBatchStore
 from onevec.streams.kafka.topics import bootstrap_servers
@@ -153,7 +155,9 @@ class OnevecApp:
                     max_open=settings.max_open_sessions,
                 ),
             )
+            self.watch = InputWatch()
             self.faust.agent(self.clicks, name="sessionize")(self._sessionize)
+            self.faust.timer(interval=LAG_INTERVAL_SECONDS)(self._refetch_stalled)
         if settings.runs_learner:
             self.store = QdrantStore.from_settings(settings)  # ONEVEC_QDRANT_ENGINE picks the embedded engine
             attributes = load_attributes(settings.catalog) if settings.catalog else {}
@@ -226,7 +230,11 @@ class OnevecApp:
             # records of about sessionize_batch_size events each.
             for batch in _batches(cast(Sequence[EventT[bytes]], records), settings.sessionize_batch_size):
                 started = time.perf_counter()
-                count = await self._sessionize_batch(batch)
+                self.watch.batch_started()
+                try:
+                    count = await self._sessionize_batch(batch)
+                finally:
+                    self.watch.batch_done()
                 for record in batch:
                     await stream.ack(record)
                 metrics.PROCESSING_SECONDS.labels(stage="sessionize").observe(time.perf_counter() - started)
@@ -240,10 +248,16 @@ class OnevecApp:
         sources: dict[int, list[int]] = {}  # per partition, the clicks offset of each example
         accepted: Counter[str] = Counter()
         duplicates = count = 0
-        await self._read_emitted({record.message.partition for record in records})
+        partitions = {record.message.partition for record in records}
+        await self._read_emitted(partitions)
+        await self._read_starts(partitions)
         for record in records:
             message = record.message
             partition, offset = message.partition, message.offset
+            verdict = self.watch.verdict(partition, offset)
+            if verdict != "take" and not await self._after_jump(partition, offset, verdict):
+                continue  # acked with the batch, unprocessed: the partition is fetched again before it
+            self.watch.taken(partition, offset)
             raw = record.value if isinstance(record.value, bytes) else b""
             pack = pack_format(message.headers)
             if pack is not None and pack != PACK_FORMAT:
@@ -321,6 +335,61 @@ class OnevecApp:
         for round_records, claimed in zip(rounds, claims, strict=True):
             await self.deliver(round_records)
             emitted.update(claimed)
+
+    async def _read_starts(self, partitions: set[int]) -> None:
+        """Once per assignment of a clicks partition, before its first event: the offset its
+        records start at (see onevec.streams.kafka.input_watch)."""
+        unknown = self.watch.unknown(partitions)
+        if unknown:
+            starts = await self._read_retrying(start_offsets, self.settings, self.input_topic, unknown)
+            for partition, offset in starts.items():
+                self.watch.start(partition, offset)
+
+    async def _after_jump(self, partition: int, offset: int, verdict: Verdict) -> bool:
+        """Whether a record past its partition's next offset is sessionized now: only if the
+        broker holds nothing in between. Otherwise the consumer is sought back to the missing
+        records and this one is passed over, to come again after them."""
+        if verdict == "pass":
+            return False
+        expected = self.watch.expected(partition)
+        where = f"{self.input_topic}:{partition}: records {expected}-{offset - 1}"
+        tp = TP(self.input_topic, partition)
+        topic = self.input_topic
+        first = await asyncio.to_thread(first_offset_from, self.settings, topic, partition, expected)
+        if first is not None and first >= offset:
+            metrics.INPUT_OFFSET_GAPS.labels("accepted").inc()
+            log.warning("%s are not on the broker; reading on from %d", where, offset)
+            await accept_gap(self.faust.consumer, tp, expected, offset)
+            self.watch.accept(partition, offset)
+            return True
+        metrics.INPUT_OFFSET_GAPS.labels("refetched").inc()
+        log.warning("%s never reached the sessionizer; fetching them again", where)
+        await seek_back(self.faust.consumer, tp, expected)
+        self.watch.sought(partition)
+        return False
+
+    async def _refetch_stalled(self) -> None:
+        """Seek back a clicks partition whose records stopped reaching the sessionizer while the
+        broker holds more (see onevec.streams.kafka.input_watch)."""
+        consumer = self.faust.consumer
+        ends = {
+            tp.partition: end
+            for tp in consumer.assignment()
+            if tp.topic == self.input_topic and (end := consumer.highwater(tp)) is not None
+        }
+        for partition in self.watch.stalled(ends):
+            expected = self.watch.expected(partition)
+            metrics.INPUT_OFFSET_GAPS.labels("stalled").inc()
+            log.warning(
+                "%s:%d: no record reached the sessionizer lately although the broker holds more "
+                "(end offset %d); fetching from %d again",
+                self.input_topic,
+                partition,
+                ends[partition],
+                expected,
+            )
+            await seek_back(consumer, TP(self.input_topic, partition), expected)
+            self.watch.sought(partition)
 
     async def _read_emitted(self, partitions: set[int]) -> None:
         """Once per assignment of a clicks partition, before its first event: how far its
@@ -577,6 +646,7 @@ class OnevecApp:
                 self.partitions.discard(tp.partition)
                 if self.settings.runs_sessions:
                     self.book.forget_partition(tp.partition)
+                    self.watch.forget(tp.partition)
         metrics.WORKER_PARTITIONS.set(len(self.partitions))
 
 
@@ -597,10 +667,15 @@ def _batches(records: Sequence[EventT[bytes]], events: int) -> Iterator[Sequence
 
 def _claim(offsets: list[int], end: int) -> int:
     """What an examples record holding the examples before ``end`` (of clicks ``offsets``, in
-    order) claims: its last clicks record, or the one before that when the next example
-    belongs to the same record (a packed record's examples in two records)."""
-    last = offsets[end - 1]
-    return last if end == len(offsets) or offsets[end] != last else last - 1
+    the order taken) claims: its highest clicks record, or the one before that when a later
+    example belongs to the same record (a packed record's examples in two records).
+
+    The highest, not the last: after a seek back a batch goes back to records it took before
+    (each seek goes to the next offset not yet out, or below it, so what went out stays one
+    run). Claiming the last record there made the next batch send the records between it and
+    the highest again as first-time examples, unflagged."""
+    highest = max(offsets[:end])
+    return highest - 1 if highest in offsets[end:] else highest
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:

@@ -9,6 +9,7 @@ from kafka import KafkaProducer
 
 from onevec.models.clickstream.examples import decode_examples
 from onevec.models.datasets import load_events
+from onevec.streams.app import _claim
 from onevec.streams.kafka.emitted import EMITTED_HEADER, emitted_header, read_emitted_upto
 from onevec.streams.kafka.producer import EventProducer
 from onevec.streams.kafka.replay import iter_event_dicts
@@ -55,3 +56,13 @@ def test_a_worker_claims_each_partitions_clicks_in_order_across_split_records(se
         counts = list(accumulate(len(decode_examples(r.value)) for r in mine))
         assert all(claim + 1 >= count for claim, count in zip(claims, counts, strict=True))
         assert claims[-1] == last
+
+
+def test_a_claim_is_the_highest_whole_record_even_after_a_seek_back() -> None:
+    # In order: the last record, or the one before it when its examples go on in the next chunk.
+    assert _claim([5, 6, 7], 3) == 7
+    assert _claim([5, 6, 7, 7], 3) == 6
+    # A batch that went back to records it took before (a seek back): 566-569 went out, then
+    # 562-565 again; the claim is 569, not 565, or 566-569 would come again unflagged.
+    assert _claim([566, 567, 568, 569, 562, 563, 564, 565], 8) == 569
+    assert _claim([566, 567, 568, 569, 562, 569], 5) == 568  # 569's examples go on in the next chunk

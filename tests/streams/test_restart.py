@@ -7,13 +7,16 @@ import time
 
 import pytest
 
+from onevec.models.clickstream.examples import decode_examples
 from onevec.models.datasets import load_events
+from onevec.streams.kafka.emitted import EMITTED_HEADER
 from onevec.streams.kafka.producer import EventProducer
 from onevec.streams.kafka.replay import iter_event_dicts
 from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.settings import Settings
 from onevec.streams.tools.reconcile import committed_offsets, locate_inputs
 from onevec.streams.worker import metric_total
-from tests.kafka_helpers import read_examples
+from tests.kafka_helpers import read_examples, read_topic
 from tests.streams.oracle import expected_output
 
 
@@ -21,8 +24,40 @@ def event_keys(examples: list[dict]) -> set[tuple[str, str, float]]:
     return {(e["session_id"], e["item_id"], e["timestamp"]) for e in examples}
 
 
+def offset_ranges(where: dict[tuple[str, str, float], list[str]]) -> str:
+    """Input positions ("partition:offset") as runs per partition: "0:473-493 (21)"."""
+    offsets: dict[int, list[int]] = {}
+    for places in where.values():
+        for place in places:
+            partition, offset = place.split(":")
+            offsets.setdefault(int(partition), []).append(int(offset))
+    runs = []
+    for partition, found in sorted(offsets.items()):
+        found.sort()
+        start = previous = found[0]
+        for offset in [*found[1:], None]:
+            if offset is None or offset != previous + 1:
+                runs.append(f"{partition}:{start}-{previous} ({previous - start + 1})")
+                start = offset  # type: ignore[assignment]
+            previous = offset  # type: ignore[assignment]
+    unplaced = sum(1 for places in where.values() if not places)
+    return ", ".join(runs) + (f"; {unplaced} not found in the input" if unplaced else "")
+
+
+def describe_examples_topic(settings: Settings) -> str:
+    """The examples topic, one line per example: its record (partition:offset, the clicks offset
+    the record's header claims), session, item, event time and flag."""
+    lines = []
+    for record in read_topic(settings, settings.examples_topic, 0, timeout=10, settle=2):
+        claim = dict(record.headers or []).get(EMITTED_HEADER, b"").decode()
+        for e in decode_examples(record.value):
+            where = f"{record.partition}:{record.offset} upto={claim}"
+            lines.append(f"{where} {e['session_id']} {e['item_id']} {e['timestamp']:.0f} {e['duplicate']}")
+    return "\n".join(lines)
+
+
 @pytest.mark.parametrize("how", ["graceful", "kill-9"])
-def test_restart_loses_nothing_and_restores_sessions(settings, start_worker, how) -> None:
+def test_restart_loses_nothing_and_restores_sessions(settings, start_worker, how, tmp_path) -> None:
     events = load_events("movielens-100k", settings.session_gap_seconds).iloc[20_000:26_000]
     rows = list(iter_event_dicts(events))
     half = len(rows) // 2
@@ -58,11 +93,13 @@ def test_restart_loses_nothing_and_restores_sessions(settings, start_worker, how
     elsewhere = {(e["session_id"], e["item_id"], e["timestamp"]) for e in examples} - wanted
     resessioned = sorted(k for k in elsewhere if (k[1], k[2]) in {(i, t) for _, i, t in missing})
     if missing:  # where the lost events were in the input, against the offsets committed at the restart
-        where = locate_inputs(settings, sorted(missing)[:20])
+        where = locate_inputs(settings, sorted(missing))
+        dump = tmp_path / "examples-topic.txt"
+        dump.write_text(describe_examples_topic(settings))
         raise AssertionError(
             f"{len(missing)} accepted events lost; under another session id: {resessioned[:20]}; "
-            f"their clicks (partition:offset): {where}; committed at the restart: {committed_at_restart}; "
-            f"worker logs: {first.log_path}, {second.log_path}"
+            f"their clicks: {offset_ranges(where)}; committed at the restart: {committed_at_restart}; "
+            f"worker logs: {first.log_path}, {second.log_path}; the examples topic: {dump}"
         )
     duplicates = len(examples) - len(rows)
     flagged = metric_total(samples, "onevec_events_duplicate_total")
