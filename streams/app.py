@@ -256,7 +256,7 @@ class OnevecApp:
             partition, offset = message.partition, message.offset
             verdict = self.watch.verdict(partition, offset)
             if verdict != "take" and not await self._after_jump(partition, offset, verdict):
-                continue  # acked with the batch, unprocessed: the partition is fetched again before it
+                continue  # acked with the batch, unprocessed: taken before, or to be fetched again
             self.watch.taken(partition, offset)
             raw = record.value if isinstance(record.value, bytes) else b""
             pack = pack_format(message.headers)

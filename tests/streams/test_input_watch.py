@@ -33,10 +33,10 @@ def test_records_in_order_or_read_again_are_taken_and_a_jump_is_a_gap() -> None:
     assert watch.verdict(0, 10) == "take"
     watch.taken(0, 10)
     assert watch.verdict(0, 11) == "take"
-    assert watch.verdict(0, 5) == "take"  # read again after a seek back: the book flags it
-    watch.taken(0, 5)
-    assert watch.expected(0) == 6
-    assert watch.verdict(0, 8) == "gap"
+    assert watch.verdict(0, 10) == "pass"  # read again (a seek back): taken already
+    watch.taken(0, 11)
+    assert watch.expected(0) == 12
+    assert watch.verdict(0, 14) == "gap"
 
 
 def test_after_a_seek_back_later_records_are_passed_over_until_the_missing_one_arrives() -> None:
