@@ -128,6 +128,15 @@ def resident_mb(pid: int) -> float:
     return 0.0
 
 
+def last_log_line(path: Path | None) -> str:
+    """The last line of a worker's log that says something (the soak's folder, and so the
+    log, is removed after a run that met its goal)."""
+    if path is None or not path.exists():
+        return "no log"
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][-200:] if lines else "an empty log"
+
+
 def kill_order(names: list[str], kills: int, rng: random.Random) -> list[str]:
     """Which worker each kill takes (last first): random, each slot as often as any other
     (rounds over a fresh shuffle), so a short soak kills the learn worker too."""
@@ -184,11 +193,14 @@ class Workers:
         self.running[name].kill()
         self.launch(name)
 
-    def supervise(self) -> None:
-        """Start again any worker that died on its own; sample everyone's memory."""
+    def supervise(self, say: Callable[[str], None]) -> None:
+        """Start again any worker that died on its own, saying how it ended; sample everyone's
+        memory."""
         for name, worker in self.running.items():
             if worker.proc is None or worker.proc.poll() is not None:
                 self.crashes[name] += 1
+                status = None if worker.proc is None else worker.proc.returncode
+                say(f"{name} exited on its own (status {status}): {last_log_line(worker.log_path)}")
                 self.launch(name)
             self.sample(name)
 
@@ -309,7 +321,7 @@ def run_faults(
     for fault in faults:
         due = time.monotonic() + plan.every  # after the previous fault (a cut lasts a while)
         while time.monotonic() < due:
-            workers.supervise()
+            workers.supervise(say)
             if outage_ends is not None and time.monotonic() >= outage_ends:
                 workers.switch.unlink()
                 outage_ends = None
@@ -351,7 +363,7 @@ def catch_up(
     learn = [workers.learn_settings.data_dir]
     with TopicReader(settings, settings.examples_topic) as reader:
         while time.monotonic() < deadline:
-            workers.supervise()
+            workers.supervise(say)
             seen.update(example_key(e) for e in flatten(reader.read(quiet_ms=200)))
             if (
                 seen >= wanted

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from onevec.streams.settings import Settings
-from onevec.streams.tools.chaos import ChaosPlan, ChaosResult, report, soak
+from onevec.streams.tools.chaos import ChaosPlan, ChaosResult, last_log_line, report, soak
 
 PLAN = ChaosPlan(events=3_000, kills=4, cuts=1, outages=1, every=3.0, ingest_workers=2, catch_up_seconds=300)
 
@@ -46,3 +46,13 @@ def test_soak_keeps_each_items_click_count_in_qdrant(soaked: ChaosResult) -> Non
     r = soaked.reconciliation
     assert r.clicks_checked
     assert r.items_wrong_clicks == 0, f"clicks short {r.clicks_short}, extra {r.clicks_extra}"
+
+
+def test_a_crash_is_told_by_its_logs_last_line(tmp_path) -> None:
+    log = tmp_path / "ingest-1.3.log"
+    last = "error: cannot reach the broker (ONEVEC_BROKER_URL)"
+    log.write_text(f"worker web on http://127.0.0.1:1\n\n{last}\n\n")
+    assert last_log_line(log) == last
+    assert last_log_line(tmp_path / "none.log") == "no log"
+    (tmp_path / "empty.log").write_text("")
+    assert last_log_line(tmp_path / "empty.log") == "an empty log"
