@@ -35,6 +35,7 @@ __all__ = [
     "EXAMPLES_LEARNED",
     "EXAMPLES_RECORDS_SKIPPED",
     "INPUT_OFFSET_GAPS",
+    "INPUT_RECORDS_PASSED",
     "ITEMS_UPSERTED",
     "LEARNER_ERRORS",
     "LEARNER_QUEUE",
@@ -99,6 +100,13 @@ INPUT_OFFSET_GAPS = Counter(
     "consumer was sought back to the missing offsets, 'accepted' when the broker had none there; "
     "'stalled': a partition whose records stopped arriving while the broker held more, sought back.",
     ["outcome"],
+)
+INPUT_RECORDS_PASSED = Counter(
+    "onevec_input_records_passed",
+    "Clicks records the sessionizer acknowledged without applying them: 'read_again' when taken "
+    "already in this assignment (a seek back), 'awaiting_refetch' when past a missing record the "
+    "consumer was sought back to (they come again after it).",
+    ["reason"],
 )
 WORKER_PARTITIONS = Gauge("onevec_worker_partitions", "Input partitions assigned to this worker.")
 

@@ -248,6 +248,7 @@ class OnevecApp:
         sources: dict[int, list[int]] = {}  # per partition, the clicks offset of each example
         accepted: Counter[str] = Counter()
         duplicates = count = 0
+        passed: Counter[str] = Counter()
         partitions = {record.message.partition for record in records}
         await self._read_emitted(partitions)
         await self._read_starts(partitions)
@@ -255,8 +256,12 @@ class OnevecApp:
             message = record.message
             partition, offset = message.partition, message.offset
             verdict = self.watch.verdict(partition, offset)
-            if verdict != "take" and not await self._after_jump(partition, offset, verdict):
-                continue  # acked with the batch, unprocessed: taken before, or to be fetched again
+            if verdict != "take":
+                behind = offset < self.watch.expected(partition)  # known: an unknown one is taken
+                if not await self._after_jump(partition, offset, verdict):
+                    # Acked with the batch, unprocessed: taken before, or to be fetched again.
+                    passed["read_again" if behind else "awaiting_refetch"] += 1
+                    continue
             self.watch.taken(partition, offset)
             raw = record.value if isinstance(record.value, bytes) else b""
             pack = pack_format(message.headers)
@@ -292,6 +297,12 @@ class OnevecApp:
         # out has to be rebuilt from a table that moved on and kept only its last items.
         await self._send_examples(outgoing, examples, sources)
         await self.session_store.flush()
+        if passed:
+            for reason, number in passed.items():
+                metrics.INPUT_RECORDS_PASSED.labels(reason=reason).inc(number)
+            log.warning(
+                "clicks records passed over in a batch, to be read again or taken before: %s", dict(passed)
+            )
         for event_type, number in accepted.items():
             metrics.EVENTS_ACCEPTED.labels(event_type=event_type).inc(number)
         metrics.EVENTS_DUPLICATE.inc(duplicates)
@@ -351,10 +362,9 @@ class OnevecApp:
         records and this one is passed over, to come again after them."""
         if verdict == "pass":
             return False
-        expected = self.watch.expected(partition)
-        where = f"{self.input_topic}:{partition}: records {expected}-{offset - 1}"
-        tp = TP(self.input_topic, partition)
-        topic = self.input_topic
+        topic, expected = self.input_topic, self.watch.expected(partition)
+        where = f"{topic}:{partition}: records {expected}-{offset - 1}"
+        tp = TP(topic, partition)
         first = await asyncio.to_thread(first_offset_from, self.settings, topic, partition, expected)
         if first is not None and first >= offset:
             metrics.INPUT_OFFSET_GAPS.labels("accepted").inc()
