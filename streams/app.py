@@ -41,6 +41,7 @@ from onevec.streams.kafka.emitted import emitted_header, read_emitted_upto
 from onevec.streams.kafka.faust_fixes import accept_gap, seek_back
 from onevec.streams.kafka.input_watch import InputWatch, Verdict, first_offset_from, start_offsets
 from onevec.streams.kafka.producer import DEFAULT_PACK_BYTES, key_partition
+from onevec.streams.kafka.resend import resend_until_acknowledged
 from onevec.streams.kafka.session_table import ChangelogBatchStore
 from onevec.streams.kafka.topics import bootstrap_servers
 from onevec.streams.learner.checkpoints import (
@@ -440,20 +441,7 @@ class OnevecApp:
             await self._deliver(records)
 
     async def _deliver(self, records: list[Outgoing]) -> None:
-        pending = records
-
-        async def send_pending() -> list[Outgoing]:
-            nonlocal pending
-            pending = await self._send_all(pending)
-            return pending
-
-        # Retried while any record is unacknowledged, with jitter so workers that failed
-        # together (a broker restart) do not resend in lockstep.
-        resend = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_result(bool),
-            wait=tenacity.wait_random_exponential(multiplier=0.1, max=5.0),
-        )
-        await resend(send_pending)
+        await resend_until_acknowledged(self._send_all, records)
 
     async def _send_all(self, records: list[Outgoing]) -> list[Outgoing]:
         """Send the records; returns those not acknowledged."""

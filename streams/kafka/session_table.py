@@ -23,10 +23,10 @@ import logging
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-import tenacity
 from faust.types import TableT
 
 from onevec.monitoring import metrics
+from onevec.streams.kafka.resend import resend_until_acknowledged
 
 __all__ = ["ChangelogBatchStore"]
 
@@ -79,18 +79,7 @@ class ChangelogBatchStore(MutableMapping[str, dict[str, Any]]):
         state as it is now) after a backoff, for as long as it takes: the agent waits meanwhile
         instead of acking input whose session updates are not written."""
         dirty, self._dirty = self._dirty, {}
-        pending = dirty
-
-        async def send_pending() -> dict[str, int]:
-            nonlocal pending
-            pending = await self._send_all(pending)
-            return pending
-
-        resend = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_result(bool),
-            wait=tenacity.wait_random_exponential(multiplier=0.1, max=5.0),
-        )
-        await resend(send_pending)
+        await resend_until_acknowledged(self._send_all, dirty)
         return len(dirty)
 
     async def _send_all(self, keys: dict[str, int]) -> dict[str, int]:
