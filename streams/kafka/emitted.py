@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import time
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
-from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.kafka.topics import plain_consumer
 from onevec.streams.settings import Settings
 
 __all__ = ["EMITTED_HEADER", "emitted_header", "read_emitted_upto"]
@@ -50,11 +50,7 @@ def read_emitted_upto(
     known. TimeoutError when a partition's last record is not read within ``timeout``."""
     topic = settings.examples_topic
     wanted = [TopicPartition(topic, p) for p in partitions]
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings),
-        enable_auto_commit=False,
-        **settings.kafka_client_options(),
-    )
+    consumer = plain_consumer(settings)
     try:
         consumer.assign(wanted)
         ends = consumer.end_offsets(wanted)

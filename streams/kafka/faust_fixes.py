@@ -106,10 +106,10 @@ from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 from faust.types.transports import ConsumerT
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from onevec.monitoring.metrics import INPUT_OFFSET_GAPS
-from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.kafka.topics import plain_consumer
 from onevec.streams.settings import Settings
 
 __all__ = ["accept_gap", "apply_faust_fixes", "last_record_offsets", "seek_back", "seek_uncommitted_to_start"]
@@ -321,11 +321,7 @@ def last_record_offsets(
     wanted = {TopicPartition(tp.topic, tp.partition): tp for tp, start in batch_starts.items() if start >= 0}
     if not wanted:
         return result
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings),
-        enable_auto_commit=False,
-        **settings.kafka_client_options(),
-    )
+    consumer = plain_consumer(settings)
     try:
         consumer.assign(list(wanted))
         for ktp, tp in wanted.items():

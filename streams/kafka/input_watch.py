@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
-from onevec.streams.kafka.topics import bootstrap_servers
+from onevec.streams.kafka.topics import plain_consumer
 from onevec.streams.settings import Settings
 
 __all__ = ["InputWatch", "Verdict", "first_offset_from", "start_offsets"]
@@ -136,12 +136,7 @@ def start_offsets(settings: Settings, topic: str, partitions: list[int]) -> dict
     """Where the group's consumer starts on each partition: its committed offset, or the first
     offset on the broker when none is committed."""
     wanted = [TopicPartition(topic, p) for p in partitions]
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings),
-        group_id=settings.group_id,
-        enable_auto_commit=False,
-        **settings.kafka_client_options(),
-    )
+    consumer = plain_consumer(settings, group_id=settings.group_id)
     try:
         committed = {tp: consumer.committed(tp) for tp in wanted}
         uncommitted = [tp for tp, offset in committed.items() if not offset]
@@ -157,11 +152,7 @@ def first_offset_from(
     """The offset of the first record at or after ``offset`` on the broker; None when none is
     read within ``timeout``."""
     tp = TopicPartition(topic, partition)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings),
-        enable_auto_commit=False,
-        **settings.kafka_client_options(),
-    )
+    consumer = plain_consumer(settings)
     try:
         consumer.assign([tp])
         consumer.seek(tp, offset)

@@ -7,14 +7,15 @@ partition count; so every entry point (worker, replay, demo) calls :func:`ensure
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from onevec.streams.settings import Settings
 
-__all__ = ["bootstrap_servers", "ensure_topics", "topic_names"]
+__all__ = ["bootstrap_servers", "ensure_topics", "plain_consumer", "topic_names"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,18 @@ def bootstrap_servers(settings: Settings, broker_url: str | None = None) -> list
     if not url:
         raise ValueError("no broker URL: start the embedded broker first")
     return [part.removeprefix("kafka://") for part in url.replace(";", ",").split(",") if part]
+
+
+def plain_consumer(settings: Settings, **options: Any) -> KafkaConsumer:
+    """A kafka-python consumer of the configured brokers, with their security options, that
+    commits nothing on its own (``enable_auto_commit=False``). ``options`` add a caller's own
+    ``KafkaConsumer`` options (``group_id``, say) or override these. The caller closes it."""
+    shared: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers(settings),
+        "enable_auto_commit": False,
+        **settings.kafka_client_options(),
+    }
+    return KafkaConsumer(**{**shared, **options})
 
 
 def topic_names(settings: Settings) -> list[str]:
