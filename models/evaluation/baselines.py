@@ -30,7 +30,6 @@ from onevec.models.evaluation.harness import Query
 from onevec.models.evaluation.item_columns import Popularity, learnable
 from onevec.models.online.config import ModelConfig
 from onevec.models.online.item_encoder import ItemEncoder
-from onevec.models.online.repeat_gate import HistoryFeatures
 from onevec.models.online.round import LearningRound, RoundConfig
 from onevec.models.online.trainer import OnlineTrainer
 from onevec.models.pretrain import pretrain
@@ -73,18 +72,20 @@ class LiveModel:
 
     def fit_history(self, records: list[ExampleRecord]) -> None:
         pretrain(self.trainer, records, self.history_epochs)
-        self.trainer.user_history.observe_records(records)
+        self.trainer.observe(records)
 
     def score(self, queries: Sequence[Query], candidates: Sequence[str]) -> np.ndarray:
         sessions = self.trainer.encode_sessions([q.prefix for q in queries])
         scores = sessions @ self.trainer.encode_items(candidates).T
-        gate, history = self.trainer.repeat_gate, self.trainer.user_history
+        gate = self.trainer.repeat_gate
         if gate is None:
             return scores
         for column in range(len(self._columns), len(candidates)):
             self._columns[candidates[column]] = column
-        recalled = [history.recall_arrays(q.user_id, q.session_id) for q in queries]
-        return gate.combine_batch(scores, HistoryFeatures.of(recalled, self._columns.get))
+        features = self.trainer.gate_features(
+            [(q.user_id, q.session_id, q.prefix) for q in queries], self._columns.get
+        )
+        return gate.combine_batch(scores, features)
 
     def learn(self, records: list[ExampleRecord]) -> None:
         if not self.frozen:

@@ -17,10 +17,11 @@ keep the copies identical, step after step:
   same ``RowAdam`` step to the same rows. A rank without examples in a step still joins it with
   zero gradients, so uneven input never leaves a collective waiting.
 * **Steps.** A round takes as many steps as the rank with the most examples needs
-  (:func:`learn_in_lockstep`); the repeat gate's update of each step is summed over the ranks.
+  (:func:`learn_in_lockstep`); the repeat gate takes the mean of the ranks' updates of each step.
 
 What stays per rank: the replay buffer (draws from the rank's own recent examples), the user
-history (each user's clicks on the rank that learned them) and the prequential score.
+history (each user's clicks on the rank that learned them) and the prequential score. The
+followers' table (``item_follows``) takes every rank's clicks after each step.
 ``owner_rank`` names the one rank that writes an item's point.
 """
 
@@ -181,6 +182,24 @@ class DataParallelTrainer(OnlineTrainer):
         self.steps += 1
         return super().learn_with_sessions([])
 
+    def observe(self, records: Sequence[ExampleRecord]) -> None:
+        """The user history takes this rank's clicks (its users' are all here); the followers'
+        table takes every rank's, so each rank's gate reads the whole stream's. A collective:
+        every rank calls it once per step (``LearningRound.step`` does)."""
+        self.user_history.observe_records(records)
+        if self.item_follows is None:
+            return
+        mine = [
+            ([str(p) for p in r.get("prefix") or ()], str(r["item_id"]))
+            for r in records
+            if not r.get("duplicate", False)
+        ]
+        shares: list[Any] = [None] * dist.get_world_size(self.group)
+        dist.all_gather_object(shares, mine, group=self.group)
+        for share in shares:
+            for prefix, item in share:
+                self.item_follows.observe(prefix, item)
+
     def _agree(self, examples: Sequence[Example]) -> int:
         """Register every rank's new ids in one order and count every other rank's clicks;
         returns how many examples the group has in this step."""
@@ -216,8 +235,8 @@ def learn_in_lockstep(
     learning: LearningRound, examples: Sequence[ExampleRecord], group: Group = None
 ) -> list[StepOutcome]:
     """``round.learn`` in step with the other ranks: as many steps as the rank with the most
-    examples takes (a rank with fewer takes empty ones), the repeat gate's update of each step
-    summed over the ranks. ``learning.trainer`` must be a :class:`DataParallelTrainer`."""
+    examples takes (a rank with fewer takes empty ones), the repeat gate taking the mean of the
+    ranks' updates of each step. ``learning.trainer`` must be a :class:`DataParallelTrainer`."""
     wanted = torch.tensor([max(1, round(len(examples) / learning.config.batch_size)) if examples else 0])
     dist.all_reduce(wanted, op=dist.ReduceOp.MAX, group=group)
     steps = int(wanted)
@@ -228,20 +247,22 @@ def learn_in_lockstep(
         before = gate.state_dict() if gate is not None else None
         outcomes.append(learning.step(examples[start:end]))
         if gate is not None and before is not None:
-            _sum_gate_updates(gate, before, group)
+            _mean_gate_updates(gate, before, group)
     return outcomes
 
 
-def _sum_gate_updates(gate: RepeatGate, before: dict[str, Any], group: Group) -> None:
+def _mean_gate_updates(gate: RepeatGate, before: dict[str, Any], group: Group) -> None:
     """Apply every rank's update of the gate in this step: the gate's new state is the state
-    before plus the sum of the ranks' changes."""
+    before plus the mean of the ranks' changes."""
     after = gate.state_dict()
     keys = ("weights", "squared", "scale", "steps")
     old = torch.cat([torch.as_tensor(before[k], dtype=torch.float64).reshape(-1) for k in keys])
     new = torch.cat([torch.as_tensor(after[k], dtype=torch.float64).reshape(-1) for k in keys])
     delta = new - old
     dist.all_reduce(delta, group=group)
-    summed = old + delta
+    # The mean of the ranks' steps: each learned from its share of the step's examples, and
+    # together they take the step one learner takes (a sum took world-size steps per step).
+    summed = old + delta / dist.get_world_size(group)
     weights = len(after["weights"])
     gate.load_state_dict(
         {

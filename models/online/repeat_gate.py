@@ -1,36 +1,44 @@
-"""Repeat gate: how much a user's own history counts next to the session encoder, learned
-online per stream (a RepeatNet-style repeat/explore mixture in log-linear form).
+"""Repeat gate: how much a user's own history, and what followed the session's items on the
+stream, count next to the session encoder, learned online per stream (a RepeatNet-style
+repeat/explore mixture in log-linear form).
 
 The score of candidate item ``i`` for a session of user ``u`` is
 
     z(i) = scale * s(i) + weights . f(u, i)
 
-with ``s(i)`` the session encoder's score (session vector . item vector) and ``f(u, i)`` the
-features of ``u``'s own history of ``i`` (:class:`~onevec.models.online.user_history.Had`),
-zero for an item ``u`` never had: ``had`` (1), ``log_count`` (log1p of the decayed count) and
-``recency`` (0.5 ** sessions since ``u`` last had it). ``scale`` starts at 1 and ``weights`` at
-0, so a fresh gate ranks exactly as the session encoder does; both are fitted prequentially:
-after a batch was scored, one Adagrad step on the softmax cross-entropy of its next items over
-the candidates it was ranked against (the session's own items excluded, as in ranking). Where
-people buy again (groceries) the weights grow positive and ``scale`` shrinks; where nobody
-repeats (MovieLens: nobody rates a film twice) ``had`` goes negative and the user's own items
-drop down the ranking.
+with ``s(i)`` the session encoder's score (session vector . item vector) and ``f(u, i)``:
+
+* the features of ``u``'s own history of ``i`` (:class:`~onevec.models.online.user_history.Had`),
+  zero for an item ``u`` never had: ``had`` (1), ``log_count`` (log1p of the decayed count) and
+  ``recency`` (0.5 ** sessions since ``u`` last had it);
+* the features of ``i`` following the session's items
+  (:class:`~onevec.models.online.item_follows.ItemFollows`), zero for an item that never
+  followed them: ``follows_last`` and ``follows_session``, each in [0, 1]. A neighbour signal
+  uses an item after one occurrence, where a trained vector needs several.
+
+``scale`` starts at 1 and ``weights`` at 0, so a fresh gate ranks exactly as the session
+encoder does; both are fitted prequentially: after a batch was scored, one Adagrad step on the
+softmax cross-entropy of its next items over the candidates it was ranked against (the
+session's own items excluded, as in ranking). Where people buy again (groceries) the history
+weights grow positive and ``scale`` shrinks; where nobody repeats (MovieLens: nobody rates a
+film twice) ``had`` goes negative and the user's own items drop down the ranking.
 
 API (stable; the learner's prequential scoring and the serving side both use it)::
 
     gate = RepeatGate(lr=2.0)
-    gate.weights -> np.ndarray (3,), in the order of FEATURES; gate.scale -> float
-    gate.combine(session_scores, candidates, history.recall(user_id, session_id)) -> scores
+    gate.weights -> np.ndarray (5,), in the order of FEATURES; gate.scale -> float
+    gate.combine(session_scores, candidates, history.recall(user_id, session_id),
+                 follows.followed(prefix)) -> scores
         # one query: (n,) session scores of the candidate item ids -> (n,) gated scores
     gate.combine_batch(session_scores, features) -> scores     # (q, n); features: HistoryFeatures.of(
-                                                               #   [history.recall(...) per query], column_of)
+        # [history.recall(...) per query], column_of, [follows.followed(prefix) per query])
     gate.learn(session_scores, targets, features, excluded)    # after the batch was scored
     gate.state_dict() / gate.load_state_dict(state)
 
-Serving: the history term is non-zero only on the user's own items, so a gated ranking is the
-Qdrant dot-product top-k merged with the user's history items, re-ranked with ``combine``;
-``mode=again`` keeps only the user's items, ``mode=discover`` only the others (there the gate
-changes nothing: every score is ``scale * s``). The vectors stay plain inner-product vectors.
+Serving: the gate's term is non-zero only on the user's own items and the session's items'
+followers, so a gated ranking is the Qdrant dot-product top-k merged with those items, re-ranked
+with ``combine``; ``mode=again`` keeps only the user's items, ``mode=discover`` only the
+others. The vectors stay plain inner-product vectors.
 """
 
 from __future__ import annotations
@@ -43,11 +51,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from onevec.models.online.item_follows import Followed
 from onevec.models.online.user_history import Had, Recalled
 
 __all__ = ["FEATURES", "GateSoftmax", "HistoryFeatures", "RepeatGate"]
 
-FEATURES = ("had", "log_count", "recency")
+FEATURES = ("had", "log_count", "recency", "follows_last", "follows_session")
+_OWN = 3  # the first three read the user's own history, the rest the session's followers
 _MIN_SCALE = 1e-3  # the session score never switches off entirely, nor changes sign
 
 
@@ -62,26 +72,53 @@ class HistoryFeatures:
 
     @classmethod
     def of(
-        cls, histories: Sequence[Mapping[str, Had] | Recalled], column: Callable[[str], int | None]
+        cls,
+        histories: Sequence[Mapping[str, Had] | Recalled],
+        column: Callable[[str], int | None],
+        followed: Sequence[Followed] | None = None,
     ) -> HistoryFeatures:
-        """Features of each query's history (``UserHistory.recall`` or ``recall_arrays``) over
-        the candidates: ``column(item_id)`` is the item's candidate column, None when it is not
-        a candidate (``dict.get`` of an id -> column map, or a vocabulary's ``get``)."""
+        """Features of each query's history (``UserHistory.recall`` or ``recall_arrays``) and,
+        when given, of the items that followed its session's items (``ItemFollows.followed``)
+        over the candidates: ``column(item_id)`` is the item's candidate column, None when it is
+        not a candidate (``dict.get`` of an id -> column map, or a vocabulary's ``get``)."""
         recalled = [h if isinstance(h, Recalled) else Recalled.of(h) for h in histories]
-        sizes = [len(r.items) for r in recalled]
+        rows, columns = cls._located(column, [r.items for r in recalled])
+        counts = np.concatenate([np.zeros(0), *(r.counts for r in recalled)])[rows[1]]
+        ago = np.concatenate([np.zeros(0), *(r.ago for r in recalled)])[rows[1]]
+        values = np.zeros((len(columns), len(FEATURES)))
+        values[:, :_OWN] = np.stack([np.ones(len(columns)), np.log1p(counts), 0.5**ago], axis=1)
+        own = cls(rows=rows[0], columns=columns, values=values)
+        if not followed:
+            return own
+        rows, columns = cls._located(column, [f.items for f in followed])
+        values = np.zeros((len(columns), len(FEATURES)))
+        values[:, _OWN:] = np.concatenate([np.zeros((0, 2)), *(f.values for f in followed)])[rows[1]]
+        return own.merged(cls(rows=rows[0], columns=columns, values=values))
+
+    @staticmethod
+    def _located(
+        column: Callable[[str], int | None], items: Sequence[list[str]]
+    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+        """((query row, index into the concatenated items), candidate column) of the items that
+        are candidates."""
         found = np.array(
-            [
-                -1 if c is None else c
-                for c in map(column, itertools.chain.from_iterable(r.items for r in recalled))
-            ],
+            [-1 if c is None else c for c in map(column, itertools.chain.from_iterable(items))],
             dtype=np.int64,
         )
-        keep = found >= 0
-        rows = np.repeat(np.arange(len(recalled), dtype=np.int64), sizes)[keep]
-        counts = np.concatenate([np.zeros(0), *(r.counts for r in recalled)])[keep]
-        ago = np.concatenate([np.zeros(0), *(r.ago for r in recalled)])[keep]
-        values = np.stack([np.ones(len(rows)), np.log1p(counts), 0.5**ago], axis=1)
-        return cls(rows=rows, columns=found[keep], values=values)
+        keep = np.flatnonzero(found >= 0)
+        rows = np.repeat(np.arange(len(items), dtype=np.int64), [len(i) for i in items])[keep]
+        return (rows, keep), found[keep]
+
+    def merged(self, other: HistoryFeatures) -> HistoryFeatures:
+        """One triple per (row, column): the two sets' features summed (they fill different
+        columns of ``values``)."""
+        rows = np.concatenate([self.rows, other.rows])
+        columns = np.concatenate([self.columns, other.columns])
+        width = int(columns.max(initial=0)) + 1
+        keys, first, inverse = np.unique(rows * width + columns, return_index=True, return_inverse=True)
+        values = np.zeros((len(keys), len(FEATURES)))
+        np.add.at(values, inverse.ravel(), np.concatenate([self.values, other.values]))
+        return HistoryFeatures(rows=rows[first], columns=columns[first], values=values)
 
 
 class RepeatGate:
@@ -97,10 +134,15 @@ class RepeatGate:
         self.steps = 0
 
     def combine(
-        self, session_scores: np.ndarray, candidates: Sequence[str], history: Mapping[str, Had]
+        self,
+        session_scores: np.ndarray,
+        candidates: Sequence[str],
+        history: Mapping[str, Had],
+        followed: Followed | None = None,
     ) -> np.ndarray:
         """Gated scores of one query's ``candidates`` (item ids) from their session scores."""
-        features = HistoryFeatures.of([history], {item: j for j, item in enumerate(candidates)}.get)
+        column = {item: j for j, item in enumerate(candidates)}.get
+        features = HistoryFeatures.of([history], column, None if followed is None else [followed])
         return self.combine_batch(np.asarray(session_scores)[None, :], features)[0]
 
     def combine_batch(self, session_scores: np.ndarray, features: HistoryFeatures) -> np.ndarray:
@@ -157,11 +199,16 @@ class RepeatGate:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         weights = state["weights"].numpy().astype(np.float64)
-        if weights.shape != (len(FEATURES),):
+        if weights.shape not in ((_OWN,), (len(FEATURES),)):
             raise ValueError(f"gate state has {weights.shape} weights, expected {len(FEATURES)}")
-        self.weights = weights.copy()
+        # A gate saved before the followers' features starts them at 0, as a fresh gate does.
+        self.weights = np.zeros(len(FEATURES))
+        self.weights[: len(weights)] = weights
         self.scale = float(state["scale"])
-        self._squared = state["squared"].numpy().astype(np.float64).copy()
+        squared = state["squared"].numpy().astype(np.float64)
+        self._squared = np.full(len(FEATURES) + 1, 1e-8)
+        self._squared[: len(weights)] = squared[:-1]
+        self._squared[-1] = squared[-1]
         self.steps = int(state["steps"])
 
 

@@ -128,7 +128,7 @@ class LearningRound:
             self._advance(allowance, hits)
         elif scored:  # a model that has seen nothing ranks nothing: every next item is unseen
             self._record([None] * len(scored), hits)
-        self.trainer.user_history.observe_records(fresh)
+        self.trainer.observe(fresh)
         return StepOutcome(loss=step.loss, examples=len(examples), hits=hits)
 
     def _choose(self, fresh: Sequence[ExampleRecord]) -> list[int]:
@@ -216,6 +216,7 @@ class LearningRound:
         it is before the step (so never a click of the step itself, nor a later one)."""
         if self.trainer.repeat_gate is None:
             return None
-        history = self.trainer.user_history
-        recalled = [history.recall_arrays(str(r["user_id"]), str(r["session_id"])) for r in records]
-        return HistoryFeatures.of(recalled, self.trainer.item_encoder.item_vocab.get)
+        return self.trainer.gate_features(
+            [(str(r["user_id"]), str(r["session_id"]), [str(p) for p in r["prefix"]]) for r in records],
+            self.trainer.item_encoder.item_vocab.get,
+        )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,8 @@ from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.online.base import Example, parse_examples
 from onevec.models.online.config import ModelConfig
 from onevec.models.online.item_encoder import Batch, ItemEncoder
-from onevec.models.online.repeat_gate import RepeatGate
+from onevec.models.online.item_follows import ItemFollows
+from onevec.models.online.repeat_gate import HistoryFeatures, RepeatGate
 from onevec.models.online.session_encoder import SessionEncoder
 from onevec.models.online.user_history import UserHistory
 
@@ -69,6 +70,28 @@ class OnlineTrainer:
         self.user_history = UserHistory(
             self.config.history_decay, self.config.history_users, self.config.history_items
         )
+        self.item_follows = (
+            ItemFollows(max_items=self.config.follows_items, max_next=self.config.follows_next)
+            if self.config.follows
+            else None
+        )
+
+    def observe(self, records: Sequence[ExampleRecord]) -> None:
+        """Take in clicks the gate's features read: the users' histories and what followed
+        what. Called after the records were scored, so no score reads its own future."""
+        self.user_history.observe_records(records)
+        if self.item_follows is not None:
+            self.item_follows.observe_records(records)
+
+    def gate_features(
+        self, queries: Sequence[tuple[str, str, Sequence[str]]], column: Callable[[str], int | None]
+    ) -> HistoryFeatures:
+        """The repeat gate's features of (user id, session id, session items) queries over the
+        candidates ``column`` locates, from what was observed so far."""
+        history, follows = self.user_history, self.item_follows
+        recalled = [history.recall_arrays(user, session) for user, session, _ in queries]
+        followed = None if follows is None else [follows.followed(items) for _, _, items in queries]
+        return HistoryFeatures.of(recalled, column, followed)
 
     def set_attributes(self, item_id: str, tokens: Sequence[str]) -> None:
         self.item_encoder.set_attributes(item_id, tokens)
@@ -159,12 +182,14 @@ class OnlineTrainer:
         }
         if self.repeat_gate is not None:
             state["repeat_gate"] = self.repeat_gate.state_dict()
+        if self.item_follows is not None:
+            state["item_follows"] = self.item_follows.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state; one written before the replay buffer, the gate or the history
-        existed (or with the gate off) loads with an empty buffer, a fresh gate and an empty
-        history."""
+        """Restore a state; one written before the replay buffer, the gate, the history or the
+        followers' table existed (or with the gate off) loads with an empty buffer, a fresh
+        gate, an empty history and an empty table."""
         self.session_encoder.load_state_dict(state["session"])
         self.steps = int(state["steps"])
         self.replay_buffer.clear()
@@ -174,6 +199,8 @@ class OnlineTrainer:
             self.user_history.load_state_dict(state["user_history"])
         if self.repeat_gate is not None and "repeat_gate" in state:
             self.repeat_gate.load_state_dict(state["repeat_gate"])
+        if self.item_follows is not None and "item_follows" in state:
+            self.item_follows.load_state_dict(state["item_follows"])
 
     def _replay_state(self) -> dict[str, Any]:
         """The buffer as plain lists (a checkpoint is loaded ``weights_only``) and the settings

@@ -181,7 +181,10 @@ class Learner:
         )
         history = self.trainer.user_history
         self.recommender = Recommender(
-            store, lambda: self.trainer.repeat_gate, decay=1.0 if history is None else history.decay
+            store,
+            lambda: self.trainer.repeat_gate,
+            decay=1.0 if history is None else history.decay,
+            follows=lambda: self.trainer.item_follows,
         )
         # Read at scrape time: while Qdrant is down the learner blocks in buffer.add().
         metrics.ITEMS_UPSERTED.set_function(lambda: self.buffer.upserted_points)

@@ -2,15 +2,17 @@
 
 The query vector is a user's or a session's (both the session encoder's output, in the space of
 the items' ``behaviour`` vectors), so items are ranked by the inner product the model was
-trained and is evaluated with. The repeat gate's history term
+trained and is evaluated with. The repeat gate's term
 (:class:`~onevec.models.online.repeat_gate.RepeatGate`) is non-zero only on the user's own items
-(at most ``history_items`` of them), so a ranking is the merge of two parts, re-scored by the
-gate:
+(at most ``history_items`` of them) and on the items that followed the session's items on the
+stream (the learner's :class:`~onevec.models.online.item_follows.ItemFollows`), so a ranking is
+the merge of three parts, re-scored by the gate:
 
 * the catalogue: Qdrant's top k by inner product, over-fetched by as many items as are excluded
   (the user's and the session's own), which are dropped;
 * the user's own items: their stored ``behaviour`` vectors read from Qdrant by id, scored by the
-  same inner product.
+  same inner product;
+* the session's followers with the largest gate term (``4 k`` of them), read and scored alike.
 
 Point-id filters (``has_id`` / ``must_not has_id``) would say the same to Qdrant, but local mode
 (the embedded default) evaluates them point by point in Python: ~10x an unfiltered query
@@ -30,6 +32,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from onevec.models.online.item_follows import Followed, ItemFollows
 from onevec.models.online.repeat_gate import RepeatGate
 from onevec.models.online.user_history import Had
 from onevec.streams.qdrant import ItemHit, QdrantStore
@@ -68,12 +71,20 @@ class Recommendation:
 class Recommender:
     """Lookups over one store. ``gate`` gives the learner's current repeat gate (None: the
     session score alone); ``decay`` is the user history's per-session decay, which turns the
-    history Qdrant holds (as of the user's latest session) into the history as of their next."""
+    history Qdrant holds (as of the user's latest session) into the history as of their next;
+    ``follows`` gives the learner's table of what followed what, the gate's other features."""
 
-    def __init__(self, store: QdrantStore, gate: Callable[[], RepeatGate | None], decay: float) -> None:
+    def __init__(
+        self,
+        store: QdrantStore,
+        gate: Callable[[], RepeatGate | None],
+        decay: float,
+        follows: Callable[[], ItemFollows | None] = lambda: None,
+    ) -> None:
         self.store = store
         self.gate = gate
         self.decay = decay
+        self.follows = follows
 
     async def for_user(self, user_id: str, k: int, mode: Mode = "mixed") -> Recommendation:
         """What to show ``user_id`` as their next session starts."""
@@ -102,6 +113,16 @@ class Recommender:
         """Next items after ``items`` (no user), from their session vector."""
         return Recommendation(None, None, items, "mixed", await self._rank(vector, {}, items, k, "mixed"))
 
+    @staticmethod
+    def _strongest_followers(
+        gate: RepeatGate, followed: Followed, taken: Collection[str], k: int
+    ) -> list[str]:
+        """The ``4 k`` followers not yet among the candidates with the largest gate term: the
+        ones that can enter the top k (Qdrant's top k holds the best by session score)."""
+        bonus = followed.values @ gate.weights[-followed.values.shape[1] :]
+        order = np.argsort(-bonus, kind="stable")
+        return [followed.items[i] for i in order.tolist() if followed.items[i] not in taken][: 4 * k]
+
     def _next_session(self, history: Mapping[str, Had]) -> dict[str, Had]:
         # One session later every count decays once more and lies one session further back
         # (UserHistory's rule).
@@ -111,26 +132,31 @@ class Recommender:
         self,
         vector: Sequence[float],
         history: Mapping[str, Had],
-        exclude: Collection[str],
+        session_items: Sequence[str],
         k: int,
         mode: Mode,
     ) -> list[Recommended]:
-        excluded = set(exclude)
+        excluded = set(session_items)
         had = {item: entry for item, entry in history.items() if item not in excluded}
+        gate, table = self.gate(), self.follows()
+        followed = None if gate is None or table is None else table.followed(session_items)
         hits: list[ItemHit] = []
         if mode != "again":
             dropped = excluded | had.keys()
             found = await self.store.rank_items(vector, k + len(dropped))
             hits.extend([hit for hit in found if hit.item_id not in dropped][:k])
-        if mode != "discover" and had:
+        extra = [] if mode == "discover" else list(had)
+        if followed is not None and gate is not None and mode != "again":
+            taken = excluded | had.keys() | {hit.item_id for hit in hits}
+            extra += self._strongest_followers(gate, followed, taken, k)
+        if extra:
             query = np.asarray(vector, dtype=np.float32)
-            for item in await self.store.get_items(list(had)):
+            for item in await self.store.get_items(extra):
                 score = float(query @ np.asarray(item.vectors["behaviour"], dtype=np.float32))
                 hits.append(ItemHit(item.item_id, score, item.payload))
         scores = np.array([hit.score for hit in hits], dtype=np.float64)
-        gate = self.gate()
         if gate is not None and hits:
-            scores = gate.combine(scores, [hit.item_id for hit in hits], had)
+            scores = gate.combine(scores, [hit.item_id for hit in hits], had, followed)
         order = np.argsort(-scores, kind="stable")[:k]
         return [
             Recommended(

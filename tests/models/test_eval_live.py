@@ -10,6 +10,7 @@ from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.evaluation.baselines import LiveModel
 from onevec.models.evaluation.harness import Query, run_prequential
 from onevec.models.online.config import ModelConfig
+from onevec.models.online.repeat_gate import FEATURES
 from onevec.models.online.user_history import Recalled
 from onevec.streams.tools.evaluate.live import parse_variant, run_live, split, table, throughput
 from tests.models.synthetic_streams import repeat_stream
@@ -108,7 +109,7 @@ def test_the_tool_runs_each_variant_per_seed_on_a_real_slice() -> None:
     runs = run_live("movielens-100k", "validation", variants, [0, 1], limit=3_000)
     assert [(r.variant, r.seed) for r in runs] == [("plain", 0), ("plain", 1), ("gate", 0), ("gate", 1)]
     assert all(0 < r.mrr <= r.hr <= 1 and r.scored > 100 and r.examples_per_second > 0 for r in runs)
-    assert runs[0].gate == {} and set(runs[2].gate) == {"scale", "had", "log_count", "recency"}
+    assert runs[0].gate == {} and set(runs[2].gate) == {"scale", *FEATURES}
     assert runs[0].hr != runs[2].hr
     assert "| gate | 0." in table(runs)
 

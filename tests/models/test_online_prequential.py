@@ -16,6 +16,7 @@ from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.datasets import load_events
 from onevec.models.online import round as round_module
 from onevec.models.online.config import ModelConfig
+from onevec.models.online.item_follows import Followed
 from onevec.models.online.prequential import RankingPass
 from onevec.models.online.repeat_gate import GateSoftmax, HistoryFeatures, RepeatGate
 from onevec.models.online.round import LearningRound, RoundConfig
@@ -176,18 +177,20 @@ def _dense_gate_step(
             logits[row, column] = -np.inf
     probability = np.exp(logits - logits.max(axis=1, keepdims=True))
     probability /= probability.sum(axis=1, keepdims=True)
-    gradient = np.zeros(4)
+    width = features.values.shape[1]
+    gradient = np.zeros(width + 1)
     for row in known.tolist():
         own = features.rows == row
-        gradient[:3] += (probability[row, features.columns[own]][:, None] * features.values[own]).sum(0)
-        gradient[:3] -= features.values[own & (features.columns == targets[row])].sum(0)
-        gradient[3] += (probability[row] * np.where(probability[row] > 0, scores[row], 0)).sum()
-        gradient[3] -= scores[row, targets[row]]
+        gradient[:width] += (probability[row, features.columns[own]][:, None] * features.values[own]).sum(0)
+        gradient[:width] -= features.values[own & (features.columns == targets[row])].sum(0)
+        gradient[width] += (probability[row] * np.where(probability[row] > 0, scores[row], 0)).sum()
+        gradient[width] -= scores[row, targets[row]]
     return gradient / len(known)
 
 
 def test_the_gate_learns_the_same_from_slices_as_from_the_whole_matrix() -> None:
-    """SYNTHETIC: 6 queries over 50 candidates, own items, exclusions, a skipped query."""
+    """SYNTHETIC: 6 queries over 50 candidates, own items, followers (some of them own items
+    too), exclusions, a skipped query."""
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(6, 50)).astype(np.float32)
     targets = np.array([3, -1, 10, 49, 0, 22])
@@ -196,10 +199,16 @@ def test_the_gate_learns_the_same_from_slices_as_from_the_whole_matrix() -> None
         for _ in range(6)
     ]
     histories[2]["c10"] = Had(2.0, 1)  # a next item the user had before
-    features = HistoryFeatures.of(histories, lambda item: int(item[1:]))
+    followed = [
+        Followed([f"c{j}" for j in rng.choice(50, 6, replace=False)], rng.uniform(size=(6, 2)))
+        for _ in range(6)
+    ]
+    followed[3] = Followed(["c49", *followed[3].items[1:]], followed[3].values)  # the next item
+    features = HistoryFeatures.of(histories, lambda item: int(item[1:]), followed)
+    assert len(set(zip(features.rows.tolist(), features.columns.tolist(), strict=True))) == len(features.rows)
     excluded = (np.array([0, 0, 2, 3, 4]), np.array([7, 3, 11, 20, 0]))  # (0, 3), (4, 0): targets
     base = RepeatGate()
-    base.weights, base.scale = np.array([0.5, -0.2, 0.1]), 0.8
+    base.weights, base.scale = np.array([0.5, -0.2, 0.1, 0.7, -0.3]), 0.8
     expected = _dense_gate_step(base, scores, targets, features, excluded)
     for bounds in ([0, 50], [0, 7, 20, 21, 50]):
         gate = RepeatGate()

@@ -9,6 +9,7 @@ import torch
 
 from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.online.config import ModelConfig
+from onevec.models.online.item_follows import Followed
 from onevec.models.online.repeat_gate import FEATURES, HistoryFeatures, RepeatGate
 from onevec.models.online.round import LearningRound, RoundConfig
 from onevec.models.online.trainer import LearnedStep, OnlineTrainer
@@ -26,7 +27,7 @@ def test_a_fresh_gate_keeps_the_session_scores() -> None:
 
 def test_combine_adds_the_history_term_on_the_users_items_only() -> None:
     gate = RepeatGate()
-    gate.weights = np.array([1.0, 2.0, 4.0])
+    gate.weights = np.array([1.0, 2.0, 4.0, 0.0, 0.0])
     gate.scale = 0.5
     gated = gate.combine(np.array([1.0, 1.0]), ["mine", "other"], {"mine": Had(np.e - 1, 1)})
     # 0.5 * 1 + (1 * had + 2 * log1p(e - 1) + 4 * 0.5 ** 1)
@@ -38,7 +39,26 @@ def test_history_features_keep_only_candidates() -> None:
         [{"a": Had(1.0, 0)}, {"x": Had(1.0, 0), "b": Had(2.0, 3)}], {"a": 0, "b": 1}.get
     )
     assert features.rows.tolist() == [0, 1] and features.columns.tolist() == [0, 1]
-    np.testing.assert_allclose(features.values[1], [1.0, np.log1p(2.0), 0.125])
+    np.testing.assert_allclose(features.values[1], [1.0, np.log1p(2.0), 0.125, 0.0, 0.0])
+
+
+def test_an_own_item_that_also_followed_the_session_is_one_triple_with_both_features() -> None:
+    followed = [
+        Followed(["b", "zz"], np.array([[0.0, 1.0], [1.0, 0.5]])),
+        Followed(["b"], np.array([[1.0, 1.0]])),
+    ]
+    features = HistoryFeatures.of([{"a": Had(1.0, 0)}, {"b": Had(2.0, 3)}], {"a": 0, "b": 1}.get, followed)
+    got = {
+        (r, c): v
+        for r, c, v in zip(
+            features.rows.tolist(), features.columns.tolist(), features.values.tolist(), strict=True
+        )
+    }
+    assert got == {
+        (0, 0): [1.0, np.log1p(1.0), 1.0, 0.0, 0.0],
+        (0, 1): [0.0, 0.0, 0.0, 0.0, 1.0],  # followed only; zz is not a candidate
+        (1, 1): [1.0, np.log1p(2.0), 0.125, 1.0, 1.0],  # had and followed: one triple
+    }
 
 
 def _learned_gate(repeat: float, seed: int = 0, steps: int = 150) -> RepeatGate:

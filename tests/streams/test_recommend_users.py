@@ -23,6 +23,7 @@ import pytest
 from qdrant_client import QdrantClient, models
 
 from onevec.models.datasets import load_events
+from onevec.models.online.item_follows import ItemFollows
 from onevec.models.online.repeat_gate import RepeatGate
 from onevec.models.online.user_history import Had, Recalled
 from onevec.streams.learner.recommend import Recommender, UnknownSession, UnknownUser
@@ -68,7 +69,7 @@ def test_modes_rank_through_qdrant_with_the_gate() -> None:
         behaviour(name, score, 0, 0, 0) for name, score in {"a": 5, "b": 4, "c": 3, "d": 2, "e": 1}.items()
     ]
     gate = RepeatGate()
-    gate.weights = np.array([3.0, 0.0, 0.0])  # +3 for an item the user had, whatever its count
+    gate.weights = np.array([3.0, 0.0, 0.0, 0.0, 0.0])  # +3 for an item the user had, whatever its count
     history = {"d": Had(1.0, 0), "e": Had(2.0, 1)}  # as of s2, the user's latest session
 
     async def scenario() -> None:
@@ -98,6 +99,36 @@ def test_modes_rank_through_qdrant_with_the_gate() -> None:
                 await recommender.for_user("nobody", 3)
             with pytest.raises(UnknownSession):
                 await recommender.for_session("s-none", 3)
+
+    asyncio.run(scenario())
+
+
+def test_a_sessions_followers_enter_the_ranking_from_beyond_qdrants_top_k() -> None:
+    """An item with the lowest inner product that followed the session's last item on the
+    stream is read from Qdrant and ranked by the gate's term; in ``again`` mode it is not
+    (the user never had it)."""
+    items = [behaviour(name, score, 0, 0, 0) for name, score in {"a": 5, "b": 4, "c": 3, "z": -9}.items()]
+    gate = RepeatGate()
+    gate.weights = np.array([3.0, 0.0, 0.0, 20.0, 0.0])  # +20 x follows_last
+    follows = ItemFollows()
+    follows.observe(["x"], "z")  # z came right after x once
+
+    async def scenario() -> None:
+        async with QdrantStore(dim=DIM) as store:
+            await store.ensure_collections()
+            await store.upsert_points("items", build_item_points(items, DIM).all_or_error())
+            user = UserRecord("u", np.array([1.0, 0, 0, 0]), "s1", 1.0, Recalled.of({"c": Had(1.0, 0)}))
+            await store.upsert_points("users", build_user_points([user], DIM).all_or_error())
+            session = SessionRecord("s1", np.array([1.0, 0, 0, 0]), "u", 1.0, ["x"])
+            await store.upsert_points("sessions", build_session_points([session], DIM).all_or_error())
+            recommender = Recommender(store, lambda: gate, decay=1.0, follows=lambda: follows)
+
+            live = await recommender.for_session("s1", 2)
+            assert [(r.item_id, r.score) for r in live.recommended] == [("z", 11.0), ("c", 6.0)]
+            again = await recommender.for_session("s1", 2, "again")
+            assert [r.item_id for r in again.recommended] == ["c"]
+            without = Recommender(store, lambda: gate, decay=1.0)  # no table: Qdrant's order
+            assert [r.item_id for r in (await without.for_session("s1", 2)).recommended] == ["c", "a"]
 
     asyncio.run(scenario())
 
