@@ -58,9 +58,9 @@ class ModelConfig(BaseModel):
     history_items: int = Field(default=100, ge=1)
     gate_lr: float = Field(default=2.0, gt=0)
     # What followed what in sessions (``item_follows.ItemFollows``), two more features of the
-    # repeat gate, bounded to ``follows_items`` source items of ``follows_next`` followers.
+    # repeat gate, bounded to ``follows_next`` followers per item and ``follows_entries`` in all.
     follows: bool = True
-    follows_items: int = Field(default=200_000, ge=1)
+    follows_entries: int = Field(default=1_000_000, ge=1)
     follows_next: int = Field(default=100, ge=1)
     initial_capacity: int = Field(default=1024, ge=1)
     seed: int = 0

@@ -71,7 +71,7 @@ class OnlineTrainer:
             self.config.history_decay, self.config.history_users, self.config.history_items
         )
         self.item_follows = (
-            ItemFollows(max_items=self.config.follows_items, max_next=self.config.follows_next)
+            ItemFollows(max_entries=self.config.follows_entries, max_next=self.config.follows_next)
             if self.config.follows
             else None
         )

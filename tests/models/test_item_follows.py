@@ -35,14 +35,16 @@ def test_weights_are_one_over_the_gap_and_features_are_scaled_to_one() -> None:
 
 
 def test_bounds_keep_what_keeps_coming() -> None:
-    follows = ItemFollows(max_items=2, max_next=2)
+    follows = ItemFollows(max_entries=3, max_next=2)
     for item in ("b", "c", "b"):
         follows.observe(["a"], item)
     follows.observe(["a"], "d")  # full: d takes c's place with c's weight plus its own
-    assert follows.followers("a") == {"b": 2.0, "d": 2.0}
+    assert follows.followers("a") == {"b": 2.0, "d": 2.0} and follows.entries == 2
     follows.observe(["p"], "q")
-    follows.observe(["r"], "s")  # a third source: a, the least recently clicked, goes
-    assert follows.followers("a") == {} and len(follows) == 2
+    follows.observe(["r"], "s")  # a fourth entry: a's list, the least recently clicked, goes
+    assert follows.followers("a") == {} and len(follows) == 2 and follows.entries == 2
+    follows.observe(["p"], "t")
+    assert follows.followers("p") == {"q": 1.0, "t": 1.0} and follows.entries == 3
 
 
 def test_state_round_trips_and_a_smaller_bound_keeps_the_strongest() -> None:
@@ -55,6 +57,9 @@ def test_state_round_trips_and_a_smaller_bound_keeps_the_strongest() -> None:
     smaller = ItemFollows(max_next=1)
     smaller.load_state_dict(follows.state_dict())
     assert smaller.followers("a") == {"b": 2.0}
+    fewer = ItemFollows(max_entries=1)  # a, the least recently clicked, goes; b's one stays
+    fewer.load_state_dict(follows.state_dict())
+    assert fewer.followers("a") == {} and fewer.followers("b") == {"c": 1.0} and fewer.entries == 1
     broken = {**follows.state_dict(), "followers": ["b"]}
     with pytest.raises(ValueError, match="do not match"):
         again.load_state_dict(broken)
