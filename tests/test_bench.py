@@ -1,8 +1,9 @@
-"""`onevec bench --quick` end to end: a real Tansu broker, a real worker process, the pipeline's
-ceilings (raw aiokafka, the Quix Streams peer where .peer-venv exists, a real no-op Faust agent),
-Qdrant local mode, memory child processes. No timing assertions: the figures only have to
-exist, be finite and be positive, and every section must print its rows. Without .peer-venv the
-peer's row must say so instead of giving a number (tests/test_bench_ceilings.py tests both)."""
+"""`onevec bench --quick` end to end: a real Tansu broker, real worker processes in each layout
+(one process, ingest + learn workers, the supervised default), the pipeline's ceilings (raw
+aiokafka, the Quix Streams peer where .peer-venv exists, a real no-op Faust agent), Qdrant local
+mode, memory child processes. No timing assertions: the figures only have to exist, be finite
+and be positive, and every section must print its rows. Without .peer-venv the peer's row must
+say so instead of giving a number (tests/test_bench_ceilings.py tests both)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from onevec.streams.tools.bench import SECTIONS, run_bench
 from onevec.streams.tools.bench.ceilings import NOT_INSTALLED, PEER_PYTHON
 
 PEER_ROW = "Quix Streams peer: per-session state (RocksDB + changelog)"
+SUPERVISED = ", supervised default (ingest + learn children)"  # the default layout's rows
 
 
 def test_quick_bench_prints_every_row(settings: Settings, tmp_path: Path) -> None:
@@ -35,15 +37,23 @@ def test_quick_bench_prints_every_row(settings: Settings, tmp_path: Path) -> Non
         # The same pipeline split over an ingest and a learn worker (Settings.role).
         ("pipeline", "sessionized (ingest -> sessions), ingest + learn workers"),
         ("pipeline", "end to end (-> learner -> Qdrant), ingest + learn workers"),
-        # The producer packing records, in both layouts.
+        # The same split as the default layout runs it: two children of a supervisor, measured
+        # through its one port (metrics merged, lookups passed on to the learn child).
+        ("pipeline", f"sessionized (ingest -> sessions){SUPERVISED}"),
+        ("pipeline", f"end to end (-> learner -> Qdrant){SUPERVISED}"),
+        # The producer packing records, in every layout.
         ("pipeline", "sessionized (ingest -> sessions), packed records"),
         ("pipeline", "end to end (-> learner -> Qdrant), packed records"),
         ("pipeline", "sessionized (ingest -> sessions), packed records, ingest + learn workers"),
         ("pipeline", "end to end (-> learner -> Qdrant), packed records, ingest + learn workers"),
+        ("pipeline", f"sessionized (ingest -> sessions), packed records{SUPERVISED}"),
+        ("pipeline", f"end to end (-> learner -> Qdrant), packed records{SUPERVISED}"),
         # The sessionize stage alone, measured as the peer is.
         ("pipeline", "sessionize stage alone, one event per record (ingest worker)"),
         ("pipeline", "sessionize stage alone, packed records (ingest worker)"),
         ("freshness", "p99 at 200 ev/s, ingest + learn workers"),
+        ("freshness", f"p50 at 200 ev/s{SUPERVISED}"),
+        ("freshness", f"p99 at 200 ev/s{SUPERVISED}"),
         ("learner", "trainer.learn only"),
         ("learner", "learner round of 1 micro-batch (score+train+select+points)"),
         ("learner", f"learner under backlog: rounds of {settings.learner_round_batches} micro-batches"),

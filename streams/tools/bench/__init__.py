@@ -6,8 +6,8 @@ depend on what else the machine runs), one module each:
 - ``stream``: **pipeline** (worker processes sessionizing and learning a MovieLens-100k slice,
   against the ceilings of ``ceilings``: raw aiokafka, the Quix Streams peer of ``quix_peer``
   run from its own virtualenv, and the no-op Faust agent of ``noop``) and **freshness**
-  (seconds from a click on a new item to its vector being served, ``freshness``), in both
-  worker layouts (``workers``);
+  (seconds from a click on a new item to its vector being served, ``freshness``), in each
+  worker layout (``workers``: one process, the ingest + learn split, the supervised default);
 - ``learner``: the trainer, whole learner rounds and the learner with its sink, against a raw
   torch loop of the same model;
 - ``sink``: ``UpsertBuffer`` over ``QdrantStore`` against raw ``QdrantClient.upsert``;

@@ -1,5 +1,6 @@
 """Sections **pipeline** and **freshness**: real worker processes on one broker, in each layout
-(``workers.LAYOUTS``).
+(``workers.LAYOUTS``: one ``all`` worker, an ingest and a learn worker, and the supervised
+default of ``onevec worker`` without a role, measured through the supervisor's port).
 
 pipeline: MovieLens-100k events replayed into a fresh clicks topic, timed from the last poll
 before the first accepted event to the last one sessionized and to the last one learned, once
@@ -79,7 +80,7 @@ def bench_stream(ctx: BenchContext, pipeline: bool, freshness: bool) -> None:
         if runs and first_settings is not None:
             # The ceilings are measured once every worker has stopped, so nothing else competes
             # for the cores (a live worker's timers, sink flushes and checkpoints would), and
-            # they are the same for both layouts; so is the sessionize stage alone.
+            # they are the same for every layout; so is the sessionize stage alone.
             count = ctx.sizes.pipeline_events
             stages = {
                 _stage(run.packed): partial(stage_rate, first_settings, run.clicks_topic, count, Path(tmp))

@@ -1,6 +1,7 @@
-"""The worker processes the stream sections measure, in the two layouts they compare: one
-process with both halves, and the split (``Settings.role``) that gives the sessions and the
-learner a core and an interpreter each."""
+"""The worker processes the stream sections measure, in the three layouts they compare: one
+process with both halves, the split (``Settings.role``) that gives the sessions and the
+learner a core and an interpreter each, and the default of ``onevec worker`` without a role
+(``SUPERVISED``): the same split as two children of a supervisor, behind its one port."""
 
 from __future__ import annotations
 
@@ -10,28 +11,49 @@ import urllib.request
 from pathlib import Path
 
 from onevec.streams.settings import Settings
+from onevec.streams.supervisor import ROLES
 from onevec.streams.worker import WorkerProcess, metric_total
 
-__all__ = ["LAYOUTS", "Workers", "layout_label"]
+__all__ = ["LAYOUTS", "SUPERVISED", "Workers", "layout_label"]
 
-LAYOUTS: tuple[tuple[str, ...], ...] = (("all",), ("ingest", "learn"))
+# The default layout (streams/supervisor.py): one supervisor process whose ingest and learn
+# children sit behind its port; /metrics there is both children's, each sample labelled role.
+SUPERVISED: tuple[str, ...] = ("supervised",)
+LAYOUTS: tuple[tuple[str, ...], ...] = (("all",), ("ingest", "learn"), SUPERVISED)
 
 
 def layout_label(roles: tuple[str, ...]) -> str:
-    """The suffix of a row's measure: none for one worker, the roles for the split."""
-    return "" if roles == ("all",) else f", {' + '.join(roles)} workers"
+    """The suffix of a row's measure: none for one worker, the roles for the split, and the
+    supervised default's own."""
+    if roles == ("all",):
+        return ""
+    if roles == SUPERVISED:
+        return f", supervised default ({' + '.join(ROLES)} children)"
+    return f", {' + '.join(roles)} workers"
+
+
+# A gauge every worker exports, with no labels of its own: on the supervisor's page it is there
+# once per child that answered, labelled with the child's role.
+CHILD_GAUGE = "onevec_worker_partitions"
 
 
 class Workers:
     """The worker processes of one layout, on one broker: metrics are summed over them and
-    lookups go to the one that runs the learner."""
+    lookups go to the one that runs the learner. The supervised default is one process here
+    (the supervisor): its merged /metrics page is summed as it is, since each child's samples
+    appear on it once, under that child's role label."""
 
     def __init__(self, settings: Settings, roles: tuple[str, ...]) -> None:
         self.roles = roles
-        self.workers = [
-            WorkerProcess(settings.model_copy(update={"role": role}), settings.broker_url) for role in roles
-        ]
-        self.learner = self.workers[-1]  # "all" or "learn"
+        self.supervised = roles == SUPERVISED
+        if self.supervised:
+            self.workers = [WorkerProcess(settings, settings.broker_url, supervised=True)]
+        else:
+            self.workers = [
+                WorkerProcess(settings.model_copy(update={"role": role}), settings.broker_url)
+                for role in roles
+            ]
+        self.learner = self.workers[-1]  # "all", "learn", or the supervisor (lookups go to learn)
 
     @property
     def base_url(self) -> str:
@@ -46,9 +68,18 @@ class Workers:
             worker.start(ready_timeout=ready_timeout)
 
     def metrics(self) -> dict[str, float]:
+        """Every worker's samples, summed by name and labels. Supervised: the supervisor's page
+        (its children's samples, labelled role), an OSError while a child's samples are missing
+        from it (a child down or not answering), as when a worker of the split does not answer,
+        so that no total is read short."""
         summed: dict[str, float] = {}
         for worker in self.workers:
-            for name, value in worker.metrics().items():
+            samples = worker.metrics()
+            if self.supervised:
+                for role in ROLES:
+                    if f"{CHILD_GAUGE}{{role={role}}}" not in samples:
+                        raise OSError(f"the supervisor's /metrics has no {role} child samples")
+            for name, value in samples.items():
                 summed[name] = summed.get(name, 0.0) + value
         return summed
 
@@ -68,14 +99,16 @@ class Workers:
                 time.sleep(0.5)
 
     def tree_rss_mb(self) -> dict[str, float]:
-        """Per role: the RSS now of its worker process and every process below it."""
+        """Per role: the RSS now of its worker process and every process below it (supervised:
+        the supervisor and both children, under "supervised")."""
         return {
             role: sum(_status_mb(pid, "VmRSS") for pid in _tree(_pid(worker)))
             for role, worker in zip(self.roles, self.workers, strict=True)
         }
 
     def peak_rss_mb(self) -> dict[str, float]:
-        """Per role: the peak RSS of its worker process alone (VmHWM)."""
+        """Per role: the peak RSS of its worker process alone (VmHWM; supervised: the
+        supervisor's own, its children not included)."""
         return {
             role: _status_mb(_pid(worker), "VmHWM")
             for role, worker in zip(self.roles, self.workers, strict=True)
