@@ -118,14 +118,30 @@ class Workers:
         """Examples the learner has learned so far."""
         return metric_total(self.metrics(), "onevec_examples_learned_total")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every worker, then wait for the processes below them (a qdrant-edge child ends
+        on its parent's death, a moment later): until then it may still write the folders the
+        caller is about to remove."""
+        below = [pid for worker in self.workers for pid in _tree(_pid(worker))[1:]]
         for worker in self.workers:
             worker.stop()
+        deadline = time.monotonic() + timeout
+        while any(_running(pid) for pid in below) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def _pid(worker: WorkerProcess) -> int:
     """The worker's process id, 0 (no such process) when it is not running."""
     return 0 if worker.proc is None else worker.proc.pid
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not ended (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _tree(pid: int) -> list[int]:
