@@ -42,6 +42,7 @@ from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.online.base import Example, parse_examples
 from onevec.models.online.config import ModelConfig
 from onevec.models.online.item_encoder import ItemEncoder
+from onevec.models.online.item_follows import clicks_after
 from onevec.models.online.repeat_gate import RepeatGate
 from onevec.models.online.round import LearningRound, StepOutcome
 from onevec.models.online.session_encoder import SessionEncoder
@@ -189,13 +190,8 @@ class DataParallelTrainer(OnlineTrainer):
         self.user_history.observe_records(records)
         if self.item_follows is None:
             return
-        mine = [
-            ([str(p) for p in r.get("prefix") or ()], str(r["item_id"]))
-            for r in records
-            if not r.get("duplicate", False)
-        ]
         shares: list[Any] = [None] * dist.get_world_size(self.group)
-        dist.all_gather_object(shares, mine, group=self.group)
+        dist.all_gather_object(shares, clicks_after(records), group=self.group)
         for share in shares:
             for prefix, item in share:
                 self.item_follows.observe(prefix, item)

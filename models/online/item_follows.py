@@ -36,7 +36,17 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Followed", "ItemFollows"]
+__all__ = ["Followed", "ItemFollows", "clicks_after"]
+
+
+def clicks_after(records: Iterable[Mapping[str, Any]]) -> list[tuple[list[str], str]]:
+    """(session prefix, item id) of each example record that is not a redelivered duplicate:
+    what :meth:`ItemFollows.observe` takes."""
+    return [
+        ([str(p) for p in record.get("prefix") or ()], str(record["item_id"]))
+        for record in records
+        if not record.get("duplicate", False)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +89,8 @@ class ItemFollows:
 
     def observe_records(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Observe example records in order, skipping redelivered duplicates."""
-        for record in records:
-            if not record.get("duplicate", False):
-                self.observe([str(p) for p in record.get("prefix") or ()], str(record["item_id"]))
+        for prefix, item_id in clicks_after(records):
+            self.observe(prefix, item_id)
 
     def _add(self, source: str, follower: str, weight: float) -> None:
         followers = self._next.get(source)
