@@ -34,6 +34,7 @@ __all__ = [
     "CHECKPOINT_RESTORES",
     "EXAMPLES_LEARNED",
     "EXAMPLES_RECORDS_SKIPPED",
+    "MODEL_FORGOTTEN",
     "INPUT_OFFSET_GAPS",
     "INPUT_RECORDS_PASSED",
     "ITEMS_UPSERTED",
@@ -134,6 +135,13 @@ CHECKPOINT_RESTORES = Counter("onevec_checkpoint_restores", "Learner checkpoints
 CHECKPOINT_OTHER_STREAM = Counter(
     "onevec_checkpoint_other_stream",
     "Restored checkpoints whose offsets belong to another stream (another broker, a recreated topic).",
+)
+MODEL_FORGOTTEN = Counter(
+    "onevec_model_forgotten",
+    "Entries the learner's bounded tables dropped: users and a user's items of the user history "
+    "(ONEVEC_MODEL_HISTORY_USERS, ONEVEC_MODEL_HISTORY_ITEMS), followers of the followers' "
+    "table (ONEVEC_MODEL_FOLLOWS_ENTRIES).",
+    ["what"],
 )
 EXAMPLES_RECORDS_SKIPPED = Counter(
     "onevec_examples_records_skipped",

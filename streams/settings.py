@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     model_history_users: int = Field(default=_MODEL.history_users, ge=1)
     model_history_items: int = Field(default=_MODEL.history_items, ge=1)
     model_follows: bool = _MODEL.follows  # what followed what in sessions, read by the gate
+    model_follows_entries: int = Field(default=_MODEL.follows_entries, ge=1)  # followers in all
     learner_batch_size: int = Field(default=256, ge=1)
     # A batch waits this long for more examples only while the learner keeps up (when it falls
     # behind, the queue holds full batches): short, so freshness is not spent waiting.
@@ -234,6 +235,7 @@ class Settings(BaseSettings):
             history_users=self.model_history_users,
             history_items=self.model_history_items,
             follows=self.model_follows,
+            follows_entries=self.model_follows_entries,
         )
 
     @property

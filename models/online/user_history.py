@@ -27,6 +27,8 @@ scored it never lets a user's future into a score.
 
 Bounds: at most ``max_users`` users (the least recently active is forgotten first) and
 ``max_items`` items per user (the item with the smallest decayed count goes first). A user's
+``forgotten_users`` and ``forgotten_items``
+count what the bounds dropped, for the learner to export (never silently). A user's
 sessions are assumed not to interleave (the session window cuts them by idle gaps): an event of
 a session id other than the user's latest starts a new session.
 """
@@ -117,6 +119,8 @@ class UserHistory:
         self.max_users = max_users
         self.max_items = max_items
         self._users: OrderedDict[str, _User] = OrderedDict()  # least recently active first
+        self.forgotten_users = 0  # dropped by the bounds since this instance was made
+        self.forgotten_items = 0  # a kept user's items dropped by the per-user bound
 
     def __len__(self) -> int:
         return len(self._users)
@@ -131,6 +135,7 @@ class UserHistory:
             user = self._users[user_id] = _User(session_id, 0)
             if len(self._users) > self.max_users:
                 self._users.popitem(last=False)
+                self.forgotten_users += 1
         else:
             self._users.move_to_end(user_id)
             if session_id != user.session:
@@ -159,6 +164,7 @@ class UserHistory:
         # Decayed to a common session: the smallest count now; among equals the oldest.
         counts, ago = user.decayed(self.decay, user.ordinal)
         user.remove(int(np.lexsort((-ago, counts))[0]))
+        self.forgotten_items += 1
 
     def recall_arrays(self, user_id: str, session_id: str | None = None) -> Recalled:
         """The user's items as of session ``session_id`` (see the module doc), as arrays;
@@ -228,6 +234,7 @@ class UserHistory:
         # The bounds of this instance govern (a restart may lower them): keep the most recent.
         while len(users) > self.max_users:
             users.popitem(last=False)
+            self.forgotten_users += 1
         self._users = users
         for user in users.values():
             while len(user.items) > self.max_items:

@@ -39,6 +39,7 @@ from onevec.models.ranking import PrequentialScore
 from onevec.monitoring import metrics
 from onevec.monitoring.drift import DriftConfig, DriftMonitor
 from onevec.streams.learner.checkpoints import Checkpoints
+from onevec.streams.learner.forgetting import ForgettingReport
 from onevec.streams.learner.item_sources import ItemSources
 from onevec.streams.learner.publication import Publication, SavedPublication, point_inputs, store_location
 from onevec.streams.learner.publish import PublishPolicy, VectorUpdate
@@ -201,6 +202,7 @@ class Learner:
         )
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onevec-learner")
         self.event_counts = ItemClicks(self.trainer.item_encoder)
+        self.forgetting = ForgettingReport(self.trainer)
         self.drift = DriftMonitor(
             DriftConfig.from_settings(settings),
             settings.model_dim,
@@ -522,6 +524,7 @@ class Learner:
         metrics.TRAIN_LOSS.set(published.loss)
         metrics.EXAMPLES_LEARNED.inc(len(examples))
         metrics.MODEL_VERSION.set(self.trainer.steps)
+        self.forgetting.update()
         self.checkpoints.learned(batches)
         await self._upsert(published, examples)
         if self.checkpoints.due():

@@ -40,9 +40,11 @@ def test_bounds_keep_what_keeps_coming() -> None:
         follows.observe(["a"], item)
     follows.observe(["a"], "d")  # full: d takes c's place with c's weight plus its own
     assert follows.followers("a") == {"b": 2.0, "d": 2.0} and follows.entries == 2
+    assert follows.forgotten == 1  # c, counted
     follows.observe(["p"], "q")
     follows.observe(["r"], "s")  # a fourth entry: a's list, the least recently clicked, goes
     assert follows.followers("a") == {} and len(follows) == 2 and follows.entries == 2
+    assert follows.forgotten == 3  # and a's two
     follows.observe(["p"], "t")
     assert follows.followers("p") == {"q": 1.0, "t": 1.0} and follows.entries == 3
 
@@ -56,10 +58,11 @@ def test_state_round_trips_and_a_smaller_bound_keeps_the_strongest() -> None:
     assert again.followers("a") == follows.followers("a") and again.followers("b") == {"c": 1.0}
     smaller = ItemFollows(max_next=1)
     smaller.load_state_dict(follows.state_dict())
-    assert smaller.followers("a") == {"b": 2.0}
+    assert smaller.followers("a") == {"b": 2.0} and smaller.forgotten == 1
     fewer = ItemFollows(max_entries=1)  # a, the least recently clicked, goes; b's one stays
     fewer.load_state_dict(follows.state_dict())
     assert fewer.followers("a") == {} and fewer.followers("b") == {"c": 1.0} and fewer.entries == 1
+    assert fewer.forgotten == 2 and again.forgotten == 0
     broken = {**follows.state_dict(), "followers": ["b"]}
     with pytest.raises(ValueError, match="do not match"):
         again.load_state_dict(broken)

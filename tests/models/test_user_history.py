@@ -50,6 +50,7 @@ def test_bounded_in_users_least_recently_active_goes_first() -> None:
     history.observe("c", "x", "s")
     assert "b" not in history and "a" in history and "c" in history
     assert len(history) == 2
+    assert (history.forgotten_users, history.forgotten_items) == (1, 0)
 
 
 def test_bounded_in_items_weakest_count_goes_first() -> None:
@@ -59,6 +60,7 @@ def test_bounded_in_items_weakest_count_goes_first() -> None:
     history.observe("u", "often", "s1")
     history.observe("u", "new", "s2")  # old (0.5 now) is weaker than often (1.0)
     assert set(history.items("u", "s2")) == {"often", "new"}
+    assert (history.forgotten_users, history.forgotten_items) == (0, 1)
 
 
 def test_state_round_trip_through_a_weights_only_checkpoint(tmp_path: object) -> None:
@@ -84,6 +86,7 @@ def test_a_smaller_bound_on_load_keeps_the_most_recent() -> None:
     smaller = UserHistory(max_users=1, max_items=2)
     smaller.load_state_dict(history.state_dict())
     assert "v" in smaller and "u" not in smaller
+    assert smaller.forgotten_users == 1
 
 
 def test_invalid_settings_and_state_are_refused() -> None:
