@@ -23,21 +23,28 @@ place of the weakest with that weight plus its own (space-saving), so a follower
 coming gets in. ``forgotten`` counts the followers either bound dropped, for the learner to
 export (a bounded table forgets, but never silently).
 
+Items are interned as integers (their own vocabulary), each item's followers held in two
+growing arrays, so a session's features are a few array operations rather than a Python loop
+over up to ``window x max_next`` followers (that loop halved the learner's examples/s).
+
 Learned from example records (each carries its session's prefix), after they were scored, so
 no score reads the future; the state is checkpointed with the model.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["Followed", "ItemFollows", "clicks_after"]
+from onevec.models.online.vocab import Vocabulary
+
+__all__ = ["Followed", "FollowedMany", "ItemFollows", "clicks_after"]
 
 
 def clicks_after(records: Iterable[Mapping[str, Any]]) -> list[tuple[list[str], str]]:
@@ -52,13 +59,49 @@ def clicks_after(records: Iterable[Mapping[str, Any]]) -> list[tuple[list[str], 
 
 @dataclass(frozen=True, slots=True)
 class Followed:
-    """A session's followers: item ids and their (follows_last, follows_session) features."""
+    """A session's followers: the table's ids of them and their (follows_last,
+    follows_session) features."""
 
-    items: list[str]
+    ids: np.ndarray  # (n,) int64, the table's interned ids
     values: np.ndarray  # (n, 2) float64, each column's maximum 1 (or all zero)
+    names: Vocabulary = field(default_factory=Vocabulary)  # id -> item id
+
+    @classmethod
+    def of(cls, items: Sequence[str], values: np.ndarray) -> Followed:
+        """Followers given by item id (a table of their own)."""
+        names = Vocabulary()
+        return cls(np.asarray(names.index_many(list(items)), dtype=np.int64), values, names)
+
+    @property
+    def items(self) -> list[str]:
+        """The followers' item ids."""
+        return [self.names.key(i) for i in self.ids.tolist()]
 
 
-_NOTHING = Followed([], np.zeros((0, 2)))
+@dataclass(frozen=True, slots=True)
+class FollowedMany:
+    """The followers of many sessions: (query, follower id, features) triples, one per pair,
+    sorted by query."""
+
+    rows: np.ndarray  # (m,) int64 query index
+    ids: np.ndarray  # (m,) int64, the table's interned ids
+    values: np.ndarray  # (m, 2) float64, each query's column maximum 1 (or all zero)
+
+
+@dataclass(slots=True)
+class _Followers:
+    """One item's followers: slot-indexed ids and weights (order carries no meaning)."""
+
+    slots: dict[int, int] = field(default_factory=dict)
+    ids: array = field(default_factory=lambda: array("q"))
+    weights: array = field(default_factory=lambda: array("d"))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of (ids, weights); the learner thread may append meanwhile, so both are cut to
+        the shorter (each copy is one C call under the GIL)."""
+        ids, weights = np.array(self.ids, dtype=np.int64), np.array(self.weights, dtype=np.float64)
+        n = min(len(ids), len(weights))
+        return ids[:n], weights[:n]
 
 
 class ItemFollows:
@@ -70,9 +113,11 @@ class ItemFollows:
         self.window = window
         self.max_entries = max_entries
         self.max_next = max_next
-        self._next: OrderedDict[str, dict[str, float]] = OrderedDict()  # least recently clicked first
+        self._names = Vocabulary()  # item id <-> interned id, never reused
+        self._next: OrderedDict[int, _Followers] = OrderedDict()  # least recently clicked first
         self._entries = 0  # followers over all items
         self.forgotten = 0  # followers dropped by the bounds since this instance was made
+        self._columns: tuple[Vocabulary, int, np.ndarray] | None = None  # see columns_in
 
     def __len__(self) -> int:
         """The items with followers."""
@@ -85,76 +130,135 @@ class ItemFollows:
 
     def observe(self, prefix: Sequence[str], item_id: str) -> None:
         """``item_id`` was clicked after ``prefix`` (its session's earlier items, oldest first)."""
-        for gap, previous in enumerate(reversed(prefix[-self.window :]), 1):
-            if previous != item_id:
-                self._add(previous, item_id, 1.0 / gap)
+        recent = list(prefix[-self.window :])
+        follower, *sources = self._names.index_many([item_id, *reversed(recent)])
+        for gap, source in enumerate(sources, 1):
+            if source != follower:
+                self._add(source, follower, 1.0 / gap)
 
     def observe_records(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Observe example records in order, skipping redelivered duplicates."""
         for prefix, item_id in clicks_after(records):
             self.observe(prefix, item_id)
 
-    def _add(self, source: str, follower: str, weight: float) -> None:
+    def _add(self, source: int, follower: int, weight: float) -> None:
         followers = self._next.get(source)
         if followers is None:
-            followers = self._next[source] = {}
+            followers = self._next[source] = _Followers()
         else:
             self._next.move_to_end(source)
-        if follower in followers:
-            followers[follower] += weight
-        elif len(followers) < self.max_next:
-            followers[follower] = weight
+        slot = followers.slots.get(follower)
+        if slot is not None:
+            followers.weights[slot] += weight
+        elif len(followers.ids) < self.max_next:
+            followers.slots[follower] = len(followers.ids)
+            followers.ids.append(follower)
+            followers.weights.append(weight)
             self._entries += 1
             self._forget_oldest()
         else:
-            weakest = min(followers, key=followers.__getitem__)
-            followers[follower] = followers.pop(weakest) + weight
+            weakest = int(np.argmin(np.frombuffer(followers.weights, dtype=np.float64)))
+            del followers.slots[followers.ids[weakest]]
+            followers.slots[follower] = weakest
+            followers.ids[weakest] = follower
+            followers.weights[weakest] += weight
             self.forgotten += 1
 
     def _forget_oldest(self) -> None:
         # The newest item's list is never forgotten: max_entries >= 1 >= its one new follower.
         while self._entries > self.max_entries:
             _, forgotten = self._next.popitem(last=False)
-            self._entries -= len(forgotten)
-            self.forgotten += len(forgotten)
+            self._entries -= len(forgotten.ids)
+            self.forgotten += len(forgotten.ids)
 
     def followers(self, item_id: str) -> dict[str, float]:
         """A copy of ``item_id``'s followers and weights (empty when it has none)."""
-        # dict() of a dict is one C call: safe to read while the learner thread writes.
-        return dict(self._next.get(item_id, {}))
+        source = self._names.get(item_id)
+        followers = None if source is None else self._next.get(source)
+        if followers is None:
+            return {}
+        ids, weights = followers.arrays()
+        return dict(zip(map(self._names.key, ids.tolist()), weights.tolist(), strict=True))
 
     def followed(self, prefix: Sequence[str]) -> Followed:
         """The features of every item that followed the session's items (see the module doc)."""
-        recent = list(prefix[-self.window :])
-        if not recent:
-            return _NOTHING
-        length = len(prefix)
-        last: dict[str, float] = self.followers(recent[-1])
-        session: dict[str, float] = {}
-        for position, item in enumerate(recent, length - len(recent) + 1):
-            share = position / length
-            for follower, weight in self.followers(item).items():
-                session[follower] = session.get(follower, 0.0) + share * weight
-        if not session:
-            return _NOTHING
-        items = list(session)
-        values = np.zeros((len(items), 2))
-        values[:, 0] = [last.get(item, 0.0) for item in items]
-        values[:, 1] = [session[item] for item in items]
-        values /= np.maximum(values.max(axis=0), 1e-12)
-        return Followed(items, values)
+        many = self.followed_many([prefix])
+        return Followed(many.ids, many.values, self._names)
+
+    def followed_many(self, prefixes: Sequence[Sequence[str]]) -> FollowedMany:
+        """:meth:`followed` of many sessions at once: one sort for them all, where a query at a
+        time spent most of its time in small array calls."""
+        ids, weights = array("q"), array("d")
+        queries: list[int] = []  # per gathered list, its query
+        sizes: list[int] = []
+        shares: list[float] = []
+        for query, prefix in enumerate(prefixes):
+            recent = list(prefix[-self.window :])
+            length = len(prefix)
+            for position, source in enumerate(map(self._names.lookup, recent), length - len(recent) + 1):
+                followers = None if source is None else self._next.get(source)
+                if followers is not None:
+                    # The learner thread may append meanwhile: both cut to the shorter.
+                    n = min(len(followers.ids), len(followers.weights))
+                    ids.extend(followers.ids[:n])
+                    weights.extend(followers.weights[:n])
+                    queries.append(query)
+                    sizes.append(n)
+                    shares.append(position / length)
+        if not sizes:
+            return FollowedMany(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 2)))
+        found = np.frombuffer(ids, dtype=np.int64)
+        rows = np.repeat(np.asarray(queries, dtype=np.int64), sizes)
+        # One key per (query, follower): sorted by query first.
+        keys, where = np.unique(rows * len(self._names) + found, return_inverse=True)
+        gathered = np.frombuffer(weights, dtype=np.float64)
+        values = np.zeros((len(keys), 2))
+        last = np.repeat(np.asarray(shares) == 1.0, sizes)  # the list of a session's last item
+        values[:, 0] = np.bincount(where, np.where(last, gathered, 0.0), minlength=len(keys))
+        values[:, 1] = np.bincount(where, gathered * np.repeat(shares, sizes), minlength=len(keys))
+        query_of, follower = np.divmod(keys, len(self._names))
+        starts = np.flatnonzero(np.r_[True, query_of[1:] != query_of[:-1]])
+        peaks = np.maximum.reduceat(values, starts, axis=0)
+        values /= np.maximum(np.repeat(peaks, np.diff(np.r_[starts, len(keys)]), axis=0), 1e-12)
+        return FollowedMany(query_of, follower, values)
+
+    def names(self, ids: np.ndarray) -> list[str]:
+        """The item ids of the table's interned ``ids``."""
+        return [self._names.key(i) for i in ids.tolist()]
+
+    def columns_in(self, followed: Followed | FollowedMany, vocabulary: Vocabulary) -> np.ndarray:
+        """The rows of ``followed``'s items in ``vocabulary`` (-1 for an item it lacks). Cached
+        per vocabulary and its generation (rows are only added within one); an item the
+        vocabulary lacked is looked up again."""
+        cached = self._columns
+        if cached is None or cached[0] is not vocabulary or cached[1] != vocabulary.generation:
+            cached = (vocabulary, vocabulary.generation, np.zeros(0, dtype=np.int64))
+        rows = cached[2]
+        if len(rows) < len(self._names):
+            new = self._names.slice(len(rows), len(self._names))
+            rows = np.concatenate([rows, _rows_of(vocabulary, new)])
+        self._columns = (vocabulary, vocabulary.generation, rows)
+        columns = rows[followed.ids]
+        missing = np.flatnonzero(columns < 0)
+        if len(missing):
+            columns[missing] = _rows_of(
+                vocabulary, [self._names.key(i) for i in followed.ids[missing].tolist()]
+            )
+            rows[followed.ids[missing]] = columns[missing]
+        return columns
 
     # ---- state --------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """Plain lists and tensors (a checkpoint is loaded ``weights_only``), sources in
         activity order so the bound forgets the same items after a restart."""
+        key = self._names.key
         tables = list(self._next.values())
         return {
-            "sources": list(self._next),
-            "sizes": torch.tensor([len(t) for t in tables], dtype=torch.int64),
-            "followers": [item for t in tables for item in t],
-            "weights": torch.tensor([w for t in tables for w in t.values()], dtype=torch.float64),
+            "sources": [key(source) for source in self._next],
+            "sizes": torch.tensor([len(t.ids) for t in tables], dtype=torch.int64),
+            "followers": [key(i) for t in tables for i in t.ids],
+            "weights": torch.tensor([w for t in tables for w in t.weights], dtype=torch.float64),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -163,17 +267,27 @@ class ItemFollows:
         if len(sizes) != len(state["sources"]) or not sum(sizes) == followers_count == len(state["weights"]):
             raise ValueError("item follows state: sources, sizes and followers do not match")
         weights = state["weights"].tolist()
-        tables: OrderedDict[str, dict[str, float]] = OrderedDict()
+        names = Vocabulary()
+        tables: OrderedDict[int, _Followers] = OrderedDict()
         start = 0
         for source, size in zip(state["sources"], sizes, strict=True):
             end = start + size
-            followers = dict(zip(state["followers"][start:end], weights[start:end], strict=True))
+            kept = list(zip(state["followers"][start:end], weights[start:end], strict=True))
             # The bounds of this instance govern (a restart may lower them): keep the strongest.
-            if len(followers) > self.max_next:
-                self.forgotten += len(followers) - self.max_next
-                followers = dict(sorted(followers.items(), key=lambda kv: -kv[1])[: self.max_next])
-            tables[source] = followers
+            if len(kept) > self.max_next:
+                self.forgotten += len(kept) - self.max_next
+                kept = sorted(kept, key=lambda kv: -kv[1])[: self.max_next]
+            ids = names.index_many([follower for follower, _ in kept])
+            tables[names.index(source)] = _Followers(
+                {i: slot for slot, i in enumerate(ids)}, array("q", ids), array("d", [w for _, w in kept])
+            )
             start = end
-        self._next = tables
-        self._entries = sum(len(t) for t in tables.values())
+        # New ids: the cached columns belonged to the old ones.
+        self._names, self._next, self._columns = names, tables, None
+        self._entries = sum(len(t.ids) for t in tables.values())
         self._forget_oldest()
+
+
+def _rows_of(vocabulary: Vocabulary, keys: list[str]) -> np.ndarray:
+    rows = map(vocabulary.lookup, keys)
+    return np.array([-1 if row is None else row for row in rows], dtype=np.int64)

@@ -218,5 +218,5 @@ class LearningRound:
             return None
         return self.trainer.gate_features(
             [(str(r["user_id"]), str(r["session_id"]), [str(p) for p in r["prefix"]]) for r in records],
-            self.trainer.item_encoder.item_vocab.get,
+            self.trainer.item_encoder.item_vocab,
         )

@@ -22,6 +22,7 @@ from onevec.models.online.item_follows import ItemFollows
 from onevec.models.online.repeat_gate import HistoryFeatures, RepeatGate
 from onevec.models.online.session_encoder import SessionEncoder
 from onevec.models.online.user_history import UserHistory
+from onevec.models.online.vocab import Vocabulary
 
 __all__ = ["LearnedStep", "OnlineTrainer"]
 
@@ -84,14 +85,26 @@ class OnlineTrainer:
             self.item_follows.observe_records(records)
 
     def gate_features(
-        self, queries: Sequence[tuple[str, str, Sequence[str]]], column: Callable[[str], int | None]
+        self,
+        queries: Sequence[tuple[str, str, Sequence[str]]],
+        column: Callable[[str], int | None] | Vocabulary,
     ) -> HistoryFeatures:
         """The repeat gate's features of (user id, session id, session items) queries over the
-        candidates ``column`` locates, from what was observed so far."""
+        candidates ``column`` locates (a vocabulary: its rows are the columns), from what was
+        observed so far."""
         history, follows = self.user_history, self.item_follows
         recalled = [history.recall_arrays(user, session) for user, session, _ in queries]
-        followed = None if follows is None else [follows.followed(items) for _, _, items in queries]
-        return HistoryFeatures.of(recalled, column, followed)
+        lookup = column.lookup if isinstance(column, Vocabulary) else column
+        own = HistoryFeatures.of(recalled, lookup)
+        if follows is None:
+            return own
+        many = follows.followed_many([items for _, _, items in queries])
+        if isinstance(column, Vocabulary):
+            columns = follows.columns_in(many, column)
+        else:
+            located = map(column, follows.names(many.ids))
+            columns = np.array([-1 if c is None else c for c in located], dtype=np.int64)
+        return own.merged(HistoryFeatures.following(many.rows, columns, many.values))
 
     def set_attributes(self, item_id: str, tokens: Sequence[str]) -> None:
         self.item_encoder.set_attributes(item_id, tokens)

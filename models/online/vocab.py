@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Vocabulary"]
@@ -17,6 +18,7 @@ class Vocabulary:
     def __init__(self) -> None:
         self._keys: list[str] = []
         self._rows: dict[str, int] = {}
+        self.generation = 0  # counts loads: rows only ever grow between two of them
 
     def index(self, key: str) -> int:
         """The row of ``key``, adding it if new. Keys are strings: any other id (an int item
@@ -46,6 +48,12 @@ class Vocabulary:
         """The row of ``key``, or None if it was never added."""
         return self._rows.get(key)
 
+    @property
+    def lookup(self) -> Callable[[str], int | None]:
+        """:meth:`get` as the key -> row map's own ``dict.get``: one C call per key where
+        :meth:`get` is a Python call, for ``map`` over many keys (keys must be str)."""
+        return self._rows.get
+
     def key(self, row: int) -> str:
         return self._keys[row]
 
@@ -70,3 +78,4 @@ class Vocabulary:
             raise ValueError("vocabulary state has duplicate keys")
         self._keys = keys
         self._rows = {key: row for row, key in enumerate(keys)}
+        self.generation += 1

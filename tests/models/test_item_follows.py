@@ -19,6 +19,7 @@ from onevec.models.online.item_follows import ItemFollows
 from onevec.models.online.repeat_gate import FEATURES, HistoryFeatures
 from onevec.models.online.round import LearningRound, RoundConfig
 from onevec.models.online.trainer import OnlineTrainer
+from onevec.models.online.vocab import Vocabulary
 
 
 def test_weights_are_one_over_the_gap_and_features_are_scaled_to_one() -> None:
@@ -32,6 +33,44 @@ def test_weights_are_one_over_the_gap_and_features_are_scaled_to_one() -> None:
     # last (b): c 1, d 0.5; session: a at 1/2 of the prefix, b at 2/2: b 0.5, c 0.25 + 1, d 0.5.
     assert values == {"b": [0.0, 0.4], "c": [1.0, 1.0], "d": [0.5, 0.4]}
     assert follows.followed([]).items == [] and follows.followed(["unknown"]).items == []
+
+
+def test_many_sessions_at_once_give_each_sessions_own_features() -> None:
+    follows = ItemFollows()
+    for record in _chain_stream(sessions=60, items=30, seed=3, follow=True):
+        follows.observe(record["prefix"], record["item_id"])
+    prefixes = [["i1"], [], ["i4", "i9", "i2"], ["unknown", "i7"], ["i3", "i3"]]
+    many = follows.followed_many(prefixes)
+    assert np.all(np.diff(many.rows) >= 0)  # sorted by query
+    names = follows.names(many.ids)
+    for query, prefix in enumerate(prefixes):
+        alone = follows.followed(prefix)
+        got = {names[i]: many.values[i].tolist() for i in np.flatnonzero(many.rows == query)}
+        assert got == dict(zip(alone.items, alone.values.tolist(), strict=True)), prefix
+    assert not np.any(many.rows == 1) and np.any(many.rows == 4)
+
+
+def test_columns_follow_the_vocabulary_as_it_grows_and_reloads() -> None:
+    follows = ItemFollows()
+    follows.observe(["a"], "b")
+    follows.observe(["a"], "c")
+    vocabulary = Vocabulary()
+    vocabulary.index_many(["x", "c"])
+    many = follows.followed_many([["a"]])
+    assert dict(zip(follows.names(many.ids), follows.columns_in(many, vocabulary).tolist())) == {
+        "b": -1,
+        "c": 1,
+    }
+    vocabulary.index("b")  # b was missing: looked up again once the vocabulary has it
+    assert dict(zip(follows.names(many.ids), follows.columns_in(many, vocabulary).tolist())) == {
+        "b": 2,
+        "c": 1,
+    }
+    vocabulary.load_state_dict({"keys": ["c", "b"]})  # a restore renumbers: the cache is dropped
+    assert dict(zip(follows.names(many.ids), follows.columns_in(many, vocabulary).tolist())) == {
+        "b": 1,
+        "c": 0,
+    }
 
 
 def test_bounds_keep_what_keeps_coming() -> None:

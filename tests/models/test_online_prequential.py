@@ -200,10 +200,10 @@ def test_the_gate_learns_the_same_from_slices_as_from_the_whole_matrix() -> None
     ]
     histories[2]["c10"] = Had(2.0, 1)  # a next item the user had before
     followed = [
-        Followed([f"c{j}" for j in rng.choice(50, 6, replace=False)], rng.uniform(size=(6, 2)))
+        Followed.of([f"c{j}" for j in rng.choice(50, 6, replace=False)], rng.uniform(size=(6, 2)))
         for _ in range(6)
     ]
-    followed[3] = Followed(["c49", *followed[3].items[1:]], followed[3].values)  # the next item
+    followed[3] = Followed.of(["c49", *followed[3].items[1:]], followed[3].values)  # the next item
     features = HistoryFeatures.of(histories, lambda item: int(item[1:]), followed)
     assert len(set(zip(features.rows.tolist(), features.columns.tolist(), strict=True))) == len(features.rows)
     excluded = (np.array([0, 0, 2, 3, 4]), np.array([7, 3, 11, 20, 0]))  # (0, 3), (4, 0): targets

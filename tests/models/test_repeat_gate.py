@@ -44,8 +44,8 @@ def test_history_features_keep_only_candidates() -> None:
 
 def test_an_own_item_that_also_followed_the_session_is_one_triple_with_both_features() -> None:
     followed = [
-        Followed(["b", "zz"], np.array([[0.0, 1.0], [1.0, 0.5]])),
-        Followed(["b"], np.array([[1.0, 1.0]])),
+        Followed.of(["b", "zz"], np.array([[0.0, 1.0], [1.0, 0.5]])),
+        Followed.of(["b"], np.array([[1.0, 1.0]])),
     ]
     features = HistoryFeatures.of([{"a": Had(1.0, 0)}, {"b": Had(2.0, 3)}], {"a": 0, "b": 1}.get, followed)
     got = {
