@@ -15,7 +15,7 @@ from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.evaluation.baselines import LiveModel
 from onevec.models.evaluation.harness import run_prequential
 from onevec.models.online.config import ModelConfig
-from onevec.models.online.item_follows import ItemFollows
+from onevec.models.online.item_follows import FollowedMany, ItemFollows
 from onevec.models.online.repeat_gate import FEATURES, HistoryFeatures
 from onevec.models.online.round import LearningRound, RoundConfig
 from onevec.models.online.trainer import OnlineTrainer
@@ -50,6 +50,10 @@ def test_many_sessions_at_once_give_each_sessions_own_features() -> None:
     assert not np.any(many.rows == 1) and np.any(many.rows == 4)
 
 
+def columns(follows: ItemFollows, many: FollowedMany, vocabulary: Vocabulary) -> dict[str, int]:
+    return dict(zip(follows.names(many.ids), follows.columns_in(many, vocabulary).tolist(), strict=True))
+
+
 def test_columns_follow_the_vocabulary_as_it_grows_and_reloads() -> None:
     follows = ItemFollows()
     follows.observe(["a"], "b")
@@ -57,17 +61,17 @@ def test_columns_follow_the_vocabulary_as_it_grows_and_reloads() -> None:
     vocabulary = Vocabulary()
     vocabulary.index_many(["x", "c"])
     many = follows.followed_many([["a"]])
-    assert dict(zip(follows.names(many.ids), follows.columns_in(many, vocabulary).tolist())) == {
+    assert columns(follows, many, vocabulary) == {
         "b": -1,
         "c": 1,
     }
     vocabulary.index("b")  # b was missing: looked up again once the vocabulary has it
-    assert dict(zip(follows.names(many.ids), follows.columns_in(many, vocabulary).tolist())) == {
+    assert columns(follows, many, vocabulary) == {
         "b": 2,
         "c": 1,
     }
     vocabulary.load_state_dict({"keys": ["c", "b"]})  # a restore renumbers: the cache is dropped
-    assert dict(zip(follows.names(many.ids), follows.columns_in(many, vocabulary).tolist())) == {
+    assert columns(follows, many, vocabulary) == {
         "b": 1,
         "c": 0,
     }
