@@ -338,14 +338,16 @@ def uncovered_examples(settings: Settings, data_dirs: Sequence[Path]) -> int:
     return sum(max(0, end - covered.get(key, -1)) for key, end in example_end_offsets(settings).items())
 
 
-def committed_offsets(settings: Settings, group: str) -> dict[int, int]:
-    """The offsets ``group`` has committed on the clicks topic, by partition."""
+def committed_offsets(settings: Settings, group: str, topic: str | None = None) -> dict[int, int]:
+    """The offsets ``group`` has committed on ``topic`` (the clicks topic by default), by
+    partition."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), **settings.kafka_client_options())
     try:
         offsets = admin.list_group_offsets(group)[group]
     finally:
         admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == settings.clicks_topic}
+    topic = topic or settings.clicks_topic
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
 def locate_inputs(settings: Settings, keys: Iterable[EventKey]) -> dict[EventKey, list[str]]:

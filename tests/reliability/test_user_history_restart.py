@@ -20,7 +20,7 @@ from onevec.models.online.user_history import UserHistory
 from onevec.streams.settings import Settings
 from onevec.streams.worker import WorkerProcess, metric_total
 from tests.kafka_helpers import read_examples
-from tests.reliability.reconcile import produce, uncovered_examples, wait_for, wait_metric
+from tests.reliability.reconcile import coverage_report, produce, uncovered_examples, wait_for, wait_metric
 
 # Qdrant in memory: what a restarted worker serves comes from its checkpoint alone.
 LEARNER = {
@@ -57,7 +57,12 @@ def test_user_history_survives_kill_9_and_restart(settings: Settings) -> None:
     second = start(settings)
     try:
         restores = metric_total(second.metrics(), "onevec_checkpoint_restores_total")
-        wait_for(lambda: uncovered_examples(settings, [settings.data_dir]) == 0, "checkpoint covers all", 180)
+        try:
+            wait_for(
+                lambda: uncovered_examples(settings, [settings.data_dir]) == 0, "checkpoint covers all", 180
+            )
+        except TimeoutError as error:  # a rare failure: say where the examples stopped
+            raise AssertionError(coverage_report(settings, [settings.data_dir], [second])) from error
         print(f"\nexamples records learned but outside the checkpoint at the kill: {past_checkpoint}")
         assert past_checkpoint > 0, "the kill came after a checkpoint of everything: no gap was tested"
         assert restores == 1
