@@ -70,7 +70,9 @@ def coverage_report(settings: Settings, data_dirs: Sequence[Path], workers: Sequ
         try:
             samples = worker.metrics()
             learner = {
-                k: v for k, v in samples.items() if k.startswith(("onevec_examples", "onevec_checkpoint"))
+                k: v
+                for k, v in samples.items()
+                if k.startswith(("onevec_examples", "onevec_checkpoint")) and not k.endswith("_created")
             }
         except OSError as error:
             learner = {"unreachable": str(error)}
