@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,7 +59,7 @@ from onevec.streams.qdrant import (
 )
 from onevec.streams.settings import Settings
 
-__all__ = ["ItemClicks", "Learner", "Published"]
+__all__ = ["ItemClicks", "Learner", "Published", "settle_heap"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,20 @@ class Published:
     items: list[tuple[str, PointRow]]
     sessions: list[tuple[str, PointRow]]
     users: list[tuple[str, PointRow]]
+
+
+def settle_heap() -> None:
+    """Once per process, when learning starts: collect, then move every live object to the
+    collector's permanent generation (``gc.freeze``). The catalogue, the model's maps and the
+    libraries are built once and kept; a full collection walking them stalled a learner round
+    for 0.24 s at 10,000 items (7 ms frozen). Objects made later are collected as usual; the
+    frozen ones are still freed by reference counting."""
+    if gc.get_freeze_count():
+        return
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info("froze %d startup objects in %.2f s", gc.get_freeze_count(), time.perf_counter() - started)
 
 
 class ItemClicks(Mapping[str, int]):
@@ -462,6 +477,7 @@ class Learner:
 
     async def run(self) -> None:
         self._runner = asyncio.current_task()
+        settle_heap()
         while True:
             try:
                 first = await asyncio.wait_for(self.queue.get(), timeout=IDLE_TICK_SECONDS)

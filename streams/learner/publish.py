@@ -238,6 +238,23 @@ class PublishedVectors(Mapping[str, np.ndarray]):
         keys = self._policy.encoder.item_vocab.keys()
         return iter([keys[row] for row in self.rows().tolist()])
 
+    def sample_ids(self, count: int, rng: np.random.Generator) -> list[str]:
+        """At most ``count`` published items, drawn uniformly, in row order (the drift
+        monitor's reference sample, without listing every id)."""
+        rows = self.rows()
+        if len(rows) > count:
+            rows = np.sort(rng.choice(rows, count, replace=False))
+        return list(map(self._policy.encoder.item_vocab.key, rows.tolist()))
+
+    def vectors_of(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(which of ``item_ids`` have a published vector, their unit vectors), in one gather."""
+        has = self._policy._has_unit
+        found = map(self._policy.encoder.item_vocab.lookup, item_ids)
+        rows = np.array([-1 if row is None or row >= len(has) else row for row in found], dtype=np.int64)
+        present = rows >= 0
+        present[present] = has[rows[present]]
+        return present, self._policy._units[rows[present]]
+
     def __len__(self) -> int:
         return int(np.count_nonzero(self._policy._has_unit))
 

@@ -14,6 +14,7 @@ import pytest
 
 from onevec.models.online.config import ModelConfig
 from onevec.models.online.item_encoder import ItemEncoder
+from onevec.monitoring.drift import IndexedVectors, ReferenceSnapshot, window_signals
 from onevec.streams.learner import publish
 from onevec.streams.learner.publish import PublishPolicy
 
@@ -100,3 +101,34 @@ def test_an_item_moved_again_after_its_sweep_is_swept_again_in_the_next_pass() -
     learn(encoder, "i0", ["i1"])
     second, _ = rules.due(set(), known)
     assert second == first
+
+
+def test_the_drift_monitor_reads_published_vectors_as_it_reads_a_plain_mapping() -> None:
+    """PublishedVectors' sample and gather (no walk over the catalogue) give the drift reference
+    and window signals a dict of the same vectors gives."""
+    encoder = catalogue(300)
+    rules = policy(encoder, sweep_items=1000)
+    rules.material_changes(*rules.everything())
+    learn(encoder, "new", ["i0", "i1"])  # known to the model, never published
+    published = rules.published
+    assert isinstance(published, IndexedVectors) and "new" not in published
+    plain = {item: published[item].copy() for item in published}
+    assert len(plain) == 300
+
+    sample = published.sample_ids(50, np.random.default_rng(0))
+    assert len(set(sample)) == 50 and set(sample) <= plain.keys()
+    present, vectors = published.vectors_of(["i3", "new", "nobody", "i7"])
+    assert present.tolist() == [True, False, False, True]
+    np.testing.assert_array_equal(vectors, np.stack([plain["i3"], plain["i7"]]))
+
+    clicks = {f"i{i}": i % 7 for i in range(300)}
+    fast = ReferenceSnapshot.take(published, clicks, 20, 1000, np.random.default_rng(0))
+    slow = ReferenceSnapshot.take(plain, clicks, 20, 1000, np.random.default_rng(0))
+    assert fast.ids == slow.ids and fast.anchors == slow.anchors
+    np.testing.assert_array_equal(fast.vectors, slow.vectors)
+
+    learn(encoder, "i5", ["i9"])  # a window later, some items moved
+    rules.material_changes(["i5", "i9", "new"], {"i5", "i9", "new"})
+    plain = {item: published[item].copy() for item in published}
+    signals = window_signals(fast, published, [0.1], 0.5, 10)
+    assert signals == window_signals(fast, plain, [0.1], 0.5, 10)

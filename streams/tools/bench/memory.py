@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from onevec.models.clickstream.examples import ExampleRecord
-from onevec.streams.learner.learner import Learner
+from onevec.streams.learner.learner import Learner, settle_heap
 from onevec.streams.qdrant import QdrantStore
 from onevec.streams.settings import Settings
 from onevec.streams.tools.bench.context import BenchContext
@@ -176,6 +176,7 @@ def memory_main(items: int, events: int) -> None:
     started = time.perf_counter()
     mark_catalogue_published(learner)
     publish = time.perf_counter() - started
+    settle_heap()  # as a worker's learner does when it starts learning
     batches = _synthetic_batches(items, settings.learner_batch_size)
     first = _timed_round(learner, next(batches))[0]
     catchup: list[tuple[float, bool]] = []
