@@ -102,15 +102,20 @@ class DriftConfig:
         )
 
 
-def drifted_dimension_share(reference: np.ndarray, current: np.ndarray, threshold: float) -> float:
+def drifted_dimension_share(
+    reference: np.ndarray, current: np.ndarray, threshold: float, reference_sorted: np.ndarray | None = None
+) -> float:
     """Share of dimensions whose 1-d Wasserstein distance between the reference and current
-    distributions exceeds ``threshold`` reference standard deviations."""
+    distributions exceeds ``threshold`` reference standard deviations. ``reference_sorted``:
+    ``np.sort(reference, axis=0)``, when the caller keeps it."""
     if reference.shape == current.shape:
         # Equal-sized samples (the same items before and after, as the monitor compares): the
         # 1-d Wasserstein distance is the mean gap between the sorted values, one sort per
         # matrix instead of scipy's per column (215 ms a window at 20,000 items).
         spread = np.maximum(reference.std(0), 1e-12)
-        distance = np.abs(np.sort(reference, axis=0) - np.sort(current, axis=0)).mean(0)
+        if reference_sorted is None:
+            reference_sorted = np.sort(reference, axis=0)
+        distance = np.abs(reference_sorted - np.sort(current, axis=0)).mean(0)
         return float(np.count_nonzero(distance / spread > threshold)) / reference.shape[1]
     drifted = 0
     for column in range(reference.shape[1]):
@@ -186,6 +191,22 @@ class ReferenceSnapshot:
     vectors: np.ndarray  # (n, d) unit rows, same order as ids
     anchors: list[str]
     taken_at: float  # time.time()
+    # What every window would otherwise recompute (a reference lives an hour by default).
+    _sorted: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _anchor_rows: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def sorted_columns(self) -> np.ndarray:
+        """Each dimension's values in order (the drifted-dimension share's reference side)."""
+        if self._sorted is None:
+            self._sorted = np.sort(self.vectors, axis=0)
+        return self._sorted
+
+    def anchor_rows(self) -> np.ndarray:
+        """The anchors' rows in ``ids``."""
+        if self._anchor_rows is None:
+            index = {item: row for row, item in enumerate(self.ids)}
+            self._anchor_rows = np.asarray([index[a] for a in self.anchors], dtype=np.int64)
+        return self._anchor_rows
 
     @classmethod
     def take(
@@ -224,15 +245,17 @@ def window_signals(
     there was none.
     """
     present, vectors = _vectors_of(current, reference.ids)
-    rows = np.flatnonzero(present)
-    ids = [reference.ids[row] for row in rows.tolist()]
-    before = reference.vectors[rows]
     after = normalise(vectors)
-    index = {item: row for row, item in enumerate(ids)}
-    anchor_rows = np.asarray([index[a] for a in reference.anchors if a in index], dtype=np.int64)
+    if present.all():  # as always for a learner's items (a vector is never removed)
+        before, anchor_rows, ordered = reference.vectors, reference.anchor_rows(), reference.sorted_columns()
+    else:
+        rows = np.flatnonzero(present)
+        before, ordered = reference.vectors[rows], None
+        index = {reference.ids[row]: position for position, row in enumerate(rows.tolist())}
+        anchor_rows = np.asarray([index[a] for a in reference.anchors if a in index], dtype=np.int64)
     signals = {
         "centroid_shift": centroid_shift(before, after),
-        "drifted_dimensions": drifted_dimension_share(before, after, dimension_threshold),
+        "drifted_dimensions": drifted_dimension_share(before, after, dimension_threshold, ordered),
         "anchor_cka": linear_cka(before[anchor_rows], after[anchor_rows]) if len(anchor_rows) > 2 else 1.0,
         "cosine_change": float(np.mean(cosine_changes)) if len(cosine_changes) else 0.0,
         "neighbour_overlap": neighbour_overlap(before, after, anchor_rows, neighbours),

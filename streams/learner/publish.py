@@ -25,6 +25,7 @@ import numpy as np
 
 from onevec.models.fusion import normalise
 from onevec.models.online.item_encoder import ItemEncoder
+from onevec.models.online.vocab import Vocabulary
 
 __all__ = ["PublishPolicy", "PublishedVectors", "VectorUpdate"]
 
@@ -215,6 +216,8 @@ class PublishedVectors(Mapping[str, np.ndarray]):
 
     def __init__(self, policy: PublishPolicy) -> None:
         self._policy = policy
+        # (ids, vocabulary generation, their rows) of the last vectors_of call
+        self._rows_of: tuple[Sequence[str], int, np.ndarray] | None = None
 
     def _row(self, item_id: str) -> int | None:
         row = self._policy.encoder.item_vocab.get(item_id)
@@ -247,10 +250,19 @@ class PublishedVectors(Mapping[str, np.ndarray]):
         return list(map(self._policy.encoder.item_vocab.key, rows.tolist()))
 
     def vectors_of(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(which of ``item_ids`` have a published vector, their unit vectors), in one gather."""
-        has = self._policy._has_unit
-        found = map(self._policy.encoder.item_vocab.lookup, item_ids)
-        rows = np.array([-1 if row is None or row >= len(has) else row for row in found], dtype=np.int64)
+        """(which of ``item_ids`` have a published vector, their unit vectors), in one gather.
+        The rows of the last list asked for are kept: the drift monitor asks for the same
+        reference sample every window."""
+        has, vocab = self._policy._has_unit, self._policy.encoder.item_vocab
+        known = self._rows_of
+        if known is not None and known[0] is item_ids and known[1] == vocab.generation:
+            rows = known[2]  # rows never change within a generation; a missing id is asked again
+            missing = np.flatnonzero(rows < 0)
+            rows[missing] = _vocab_rows(vocab, [item_ids[i] for i in missing.tolist()])
+        else:
+            rows = _vocab_rows(vocab, item_ids)
+            self._rows_of = (item_ids, vocab.generation, rows)
+        rows = np.where(rows < len(has), rows, -1)
         present = rows >= 0
         present[present] = has[rows[present]]
         return present, self._policy._units[rows[present]]
@@ -268,3 +280,8 @@ def _grown(array: np.ndarray, size: int) -> np.ndarray:
     grown = np.zeros((max(size, 2 * len(array)), *array.shape[1:]), dtype=array.dtype)
     grown[: len(array)] = array
     return grown
+
+
+def _vocab_rows(vocabulary: Vocabulary, item_ids: Sequence[str]) -> np.ndarray:
+    rows = map(vocabulary.lookup, item_ids)
+    return np.array([-1 if row is None else row for row in rows], dtype=np.int64)

@@ -132,3 +132,12 @@ def test_the_drift_monitor_reads_published_vectors_as_it_reads_a_plain_mapping()
     plain = {item: published[item].copy() for item in published}
     signals = window_signals(fast, published, [0.1], 0.5, 10)
     assert signals == window_signals(fast, plain, [0.1], 0.5, 10)
+    # The same list asked again (its rows kept): "later" once published is found.
+    learn(encoder, "later", ["i1"])
+    asked = ["i3", "later", "nobody"]
+    assert published.vectors_of(asked)[0].tolist() == [True, False, False]
+    assert published.vectors_of(asked)[0].tolist() == [True, False, False]
+    assert rules.material_changes(["later"], {"later"})[0]
+    present, vectors = published.vectors_of(asked)
+    assert present.tolist() == [True, True, False]
+    np.testing.assert_array_equal(vectors[1], published["later"])
