@@ -219,7 +219,8 @@ class ReferenceSnapshot:
     ) -> ReferenceSnapshot:
         ids = _sample(current, max_items, rng)
         present, vectors = _vectors_of(current, ids)
-        ids = [item for item, kept in zip(ids, present, strict=True) if kept]
+        if not present.all():  # else the same list: ``current`` may keep what it looked up for it
+            ids = [item for item, kept in zip(ids, present, strict=True) if kept]
         counts = clicks.many(ids) if isinstance(clicks, CountsOf) else [clicks.get(item, 0) for item in ids]
         # The most clicked first; among equals, the sample's order (a stable sort).
         anchors = [
@@ -414,6 +415,7 @@ class DriftMonitor:
         self.events: Counter[tuple[str, str]] = Counter()
         self.windows = 0
         self._rotate_requested = threading.Event()
+        self._rotation_due: str | None = None  # the trigger of a rotation the next call takes
         self.spaces = [s for s in (LabelSpace(n, attributes or {}) for n in labels) if len(s) > 1]
         self.trackers = {s.name: AlignmentTracker(dim, len(s)) for s in self.spaces}
         for signal, threshold in config.thresholds.items():
@@ -502,16 +504,21 @@ class DriftMonitor:
                 self.rotate(current, clicks, "warmup")
             return None
         metrics.DRIFT_REFERENCE_AGE.set(time.time() - self.reference.taken_at)
+        if self._rotation_due is not None:
+            # The window that ended last call was measured against the old reference; the new
+            # one is taken now, a call later, so a window and a rotation never share a round.
+            self.rotate(current, clicks, self._rotation_due)
+            return None
         if now - self.window_started < self.config.window_seconds:
             return None
         signals = self.evaluate(current)
         if self._rotate_requested.is_set():
-            self.rotate(current, clicks, "demand")
+            self._rotation_due = "demand"
         elif (
             self.config.reference_seconds
             and time.time() - self.reference.taken_at >= self.config.reference_seconds
         ):
-            self.rotate(current, clicks, "schedule")
+            self._rotation_due = "schedule"
         return signals
 
     def evaluate(self, current: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -542,6 +549,7 @@ class DriftMonitor:
             current, clicks, self.config.anchor_items, self.config.max_items, self.rng
         )
         self._rotate_requested.clear()
+        self._rotation_due = None
         self.window_started = time.monotonic()
         self.cosine_changes = []
         metrics.DRIFT_REFERENCE_ROTATIONS.labels(trigger=trigger).inc()
@@ -556,7 +564,7 @@ class DriftMonitor:
     # -- from the event loop -----------------------------------------------------------
 
     def request_rotation(self) -> None:
-        """Take a new reference at the end of the next window (on demand)."""
+        """Take a new reference after the next window (on demand)."""
         self._rotate_requested.set()
 
     def summary(self) -> dict[str, Any]:

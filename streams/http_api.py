@@ -498,7 +498,7 @@ def register_routes(onevec: OnevecApp) -> None:
     @app.page("/drift")
     class DriftView(LearnerView):
         """GET: the last drift window, thresholds, detector events, predictability.
-        POST: take a new drift reference snapshot at the end of the next window (on demand)."""
+        POST: take a new drift reference snapshot after the next window (on demand)."""
 
         async def get(self, request: Request) -> Response:
             return self.json(onevec.running_learner.drift.summary())

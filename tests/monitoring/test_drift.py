@@ -150,7 +150,9 @@ def test_monitor_warms_up_rotates_on_demand_tracks_predictability(clustered: dic
 
     taken = monitor.reference.taken_at
     monitor.request_rotation()
-    monitor.after_step(published, {})
+    assert monitor.after_step(published, {}) is not None  # the window, against the old reference
+    assert monitor.reference.taken_at == taken
+    assert monitor.after_step(published, {}) is None  # then the rotation, a call later
     assert monitor.reference.taken_at >= taken and not monitor._rotate_requested.is_set()
     assert set(monitor.summary()) >= {"signals", "thresholds", "alarms", "events", "predictability"}
 
@@ -188,6 +190,7 @@ def test_a_first_publish_backlog_drains_in_bounded_batches_and_rotation_keeps_th
     monitor.request_rotation()
     assert monitor.apply_backlog()  # 300 queued: a batch of 256 now, the rest with the window
     before = monitor.reference
-    monitor.after_step(published, {})
+    monitor.after_step(published, {})  # the window
+    monitor.after_step(published, {})  # the rotation
     assert monitor.reference is not None and monitor.reference is not before  # rotated
     assert monitor.trackers["genre"].alignment() == pytest.approx(exact(), rel=1e-9)
