@@ -234,14 +234,12 @@ class ItemFollows:
         rows = cached[2]
         if len(rows) < len(self._names):
             new = self._names.slice(len(rows), len(self._names))
-            rows = np.concatenate([rows, _rows_of(vocabulary, new)])
+            rows = np.concatenate([rows, vocabulary.rows(new)])
         self._columns = (vocabulary, vocabulary.generation, rows)
         columns = rows[followed.ids]
         missing = np.flatnonzero(columns < 0)
         if len(missing):
-            columns[missing] = _rows_of(
-                vocabulary, [self._names.key(i) for i in followed.ids[missing].tolist()]
-            )
+            columns[missing] = vocabulary.rows(self.names(followed.ids[missing]))
             rows[followed.ids[missing]] = columns[missing]
         return columns
 
@@ -282,8 +280,3 @@ class ItemFollows:
         self._names, self._next, self._columns = names, tables, None
         self._entries = sum(len(t.ids) for t in tables.values())
         self._forget_oldest()
-
-
-def _rows_of(vocabulary: Vocabulary, keys: list[str]) -> np.ndarray:
-    rows = map(vocabulary.lookup, keys)
-    return np.array([-1 if row is None else row for row in rows], dtype=np.int64)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 __all__ = ["Vocabulary"]
 
@@ -53,6 +55,11 @@ class Vocabulary:
         """:meth:`get` as the key -> row map's own ``dict.get``: one C call per key where
         :meth:`get` is a Python call, for ``map`` over many keys (keys must be str)."""
         return self._rows.get
+
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        """The rows of ``keys`` as an int64 array, -1 for a key never added (nothing is added)."""
+        found = map(self._rows.get, keys)
+        return np.array([-1 if row is None else row for row in found], dtype=np.int64)
 
     def key(self, row: int) -> str:
         return self._keys[row]

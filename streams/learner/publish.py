@@ -25,7 +25,6 @@ import numpy as np
 
 from onevec.models.fusion import normalise
 from onevec.models.online.item_encoder import ItemEncoder
-from onevec.models.online.vocab import Vocabulary
 
 __all__ = ["PublishPolicy", "PublishedVectors", "VectorUpdate"]
 
@@ -258,9 +257,9 @@ class PublishedVectors(Mapping[str, np.ndarray]):
         if known is not None and known[0] is item_ids and known[1] == vocab.generation:
             rows = known[2]  # rows never change within a generation; a missing id is asked again
             missing = np.flatnonzero(rows < 0)
-            rows[missing] = _vocab_rows(vocab, [item_ids[i] for i in missing.tolist()])
+            rows[missing] = vocab.rows([item_ids[i] for i in missing.tolist()])
         else:
-            rows = _vocab_rows(vocab, item_ids)
+            rows = vocab.rows(item_ids)
             self._rows_of = (item_ids, vocab.generation, rows)
         rows = np.where(rows < len(has), rows, -1)
         present = rows >= 0
@@ -280,8 +279,3 @@ def _grown(array: np.ndarray, size: int) -> np.ndarray:
     grown = np.zeros((max(size, 2 * len(array)), *array.shape[1:]), dtype=array.dtype)
     grown[: len(array)] = array
     return grown
-
-
-def _vocab_rows(vocabulary: Vocabulary, item_ids: Sequence[str]) -> np.ndarray:
-    rows = map(vocabulary.lookup, item_ids)
-    return np.array([-1 if row is None else row for row in rows], dtype=np.int64)
