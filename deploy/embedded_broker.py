@@ -14,7 +14,6 @@ import os
 import random
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -22,7 +21,7 @@ from types import TracebackType
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from onevec.deploy.processes import start_child, stop_process
+from onevec.deploy.processes import new_log_file, start_child, stop_process
 
 __all__ = ["EmbeddedBroker", "free_port", "wait_for_port"]
 
@@ -87,7 +86,7 @@ class EmbeddedBroker:
         self.env = env or {}
         self.startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file = Path(tempfile.gettempdir()) / f"onevec-tansu-{self.port}.log"
+        self._log_file = new_log_file(f"onevec-tansu-{self.port}-")
 
     @property
     def url(self) -> str:

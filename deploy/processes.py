@@ -14,12 +14,13 @@ import ctypes
 import os
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO
 
-__all__ = ["exit_on_signals", "start_child", "stop_process"]
+__all__ = ["exit_on_signals", "new_log_file", "start_child", "stop_process"]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -35,6 +36,14 @@ def _parent_death_signal(parent: int) -> Callable[[], None]:
             os._exit(1)
 
     return arm
+
+
+def new_log_file(prefix: str) -> Path:
+    """An empty log file of a child's own in the temp directory. Ports are reused across runs,
+    so a name made of the port alone would show an old run's lines in this child's log."""
+    handle, name = tempfile.mkstemp(prefix=prefix, suffix=".log")
+    os.close(handle)
+    return Path(name)
 
 
 def start_child(

@@ -12,18 +12,16 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import faust
 from prometheus_client.parser import text_string_to_metric_families
 
 from onevec.deploy.embedded_broker import free_port
-from onevec.deploy.processes import start_child, stop_process
+from onevec.deploy.processes import new_log_file, start_child, stop_process
 from onevec.streams.app import OnevecApp
 from onevec.streams.http_api import register_routes
 from onevec.streams.kafka.faust_fixes import apply_faust_fixes
@@ -103,7 +101,8 @@ class WorkerProcess:
         self.extra_env = extra_env or {}
         self.supervised = supervised
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = Path(tempfile.gettempdir()) / f"onevec-worker-{self.port}.log"
+        # Restarts of this same worker append to its log.
+        self.log_path = new_log_file(f"onevec-worker-{self.port}-")
 
     @property
     def base_url(self) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from onevec.deploy.embedded_broker import free_port
+from onevec.deploy.processes import new_log_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,3 +122,15 @@ def test_children_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
         for pid in children:
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_each_child_gets_a_log_of_its_own() -> None:
+    """Ports come back across runs: a child's log must not start with an earlier run's lines
+    (CI once failed on a traceback a day old, in a log named after a reused port)."""
+    first, second = new_log_file("onevec-test-7000-"), new_log_file("onevec-test-7000-")
+    try:
+        assert first != second
+        assert first.read_bytes() == second.read_bytes() == b""
+    finally:
+        first.unlink()
+        second.unlink()
