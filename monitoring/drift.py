@@ -29,6 +29,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -51,8 +52,10 @@ __all__ = [
     "LabelSpace",
     "ReferenceSnapshot",
     "StreamDriftDetectors",
+    "VectorUpdates",
     "drifted_dimension_share",
     "neighbour_overlap",
+    "signals_of",
     "window_signals",
 ]
 
@@ -242,10 +245,24 @@ def window_signals(
     Items are compared on the reference's item sample that still has a current vector (an
     item's vector is never removed, so that is all of them). ``cosine_change`` is the mean of
     ``cosine_changes`` (1 - cos between an item's previous and new published vector, one per
-    sampled upsert in the window: clicked or new items, see ``observe_update``), 0.0 when
+    sampled upsert in the window: clicked or new items, see ``DriftMonitor.observe``), 0.0 when
     there was none.
     """
     present, vectors = _vectors_of(current, reference.ids)
+    return signals_of(reference, present, vectors, cosine_changes, dimension_threshold, neighbours)
+
+
+def signals_of(
+    reference: ReferenceSnapshot,
+    present: np.ndarray,
+    vectors: np.ndarray,
+    cosine_changes: Sequence[float],
+    dimension_threshold: float,
+    neighbours: int,
+) -> dict[str, float]:
+    """:func:`window_signals` of the reference sample's current vectors, already gathered:
+    ``present`` marks the reference ids that have one, ``vectors`` holds those in order. Pure
+    arithmetic on its arguments and the reference, so it can run off the learner's thread."""
     after = normalise(vectors)
     if present.all():  # as always for a learner's items (a vector is never removed)
         before, anchor_rows, ordered = reference.vectors, reference.anchor_rows(), reference.sorted_columns()
@@ -356,6 +373,45 @@ class StreamDriftDetectors:
         return events
 
 
+@dataclass(frozen=True)
+class VectorUpdates:
+    """Served unit vectors replaced, one row per item, as arrays: a million queued per-item
+    objects (a catalogue's first publish) held 170 MB more than the vectors themselves."""
+
+    item_ids: Sequence[str]
+    current: np.ndarray  # (n, d) the unit vectors published now
+    had: np.ndarray  # (n,) bool: the item had a vector published before
+    sampled: np.ndarray  # (n,) bool: clicked or new, see DriftMonitor.observe
+    previous: np.ndarray | None = None  # (n, d) those before (rows where ``had``); None if none had
+
+    def __post_init__(self) -> None:
+        n = len(self.item_ids)
+        if not len(self.current) == len(self.had) == len(self.sampled) == n:
+            raise ValueError(f"{n} item ids but {len(self.current)} vectors and {len(self.had)} marks")
+        if self.previous is None and self.had.any():
+            raise ValueError("items that had a vector need their previous vectors")
+
+    @classmethod
+    def first(cls, item_ids: Sequence[str], current: np.ndarray) -> VectorUpdates:
+        """First publishes of ``item_ids``."""
+        n = len(item_ids)
+        return cls(item_ids, current, np.zeros(n, dtype=bool), np.ones(n, dtype=bool))
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def part(self, start: int, stop: int) -> VectorUpdates:
+        """Rows ``[start, stop)``, as views."""
+        previous = None if self.previous is None else self.previous[start:stop]
+        return VectorUpdates(
+            self.item_ids[start:stop],
+            self.current[start:stop],
+            self.had[start:stop],
+            self.sampled[start:stop],
+            previous,
+        )
+
+
 class LabelSpace:
     """One catalogue label (e.g. genre) as class ids per item, for the alignment tracker."""
 
@@ -393,7 +449,8 @@ class LabelSpace:
 
 class DriftMonitor:
     """Drift and predictability state of one learner; every method runs on the learner thread
-    except :meth:`request_rotation` and :meth:`summary` (safe from the event loop)."""
+    except :meth:`request_rotation` and :meth:`summary` (safe from the event loop). A window's
+    arithmetic runs on the monitor's own thread, on copies (see :meth:`_start_window`)."""
 
     def __init__(
         self,
@@ -410,12 +467,18 @@ class DriftMonitor:
         self.examples_seen = 0
         self.window_started = time.monotonic()
         self.cosine_changes: list[float] = []
-        self._updates: deque[tuple[str, np.ndarray | None, np.ndarray, bool]] = deque()
+        self._updates: deque[VectorUpdates] = deque()
+        self._pending = 0
         self.last_signals: dict[str, float] = {}
         self.events: Counter[tuple[str, str]] = Counter()
         self.windows = 0
         self._rotate_requested = threading.Event()
         self._rotation_due: str | None = None  # the trigger of a rotation the next call takes
+        # A window's arithmetic (sorts, neighbours: 70 ms at the default sample) runs on a
+        # thread of its own, so it never stalls a learner round; numpy and torch release the
+        # GIL for it. One thread: windows finish in order.
+        self._math = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onevec-drift")
+        self._window: Future[dict[str, float]] | None = None
         self.spaces = [s for s in (LabelSpace(n, attributes or {}) for n in labels) if len(s) > 1]
         self.trackers = {s.name: AlignmentTracker(dim, len(s)) for s in self.spaces}
         for signal, threshold in config.thresholds.items():
@@ -428,22 +491,22 @@ class DriftMonitor:
 
     # -- fed by the learner ------------------------------------------------------------
 
-    def observe_update(
-        self, item_id: str, old: np.ndarray | None, new: np.ndarray, sampled: bool = True
-    ) -> None:
-        """One item's served unit vector changed from ``old`` (None: first publish) to ``new``.
-        Only queued here; applied in batches of at most ``apply_updates`` by :meth:`after_step`
-        and :meth:`apply_backlog` (see :meth:`_apply_updates`).
-        ``sampled=False``: the item was published *because* it moved more than some minimum
+    def observe(self, updates: VectorUpdates) -> None:
+        """Served vectors changed (``previous`` to ``current``; a first publish has none).
+        Only queued here; applied at most ``apply_updates`` items at a time by
+        :meth:`after_step` and :meth:`apply_backlog` (see :meth:`_apply_updates`).
+        ``sampled`` False: the item was published *because* it moved more than some minimum
         (a sweep of items nobody clicked); it updates the alignment sums but not
         ``cosine_change``, whose mean it would bias upwards (a window of only such upserts
         would read at least that minimum, on a stationary stream too)."""
-        self._updates.append((item_id, old, new, sampled))
+        if len(updates):
+            self._updates.append(updates)
+            self._pending += len(updates)
 
     @property
     def pending(self) -> int:
         """Vector updates queued, not yet in the sums."""
-        return len(self._updates)
+        return self._pending
 
     def apply_backlog(self) -> bool:
         """Apply one batch of queued updates if more than a batch is queued (e.g. a catalogue's
@@ -455,29 +518,35 @@ class DriftMonitor:
         return True
 
     def _apply_updates(self) -> None:
-        """At most ``apply_updates`` queued upserts, oldest first, into the cosine changes and
+        """At most ``apply_updates`` queued updates, oldest first, into the cosine changes and
         the alignment sums, as matrix products (the running sums are linear, so how the
         updates are batched does not matter; in order, an item's first publish is added
         before any change of it replaces the vector)."""
-        batch = [self._updates.popleft() for _ in range(min(len(self._updates), self.config.apply_updates))]
-        if not batch:
-            return
-        news = np.array([new for _, _, new, _ in batch])
-        had = np.fromiter((old is not None for _, old, _, _ in batch), dtype=bool, count=len(batch))
-        olds = np.zeros_like(news)
-        if had.any():
-            olds[had] = [old for _, old, _, _ in batch if old is not None]
-        moved = had & np.fromiter((sampled for *_, sampled in batch), dtype=bool, count=len(batch))
-        if moved.any():
-            self.cosine_changes.extend((1.0 - np.einsum("ij,ij->i", olds[moved], news[moved])).tolist())
-        ids = [item_id for item_id, *_ in batch]
+        budget = self.config.apply_updates
+        while budget and self._updates:
+            batch = self._updates.popleft()
+            if len(batch) > budget:  # the rest stays first in line
+                batch, rest = batch.part(0, budget), batch.part(budget, len(batch))
+                self._updates.appendleft(rest)
+            budget -= len(batch)
+            self._pending -= len(batch)
+            self._apply(batch)
+
+    def _apply(self, batch: VectorUpdates) -> None:
+        had, news = batch.had, batch.current
+        olds = batch.previous
+        if olds is not None:  # else all are first publishes
+            moved = had & batch.sampled
+            if moved.any():
+                self.cosine_changes.extend((1.0 - np.einsum("ij,ij->i", olds[moved], news[moved])).tolist())
         for space in self.spaces:
-            rows = space.rows_of(ids)
+            rows = space.rows_of(batch.item_ids)
             tracker = self.trackers[space.name]
             added, changed = (rows >= 0) & ~had, (rows >= 0) & had
             if added.any():
                 tracker.add_many(news[added], space.labels[rows[added]])
             if changed.any():
+                assert olds is not None  # __post_init__
                 tracker.replace_many(olds[changed], news[changed], space.labels[rows[changed]])
 
     def observe_step(self, loss: float | None, hits: Sequence[bool], examples: int) -> None:
@@ -493,25 +562,27 @@ class DriftMonitor:
     def after_step(
         self, current: Mapping[str, np.ndarray], clicks: Mapping[str, int]
     ) -> dict[str, float] | None:
-        """Publish predictability; take or rotate the reference when due; evaluate a window when
-        one has elapsed. ``current``: item -> served unit vector. Returns the window's signals."""
+        """Publish predictability; take or rotate the reference when due; start a window when
+        one has elapsed. ``current``: item -> served unit vector. Returns the signals of a
+        window whose arithmetic finished since the last call, None if none did."""
         self._apply_updates()
         for name, tracker in self.trackers.items():
             metrics.PREDICTABILITY.labels(label=name).set(tracker.alignment())
-        now = time.monotonic()
+        finished = self._finished_window(wait=False)
         if self.reference is None:
             if self.examples_seen >= self.config.warmup_examples and len(current) > self.config.neighbours:
                 self.rotate(current, clicks, "warmup")
-            return None
+            return finished
         metrics.DRIFT_REFERENCE_AGE.set(time.time() - self.reference.taken_at)
         if self._rotation_due is not None:
-            # The window that ended last call was measured against the old reference; the new
-            # one is taken now, a call later, so a window and a rotation never share a round.
+            # The window that ended last call was measured against the old reference (its
+            # job holds it); the new one is taken now, a call later, so a window and a rotation
+            # never share a round.
             self.rotate(current, clicks, self._rotation_due)
-            return None
-        if now - self.window_started < self.config.window_seconds:
-            return None
-        signals = self.evaluate(current)
+            return finished
+        if self._window is not None or time.monotonic() - self.window_started < self.config.window_seconds:
+            return finished  # a window still being worked out: the next one waits for it
+        self._start_window(current)
         if self._rotate_requested.is_set():
             self._rotation_due = "demand"
         elif (
@@ -519,20 +590,36 @@ class DriftMonitor:
             and time.time() - self.reference.taken_at >= self.config.reference_seconds
         ):
             self._rotation_due = "schedule"
-        return signals
+        return finished
 
-    def evaluate(self, current: Mapping[str, np.ndarray]) -> dict[str, float]:
-        """Close the current window: compute and export every geometric signal."""
+    def _start_window(self, current: Mapping[str, np.ndarray]) -> None:
+        """Close the current window: gather the reference sample's current vectors here (a
+        copy, while the learner is not changing them) and work out the signals on the
+        monitor's thread."""
         assert self.reference is not None
-        signals = window_signals(
+        present, vectors = _vectors_of(current, self.reference.ids)
+        self._window = self._math.submit(
+            signals_of,
             self.reference,
-            current,
+            present,
+            vectors,
             self.cosine_changes,
             self.config.dimension_threshold,
             self.config.neighbours,
         )
         self.cosine_changes = []
         self.window_started = time.monotonic()
+
+    def finish_window(self) -> dict[str, float] | None:
+        """Wait for the window being worked out, if any, and publish its signals."""
+        return self._finished_window(wait=True)
+
+    def _finished_window(self, wait: bool) -> dict[str, float] | None:
+        window = self._window
+        if window is None or not (wait or window.done()):
+            return None
+        self._window = None
+        signals = window.result()
         self.windows += 1
         self.last_signals = signals
         metrics.DRIFT_WINDOWS.inc()

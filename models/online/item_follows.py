@@ -176,7 +176,7 @@ class ItemFollows:
         if followers is None:
             return {}
         ids, weights = followers.arrays()
-        return dict(zip(map(self._names.key, ids.tolist()), weights.tolist(), strict=True))
+        return dict(zip(self._names.keys_at(ids.tolist()), weights.tolist(), strict=True))
 
     def followed(self, prefix: Sequence[str]) -> Followed:
         """The features of every item that followed the session's items (see the module doc)."""

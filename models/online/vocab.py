@@ -64,6 +64,11 @@ class Vocabulary:
     def key(self, row: int) -> str:
         return self._keys[row]
 
+    def keys_at(self, rows: Sequence[int]) -> list[str]:
+        """The keys of ``rows``, in that order (no method call per row)."""
+        keys = self._keys
+        return [keys[row] for row in rows]
+
     def slice(self, start: int, stop: int) -> list[str]:
         """The keys of rows ``[start, stop)``."""
         return self._keys[start:stop]

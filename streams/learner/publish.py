@@ -19,24 +19,14 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from onevec.models.fusion import normalise
 from onevec.models.online.item_encoder import ItemEncoder
+from onevec.monitoring.drift import VectorUpdates
 
-__all__ = ["PublishPolicy", "PublishedVectors", "VectorUpdate"]
-
-
-@dataclass(frozen=True, slots=True)
-class VectorUpdate:
-    """A served vector replaced: what the drift monitor tracks."""
-
-    item_id: str
-    previous: np.ndarray | None  # unit vector published before, None for a first publish
-    current: np.ndarray  # unit vector published now
-    sampled: bool  # clicked (or new): an unbiased sample of what users touch
+__all__ = ["PublishPolicy", "PublishedVectors"]
 
 
 SWEEP_SCAN_ROWS = 65_536  # item rows a round's sweep examines at most (a few ms of bag reads)
@@ -127,21 +117,21 @@ class PublishPolicy:
         self._cursor = end
         return stale
 
-    def everything(self) -> tuple[list[str], set[str]]:
+    def everything(self) -> list[str]:
         """Every known item, each to be published (a starting worker republishes all)."""
         ids = self.encoder.item_ids()
         self._stamp()
         self._row_checked[: len(ids)] = self._round
-        return ids, set(ids)
+        return ids
 
     def material_changes(
         self, changed: list[str], always: set[str]
-    ) -> tuple[dict[str, np.ndarray], list[VectorUpdate]]:
+    ) -> tuple[dict[str, np.ndarray], VectorUpdates]:
         """The served vectors of the ``changed`` items worth publishing (those in ``always``,
         never published ones, and any that moved by more than ``min_change``), and the updates
         they make; both are remembered as published."""
         if not changed:
-            return {}, []
+            return {}, VectorUpdates.first([], self._units[:0])
         vectors = self.encode(changed)
         units = normalise(vectors)
         vocab = self.encoder.item_vocab
@@ -159,10 +149,15 @@ class PublishPolicy:
         self._units[rows[chosen]] = units[chosen]
         self._has_unit[rows[chosen]] = True
         publish = {changed[i]: vectors[i] for i in chosen.tolist()}
-        updates = [
-            VectorUpdate(changed[i], previous[i] if had[i] else None, units[i], sampled=changed[i] in always)
-            for i in chosen.tolist()
-        ]
+        everything = len(chosen) == len(changed)  # a first publish: no copies
+        had = had[chosen]
+        updates = VectorUpdates(
+            changed if everything else [changed[i] for i in chosen.tolist()],
+            units if everything else units[chosen],
+            had,
+            np.fromiter((changed[i] in always for i in chosen.tolist()), dtype=bool, count=len(chosen)),
+            previous[chosen] if had.any() else None,
+        )
         return publish, updates
 
     def _reserve(self, items: int) -> None:
@@ -237,8 +232,7 @@ class PublishedVectors(Mapping[str, np.ndarray]):
         return np.flatnonzero(self._policy._has_unit)
 
     def __iter__(self) -> Iterator[str]:
-        keys = self._policy.encoder.item_vocab.keys()
-        return iter([keys[row] for row in self.rows().tolist()])
+        return iter(self._policy.encoder.item_vocab.keys_at(self.rows().tolist()))
 
     def sample_ids(self, count: int, rng: np.random.Generator) -> list[str]:
         """At most ``count`` published items, drawn uniformly, in row order (the drift
@@ -246,7 +240,12 @@ class PublishedVectors(Mapping[str, np.ndarray]):
         rows = self.rows()
         if len(rows) > count:
             rows = np.sort(rng.choice(rows, count, replace=False))
-        return list(map(self._policy.encoder.item_vocab.key, rows.tolist()))
+        vocab = self._policy.encoder.item_vocab
+        ids = vocab.keys_at(rows.tolist())
+        # The monitor asks for these vectors next: their rows are known (at a million items,
+        # looking 20,000 ids up again took 20 ms).
+        self._rows_of = (ids, vocab.generation, rows)
+        return ids
 
     def vectors_of(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(which of ``item_ids`` have a published vector, their unit vectors), in one gather.

@@ -6,6 +6,8 @@ real-data behaviour (MovieLens-100k through a worker) is in test_prometheus_drif
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ from onevec.monitoring.drift import (
     LabelSpace,
     ReferenceSnapshot,
     StreamDriftDetectors,
+    VectorUpdates,
     drifted_dimension_share,
     neighbour_overlap,
     window_signals,
@@ -33,6 +36,18 @@ def clustered() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(8, 16)) * 2
     return {f"i{n}": v for n, v in enumerate(unit(centres[np.arange(300) % 8] + rng.normal(size=(300, 16))))}
+
+
+def changed(
+    published: dict[str, np.ndarray], new: dict[str, np.ndarray], sampled: bool = True
+) -> VectorUpdates:
+    """One batch: the ``new`` vectors replacing what ``published`` holds (then updated)."""
+    items = list(new)
+    had = np.array([item in published for item in items])
+    previous = np.stack([published.get(item, np.zeros_like(new[item])) for item in items])
+    updates = VectorUpdates(items, np.stack(list(new.values())), had, np.full(len(items), sampled), previous)
+    published.update(new)
+    return updates
 
 
 def snapshot(vectors: dict[str, np.ndarray], anchors: int = 50) -> ReferenceSnapshot:
@@ -114,9 +129,8 @@ def test_monitor_warms_up_rotates_on_demand_tracks_predictability(clustered: dic
     assert sorted(monitor.trackers) == ["decade", "genre"]  # a label no item has is skipped
 
     published: dict[str, np.ndarray] = {}
-    for item, vector in clustered.items():
-        monitor.observe_update(item, published.get(item), vector)
-        published[item] = vector
+    monitor.observe(changed(published, dict(list(clustered.items())[:100])))
+    monitor.observe(changed(published, clustered))  # 100 of them had a vector already
     monitor.observe_step(6.0, [True, False], examples=50)
     assert monitor.after_step(published, {}) is None and monitor.reference is None  # still warming up
     monitor.observe_step(6.0, [True, False], examples=50)
@@ -125,11 +139,11 @@ def test_monitor_warms_up_rotates_on_demand_tracks_predictability(clustered: dic
 
     # Move half the items: the cosine change and the incremental alignment follow.
     rng = np.random.default_rng(6)
-    for item in list(published)[:150]:
-        new = unit((published[item] + rng.normal(scale=0.5, size=16))[None])[0]
-        monitor.observe_update(item, published[item], new)
-        published[item] = new
-    signals = monitor.after_step(published, {})
+    moved = list(published)[:150]
+    news = unit(np.stack([published[item] for item in moved]) + rng.normal(scale=0.5, size=(150, 16)))
+    monitor.observe(changed(published, dict(zip(moved, news, strict=True))))
+    assert monitor.after_step(published, {}) is None  # the window's arithmetic, on its thread
+    signals = monitor.finish_window()
     assert signals is not None and signals["cosine_change"] > 0.05
     items = list(published)
     genre = LabelSpace("genre", labels)
@@ -139,22 +153,46 @@ def test_monitor_warms_up_rotates_on_demand_tracks_predictability(clustered: dic
 
     # Swept items (published because they moved past a minimum) feed the alignment sums, not
     # the cosine change: a window of only those reads 0.0, not at least that minimum.
-    for item in items[:40]:
-        new = unit((published[item] + rng.normal(scale=0.5, size=16))[None])[0]
-        monitor.observe_update(item, published[item], new, sampled=False)
-        published[item] = new
-    signals = monitor.after_step(published, {})
+    news = unit(np.stack([published[item] for item in items[:40]]) + rng.normal(scale=0.5, size=(40, 16)))
+    monitor.observe(changed(published, dict(zip(items[:40], news, strict=True)), sampled=False))
+    monitor.after_step(published, {})
+    signals = monitor.finish_window()
     assert signals is not None and signals["cosine_change"] == 0.0
     vectors = np.stack([published[i] for i in items])
     assert monitor.trackers["genre"].alignment() == pytest.approx(centred_alignment(vectors, rows), rel=1e-6)
 
     taken = monitor.reference.taken_at
     monitor.request_rotation()
-    assert monitor.after_step(published, {}) is not None  # the window, against the old reference
+    monitor.after_step(published, {})  # the window, against the old reference
     assert monitor.reference.taken_at == taken
-    assert monitor.after_step(published, {}) is None  # then the rotation, a call later
+    came = monitor.after_step(published, {})  # then the rotation, a call later
+    assert (came or monitor.finish_window()) is not None  # the window's signals came all the same
     assert monitor.reference.taken_at >= taken and not monitor._rotate_requested.is_set()
     assert set(monitor.summary()) >= {"signals", "thresholds", "alarms", "events", "predictability"}
+
+
+def test_a_window_is_worked_out_off_the_learner_thread_and_published_by_a_later_call(
+    clustered: dict[str, np.ndarray],
+) -> None:
+    config = DriftConfig(window_seconds=0.0, warmup_examples=0, anchor_items=20, reference_seconds=0.0)
+    monitor = DriftMonitor(config, dim=16)
+    published: dict[str, np.ndarray] = {}
+    monitor.observe(changed(published, clustered))
+    monitor.after_step(published, {})  # the reference
+    reference = monitor.reference
+    assert monitor.after_step(published, {}) is None and monitor.windows == 0  # started, not done
+    expected = window_signals(reference, published, [], 0.25, 10)
+    found = None
+    for _ in range(500):  # the learner's next rounds: a window in the works makes no other
+        found = monitor.after_step(published, {})
+        if found is not None:
+            break
+        assert monitor.windows == 0
+        time.sleep(0.01)
+    assert found == expected and monitor.last_signals == expected and monitor.windows == 1
+    # With no time between windows the call that published one started the next.
+    assert monitor.finish_window() == expected and monitor.windows == 2
+    assert monitor.finish_window() is None  # nothing left in the works
 
 
 def test_a_first_publish_backlog_drains_in_bounded_batches_and_rotation_keeps_the_sums() -> None:
@@ -165,12 +203,16 @@ def test_a_first_publish_backlog_drains_in_bounded_batches_and_rotation_keeps_th
     config = DriftConfig(window_seconds=0.0, warmup_examples=0, anchor_items=20, apply_updates=256)
     monitor = DriftMonitor(config, dim=8, attributes=labels, labels=["genre"])
     published = dict(zip(items, unit(rng.normal(size=(1000, 8))), strict=True))
-    for item, vector in published.items():  # a catalogue's first publish: one update per item
-        monitor.observe_update(item, None, vector)
+    # A catalogue's first publish, in chunks as the learner's catalogue publish makes them.
+    for start in range(0, 1000, 300):
+        chunk = items[start : start + 300]
+        monitor.observe(VectorUpdates.first(chunk, np.stack([published[i] for i in chunk])))
+    assert monitor.pending == 1000
     drained = 0
     while monitor.apply_backlog():
         drained += 1
         assert monitor.trackers["genre"].n == 256 * drained  # one batch per call, no more
+        assert monitor.pending == 1000 - 256 * drained
     assert drained == 3  # 1,000 updates: three batches, the last 232 left for after_step
     genre = LabelSpace("genre", labels)
 
@@ -183,10 +225,7 @@ def test_a_first_publish_backlog_drains_in_bounded_batches_and_rotation_keeps_th
     assert monitor.trackers["genre"].alignment() == pytest.approx(exact(), rel=1e-9)
     # Changes queued before a rotation still reach the sums (the rotation no longer rebuilds
     # them from the published vectors).
-    for item in items[:300]:
-        new = unit(rng.normal(size=(1, 8)))[0]
-        monitor.observe_update(item, published[item], new)
-        published[item] = new
+    monitor.observe(changed(published, dict(zip(items[:300], unit(rng.normal(size=(300, 8))), strict=True))))
     monitor.request_rotation()
     assert monitor.apply_backlog()  # 300 queued: a batch of 256 now, the rest with the window
     before = monitor.reference

@@ -47,8 +47,8 @@ def carriers(encoder: ItemEncoder, token: str) -> set[str]:
 def test_clicked_and_new_items_are_due_at_once_and_the_rest_waits_for_the_sweep() -> None:
     encoder = catalogue(40)
     rules = policy(encoder, sweep_items=1000, refresh_seconds=3600.0)
-    ids, always = rules.everything()
-    assert len(ids) == 40 and always == set(ids)
+    ids = rules.everything()
+    assert len(ids) == 40 and ids == encoder.item_ids()
     known = len(encoder.item_vocab)
     learn(encoder, "new", ["i0", "i1"])
     due, always = rules.due({"new", "i1"}, known)
@@ -108,7 +108,8 @@ def test_the_drift_monitor_reads_published_vectors_as_it_reads_a_plain_mapping()
     and window signals a dict of the same vectors gives."""
     encoder = catalogue(300)
     rules = policy(encoder, sweep_items=1000)
-    rules.material_changes(*rules.everything())
+    ids = rules.everything()
+    rules.material_changes(ids, set(ids))
     learn(encoder, "new", ["i0", "i1"])  # known to the model, never published
     published = rules.published
     assert isinstance(published, IndexedVectors) and "new" not in published

@@ -113,7 +113,8 @@ def test_the_publish_state_round_trips_to_unit_vectors_and_the_same_sweep() -> N
         )
 
     saved = rules()
-    saved.material_changes(*saved.everything())
+    ids = saved.everything()
+    saved.material_changes(ids, set(ids))
     encoder.learn([{"user_id": "u", "item_id": "i1", "prefix": ["i2", "i3"]}])
     saved.due({"i1"}, len(encoder.item_vocab))  # a sweep under way: stale items left for later
     state = saved.state_dict()
