@@ -55,6 +55,7 @@ __all__ = [
     "VectorUpdates",
     "drifted_dimension_share",
     "neighbour_overlap",
+    "sample_of",
     "signals_of",
     "window_signals",
 ]
@@ -220,17 +221,33 @@ class ReferenceSnapshot:
         max_items: int,
         rng: np.random.Generator,
     ) -> ReferenceSnapshot:
-        ids = _sample(current, max_items, rng)
-        present, vectors = _vectors_of(current, ids)
-        if not present.all():  # else the same list: ``current`` may keep what it looked up for it
-            ids = [item for item, kept in zip(ids, present, strict=True) if kept]
+        ids, vectors = sample_of(current, max_items, rng)
+        return cls.of(ids, vectors, clicks, anchor_items)
+
+    @classmethod
+    def of(
+        cls, ids: list[str], vectors: np.ndarray, clicks: Mapping[str, int], anchor_items: int
+    ) -> ReferenceSnapshot:
+        """The snapshot of a sample (see :func:`sample_of`), its anchors the ``anchor_items``
+        most clicked: the part of :meth:`take` that can run off the learner's thread (clicks
+        only grow, so counts read while the learner counts are merely a moment late)."""
         counts = clicks.many(ids) if isinstance(clicks, CountsOf) else [clicks.get(item, 0) for item in ids]
         # The most clicked first; among equals, the sample's order (a stable sort).
         anchors = [
             ids[i] for i in np.argsort(-np.asarray(counts, dtype=np.int64), kind="stable")[:anchor_items]
         ]
-        vectors = normalise(vectors)
-        return cls(ids=ids, vectors=vectors, anchors=anchors, taken_at=time.time())
+        return cls(ids=ids, vectors=normalise(vectors), anchors=anchors, taken_at=time.time())
+
+
+def sample_of(
+    current: Mapping[str, np.ndarray], max_items: int, rng: np.random.Generator
+) -> tuple[list[str], np.ndarray]:
+    """At most ``max_items`` items of ``current`` drawn uniformly, and a copy of their vectors."""
+    ids = _sample(current, max_items, rng)
+    present, vectors = _vectors_of(current, ids)
+    if not present.all():  # else the same list: ``current`` may keep what it looked up for it
+        ids = [item for item, kept in zip(ids, present, strict=True) if kept]
+    return ids, vectors
 
 
 def window_signals(
@@ -479,6 +496,7 @@ class DriftMonitor:
         # GIL for it. One thread: windows finish in order.
         self._math = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onevec-drift")
         self._window: Future[dict[str, float]] | None = None
+        self._taking: tuple[Future[ReferenceSnapshot], str] | None = None  # and its trigger
         self.spaces = [s for s in (LabelSpace(n, attributes or {}) for n in labels) if len(s) > 1]
         self.trackers = {s.name: AlignmentTracker(dim, len(s)) for s in self.spaces}
         for signal, threshold in config.thresholds.items():
@@ -569,6 +587,9 @@ class DriftMonitor:
         for name, tracker in self.trackers.items():
             metrics.PREDICTABILITY.labels(label=name).set(tracker.alignment())
         finished = self._finished_window(wait=False)
+        self._taken(wait=False)
+        if self._taking is not None:
+            return finished  # no window starts while a reference is being taken
         if self.reference is None:
             if self.examples_seen >= self.config.warmup_examples and len(current) > self.config.neighbours:
                 self.rotate(current, clicks, "warmup")
@@ -610,8 +631,10 @@ class DriftMonitor:
         self.cosine_changes = []
         self.window_started = time.monotonic()
 
-    def finish_window(self) -> dict[str, float] | None:
-        """Wait for the window being worked out, if any, and publish its signals."""
+    def settle(self) -> dict[str, float] | None:
+        """Wait for the monitor's thread: a reference being taken is installed, and a window
+        being worked out is published; returns that window's signals, if there was one."""
+        self._taken(wait=True)
         return self._finished_window(wait=True)
 
     def _finished_window(self, wait: bool) -> dict[str, float] | None:
@@ -628,23 +651,32 @@ class DriftMonitor:
         return signals
 
     def rotate(self, current: Mapping[str, np.ndarray], clicks: Mapping[str, int], trigger: str) -> None:
-        """Take a new reference snapshot of ``current`` (a sample of at most ``max_items``).
-        The alignment sums are not rebuilt: they follow every update, and in float64 the
-        rounding of even 10^9 replace() calls stays far below the gauge's precision, while a
-        rebuild reads every item (6.8 s at 1M items)."""
-        self.reference = ReferenceSnapshot.take(
-            current, clicks, self.config.anchor_items, self.config.max_items, self.rng
-        )
+        """Start taking a new reference snapshot of ``current`` (a sample of at most
+        ``max_items``): the sample and its vectors are copied here, the click counts read and
+        the anchors chosen on the monitor's thread (20 ms of lookups at 1M items); a later
+        call installs it. The alignment sums are not rebuilt: they follow every update, and in
+        float64 the rounding of even 10^9 replace() calls stays far below the gauge's
+        precision, while a rebuild reads every item (6.8 s at 1M items)."""
+        ids, vectors = sample_of(current, self.config.max_items, self.rng)
+        taking = self._math.submit(ReferenceSnapshot.of, ids, vectors, clicks, self.config.anchor_items)
+        self._taking = (taking, trigger)
         self._rotate_requested.clear()
         self._rotation_due = None
+
+    def _taken(self, wait: bool) -> None:
+        """Install the reference being taken, once taken (or ``wait`` for it)."""
+        if self._taking is None or not (wait or self._taking[0].done()):
+            return
+        (taking, trigger), self._taking = self._taking, None
+        self.reference = taking.result()
         self.window_started = time.monotonic()
         self.cosine_changes = []
         metrics.DRIFT_REFERENCE_ROTATIONS.labels(trigger=trigger).inc()
         metrics.DRIFT_REFERENCE_AGE.set(0.0)
         log.warning(
-            "drift reference taken (%s): %d items, %d anchors",
+            "drift reference taken (%s): %d items sampled, %d anchors",
             trigger,
-            len(current),
+            len(self.reference.ids),
             len(self.reference.anchors),
         )
 

@@ -134,8 +134,9 @@ def test_monitor_warms_up_rotates_on_demand_tracks_predictability(clustered: dic
     monitor.observe_step(6.0, [True, False], examples=50)
     assert monitor.after_step(published, {}) is None and monitor.reference is None  # still warming up
     monitor.observe_step(6.0, [True, False], examples=50)
-    monitor.after_step(published, {})
-    assert monitor.reference is not None
+    monitor.after_step(published, {})  # the reference is taken on the monitor's thread
+    monitor.settle()
+    assert monitor.reference is not None and len(monitor.reference.anchors) == 20
 
     # Move half the items: the cosine change and the incremental alignment follow.
     rng = np.random.default_rng(6)
@@ -143,7 +144,7 @@ def test_monitor_warms_up_rotates_on_demand_tracks_predictability(clustered: dic
     news = unit(np.stack([published[item] for item in moved]) + rng.normal(scale=0.5, size=(150, 16)))
     monitor.observe(changed(published, dict(zip(moved, news, strict=True))))
     assert monitor.after_step(published, {}) is None  # the window's arithmetic, on its thread
-    signals = monitor.finish_window()
+    signals = monitor.settle()
     assert signals is not None and signals["cosine_change"] > 0.05
     items = list(published)
     genre = LabelSpace("genre", labels)
@@ -156,18 +157,19 @@ def test_monitor_warms_up_rotates_on_demand_tracks_predictability(clustered: dic
     news = unit(np.stack([published[item] for item in items[:40]]) + rng.normal(scale=0.5, size=(40, 16)))
     monitor.observe(changed(published, dict(zip(items[:40], news, strict=True)), sampled=False))
     monitor.after_step(published, {})
-    signals = monitor.finish_window()
+    signals = monitor.settle()
     assert signals is not None and signals["cosine_change"] == 0.0
     vectors = np.stack([published[i] for i in items])
     assert monitor.trackers["genre"].alignment() == pytest.approx(centred_alignment(vectors, rows), rel=1e-6)
 
-    taken = monitor.reference.taken_at
+    before = monitor.reference
     monitor.request_rotation()
     monitor.after_step(published, {})  # the window, against the old reference
-    assert monitor.reference.taken_at == taken
+    assert monitor.reference is before
     came = monitor.after_step(published, {})  # then the rotation, a call later
-    assert (came or monitor.finish_window()) is not None  # the window's signals came all the same
-    assert monitor.reference.taken_at >= taken and not monitor._rotate_requested.is_set()
+    settled = monitor.settle()
+    assert (came or settled) is not None  # the window's signals came all the same
+    assert monitor.reference is not before and not monitor._rotate_requested.is_set()
     assert set(monitor.summary()) >= {"signals", "thresholds", "alarms", "events", "predictability"}
 
 
@@ -178,7 +180,8 @@ def test_a_window_is_worked_out_off_the_learner_thread_and_published_by_a_later_
     monitor = DriftMonitor(config, dim=16)
     published: dict[str, np.ndarray] = {}
     monitor.observe(changed(published, clustered))
-    monitor.after_step(published, {})  # the reference
+    monitor.after_step(published, {})  # the reference, taken on the monitor's thread
+    monitor.settle()
     reference = monitor.reference
     assert monitor.after_step(published, {}) is None and monitor.windows == 0  # started, not done
     expected = window_signals(reference, published, [], 0.25, 10)
@@ -191,8 +194,8 @@ def test_a_window_is_worked_out_off_the_learner_thread_and_published_by_a_later_
         time.sleep(0.01)
     assert found == expected and monitor.last_signals == expected and monitor.windows == 1
     # With no time between windows the call that published one started the next.
-    assert monitor.finish_window() == expected and monitor.windows == 2
-    assert monitor.finish_window() is None  # nothing left in the works
+    assert monitor.settle() == expected and monitor.windows == 2
+    assert monitor.settle() is None  # nothing left in the works
 
 
 def test_a_first_publish_backlog_drains_in_bounded_batches_and_rotation_keeps_the_sums() -> None:
@@ -231,5 +234,6 @@ def test_a_first_publish_backlog_drains_in_bounded_batches_and_rotation_keeps_th
     before = monitor.reference
     monitor.after_step(published, {})  # the window
     monitor.after_step(published, {})  # the rotation
+    monitor.settle()
     assert monitor.reference is not None and monitor.reference is not before  # rotated
     assert monitor.trackers["genre"].alignment() == pytest.approx(exact(), rel=1e-9)
