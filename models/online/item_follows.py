@@ -15,17 +15,17 @@ its largest value over the candidates so it lies in (0, 1]:
 * ``follows_session``: ``sum over the session's newest items p at position j of L`` (1 =
   oldest) ``of (j / L) * weight(p -> i)`` (the newest ``window`` items).
 
-Bounds: at most ``max_next`` followers per item, and ``max_entries`` followers over all items
-(the least recently clicked items' lists are forgotten first), so the lists stay near
+Bounds: at most ``max_next`` followers per item, and ``max_entries`` followers over all
+items (the least recently clicked items' lists are forgotten first), so the lists stay near
 ``max_entries`` x 16 bytes whatever the catalogue; the interned ids add one entry per item
 ever seen, as the encoder's vocabulary does (measured: the 100,000 events of ml-latest-small
-make 247,455 entries in 7.5 MB, all included, 30 bytes an entry). A new follower of a full item takes the
-place of the weakest with that weight plus its own (space-saving), so a follower that keeps
-coming gets in. ``forgotten`` counts the followers either bound dropped, for the learner to
-export (a bounded table forgets, but never silently).
+make 247,449 entries in 6.6 MiB, all included, 28 bytes an entry, tracemalloc). A new
+follower of a full item takes the place of the weakest with that weight plus its own
+(space-saving), so a follower that keeps coming gets in. ``forgotten`` counts the followers either
+bound dropped, for the learner to export (a bounded table forgets, but never silently).
 
 Items are interned as integers (their own vocabulary), each item's followers held in two
-growing arrays, so a session's features are a few array operations rather than a Python loop
+growing byte arrays, so a session's features are a few array operations rather than a Python loop
 over up to ``window x max_next`` followers (that loop halved the learner's examples/s).
 
 Learned from example records (each carries its session's prefix), after they were scored, so
@@ -34,7 +34,7 @@ no score reads the future; the state is checkpointed with the model.
 
 from __future__ import annotations
 
-from array import array
+import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,21 +89,39 @@ class FollowedMany:
     values: np.ndarray  # (m, 2) float64, each query's column maximum 1 (or all zero)
 
 
-@dataclass(slots=True)
-class _Followers:
-    """One item's followers: parallel ids and weights (order carries no meaning). A follower is
-    found by a C-level scan of at most ``max_next`` ids: an index dict per item cost a third
-    more memory per entry than the arrays themselves."""
+# An item's followers: their interned ids and weights, packed as native int64 and float64 in
+# two bytearrays. Not array objects: the garbage collector tracks those (two per item with
+# followers), and its full collections over them stalled the learner (18-31 ms at 1M items).
+# A tuple of untracked objects is untracked too.
+_Lists = tuple[bytearray, bytearray]
+_ID = struct.Struct("q")
+_WEIGHT = struct.Struct("d")
 
-    ids: array = field(default_factory=lambda: array("q"))
-    weights: array = field(default_factory=lambda: array("d"))
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of (ids, weights); the learner thread may append meanwhile, so both are cut to
-        the shorter (each copy is one C call under the GIL)."""
-        ids, weights = np.array(self.ids, dtype=np.int64), np.array(self.weights, dtype=np.float64)
-        n = min(len(ids), len(weights))
-        return ids[:n], weights[:n]
+def _position(ids: bytearray, follower: int) -> int:
+    """The index of ``follower`` in ``ids``, -1 if absent: a C-level scan (a match must start
+    on an id's boundary, so one that straddles two ids is skipped)."""
+    packed = _ID.pack(follower)
+    at = ids.find(packed)
+    while at % _ID.size and at >= 0:
+        at = ids.find(packed, at + 1)
+    return at // _ID.size if at >= 0 else -1
+
+
+def _add_weight(weights: bytearray, index: int, weight: float) -> None:
+    offset = index * _WEIGHT.size
+    _WEIGHT.pack_into(weights, offset, _WEIGHT.unpack_from(weights, offset)[0] + weight)
+
+
+def _copies(lists: _Lists) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of (ids, weights) as arrays. The learner thread may append meanwhile, so both
+    are cut to the shorter; slices are copies, so no view keeps the learner from growing them."""
+    ids, weights = lists
+    n = min(len(ids), len(weights)) // _ID.size
+    return (
+        np.frombuffer(ids[: n * _ID.size], dtype=np.int64),
+        np.frombuffer(weights[: n * _WEIGHT.size], dtype=np.float64),
+    )
 
 
 class ItemFollows:
@@ -116,7 +134,7 @@ class ItemFollows:
         self.max_entries = max_entries
         self.max_next = max_next
         self._names = Vocabulary()  # item id <-> interned id, never reused
-        self._next: OrderedDict[int, _Followers] = OrderedDict()  # least recently clicked first
+        self._next: OrderedDict[int, _Lists] = OrderedDict()  # least recently clicked first
         self._entries = 0  # followers over all items
         self.forgotten = 0  # followers dropped by the bounds since this instance was made
         self._columns: tuple[Vocabulary, int, np.ndarray] | None = None  # see columns_in
@@ -144,38 +162,40 @@ class ItemFollows:
             self.observe(prefix, item_id)
 
     def _add(self, source: int, follower: int, weight: float) -> None:
-        followers = self._next.get(source)
-        if followers is None:
-            followers = self._next[source] = _Followers()
+        lists = self._next.get(source)
+        if lists is None:
+            lists = self._next[source] = (bytearray(), bytearray())
         else:
             self._next.move_to_end(source)
-        if follower in followers.ids:
-            followers.weights[followers.ids.index(follower)] += weight
-        elif len(followers.ids) < self.max_next:
-            followers.ids.append(follower)
-            followers.weights.append(weight)
+        ids, weights = lists
+        at = _position(ids, follower)
+        if at >= 0:
+            _add_weight(weights, at, weight)
+        elif len(ids) < self.max_next * _ID.size:
+            ids += _ID.pack(follower)
+            weights += _WEIGHT.pack(weight)
             self._entries += 1
             self._forget_oldest()
         else:
-            weakest = int(np.argmin(np.frombuffer(followers.weights, dtype=np.float64)))
-            followers.ids[weakest] = follower
-            followers.weights[weakest] += weight
+            weakest = int(np.argmin(np.frombuffer(weights, dtype=np.float64)))  # a view, gone at once
+            _ID.pack_into(ids, weakest * _ID.size, follower)
+            _add_weight(weights, weakest, weight)
             self.forgotten += 1
 
     def _forget_oldest(self) -> None:
         # The newest item's list is never forgotten: max_entries >= 1 >= its one new follower.
         while self._entries > self.max_entries:
-            _, forgotten = self._next.popitem(last=False)
-            self._entries -= len(forgotten.ids)
-            self.forgotten += len(forgotten.ids)
+            _, (forgotten, _) = self._next.popitem(last=False)
+            self._entries -= len(forgotten) // _ID.size
+            self.forgotten += len(forgotten) // _ID.size
 
     def followers(self, item_id: str) -> dict[str, float]:
         """A copy of ``item_id``'s followers and weights (empty when it has none)."""
         source = self._names.get(item_id)
-        followers = None if source is None else self._next.get(source)
-        if followers is None:
+        lists = None if source is None else self._next.get(source)
+        if lists is None:
             return {}
-        ids, weights = followers.arrays()
+        ids, weights = _copies(lists)
         return dict(zip(self._names.keys_at(ids.tolist()), weights.tolist(), strict=True))
 
     def followed(self, prefix: Sequence[str]) -> Followed:
@@ -186,7 +206,7 @@ class ItemFollows:
     def followed_many(self, prefixes: Sequence[Sequence[str]]) -> FollowedMany:
         """:meth:`followed` of many sessions at once: one sort for them all, where a query at a
         time spent most of its time in small array calls."""
-        ids, weights = array("q"), array("d")
+        ids, weights = bytearray(), bytearray()
         queries: list[int] = []  # per gathered list, its query
         sizes: list[int] = []
         shares: list[float] = []
@@ -194,12 +214,13 @@ class ItemFollows:
             recent = list(prefix[-self.window :])
             length = len(prefix)
             for position, source in enumerate(map(self._names.lookup, recent), length - len(recent) + 1):
-                followers = None if source is None else self._next.get(source)
-                if followers is not None:
-                    # The learner thread may append meanwhile: both cut to the shorter.
-                    n = min(len(followers.ids), len(followers.weights))
-                    ids.extend(followers.ids[:n])
-                    weights.extend(followers.weights[:n])
+                lists = None if source is None else self._next.get(source)
+                if lists is not None:
+                    # The learner thread may append meanwhile: both cut to the shorter (sliced
+                    # copies: a view would keep it from growing them).
+                    n = min(len(lists[0]), len(lists[1])) // _ID.size
+                    ids += lists[0][: n * _ID.size]
+                    weights += lists[1][: n * _WEIGHT.size]
                     queries.append(query)
                     sizes.append(n)
                     shares.append(position / length)
@@ -248,13 +269,14 @@ class ItemFollows:
     def state_dict(self) -> dict[str, Any]:
         """Plain lists and tensors (a checkpoint is loaded ``weights_only``), sources in
         activity order so the bound forgets the same items after a restart."""
-        key = self._names.key
-        tables = list(self._next.values())
+        tables = [_copies(lists) for lists in self._next.values()]
+        ids = np.concatenate([t[0] for t in tables]) if tables else np.zeros(0, dtype=np.int64)
+        weights = np.concatenate([t[1] for t in tables]) if tables else np.zeros(0)
         return {
-            "sources": [key(source) for source in self._next],
-            "sizes": torch.tensor([len(t.ids) for t in tables], dtype=torch.int64),
-            "followers": [key(i) for t in tables for i in t.ids],
-            "weights": torch.tensor([w for t in tables for w in t.weights], dtype=torch.float64),
+            "sources": self._names.keys_at(list(self._next)),
+            "sizes": torch.tensor([len(t[0]) for t in tables], dtype=torch.int64),
+            "followers": self._names.keys_at(ids.tolist()),
+            "weights": torch.from_numpy(weights.astype(np.float64)),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -264,7 +286,7 @@ class ItemFollows:
             raise ValueError("item follows state: sources, sizes and followers do not match")
         weights = state["weights"].tolist()
         names = Vocabulary()
-        tables: OrderedDict[int, _Followers] = OrderedDict()
+        tables: OrderedDict[int, _Lists] = OrderedDict()
         start = 0
         for source, size in zip(state["sources"], sizes, strict=True):
             end = start + size
@@ -274,9 +296,12 @@ class ItemFollows:
                 self.forgotten += len(kept) - self.max_next
                 kept = sorted(kept, key=lambda kv: -kv[1])[: self.max_next]
             ids = names.index_many([follower for follower, _ in kept])
-            tables[names.index(source)] = _Followers(array("q", ids), array("d", [w for _, w in kept]))
+            tables[names.index(source)] = (
+                bytearray(np.asarray(ids, dtype=np.int64).tobytes()),
+                bytearray(np.asarray([w for _, w in kept], dtype=np.float64).tobytes()),
+            )
             start = end
         # New ids: the cached columns belonged to the old ones.
         self._names, self._next, self._columns = names, tables, None
-        self._entries = sum(len(t.ids) for t in tables.values())
+        self._entries = sum(len(ids) for ids, _ in tables.values()) // _ID.size
         self._forget_oldest()

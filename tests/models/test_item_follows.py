@@ -4,6 +4,7 @@ follow the session's items (SYNTHETIC streams)."""
 
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -197,3 +198,16 @@ def test_the_table_is_part_of_the_trainers_checkpointed_state() -> None:
     fresh = OnlineTrainer(ModelConfig(dim=8, negatives=16))
     fresh.load_state_dict(old)
     assert fresh.item_follows is not None and len(fresh.item_follows) == 0
+
+
+def test_the_table_gives_the_garbage_collector_nothing_to_walk_per_item() -> None:
+    """A full collection walks every object the collector tracks; per-item lists it tracked
+    (two array objects and their holder) stalled the learner for 18-31 ms at 1M items."""
+    gc.collect()
+    before = len(gc.get_objects())
+    follows = ItemFollows()
+    for n in range(2000):
+        follows.observe([f"i{n}", f"i{n + 1}"], f"i{n + 2}")
+    gc.collect()  # a tuple of untracked objects is untracked by a collection
+    assert len(follows) == 2001 and follows.entries == 4000
+    assert len(gc.get_objects()) - before < 20  # the table itself, not a few per item
