@@ -221,6 +221,10 @@ class Settings(BaseSettings):
     web_port: int = Field(default=0, ge=0, le=65535)  # 0 = pick a free port
     data_dir: Path = Path(".onevec")
     log_level: str = "warning"
+    # A graceful stop (SIGTERM/SIGINT) that has not finished by then ends the process as a crash
+    # would: Faust's stop can wait forever on an unreachable broker, and what a crash leaves is
+    # recovered from the checkpoint and the broker. Longer than a parent's own wait (30 s).
+    stop_timeout_seconds: float = Field(default=45.0, gt=0)
 
     def model_config_for_training(self) -> ModelConfig:
         return ModelConfig(

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -52,8 +53,38 @@ def run_worker(settings: Settings) -> None:
     with prepared(settings) as settings:
         onevec = create_app(settings)
         print(f"worker web on http://{settings.bind_host}:{settings.web_port}", flush=True)
-        worker = faust.Worker(onevec.faust, loglevel=settings.log_level.upper(), quiet=True)
+        worker = _Worker(onevec.faust, loglevel=settings.log_level.upper(), quiet=True)
+        worker.stop_timeout = settings.stop_timeout_seconds
         worker.execute_from_commandline()
+
+
+class _Worker(faust.Worker):
+    """Faust's worker with a deadline on its graceful stop (``Settings.stop_timeout_seconds``)."""
+
+    stop_timeout = 45.0
+
+    def _on_sigterm(self) -> None:
+        self._arm_deadline("SIGTERM")
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._arm_deadline("SIGINT")
+        super()._on_sigint()
+
+    def _arm_deadline(self, signal_name: str) -> None:
+        def give_up() -> None:
+            log.error(
+                "the graceful stop after %s did not finish in %.0f s (is the broker reachable?): "
+                "exiting now; what was not checkpointed is replayed from the broker on restart",
+                signal_name,
+                self.stop_timeout,
+            )
+            logging.shutdown()
+            os._exit(1)
+
+        timer = threading.Timer(self.stop_timeout, give_up)
+        timer.daemon = True  # a stop that finishes in time exits without waiting for it
+        timer.start()
 
 
 def scrape_metrics(url: str, timeout: float = 5.0) -> dict[str, float]:
