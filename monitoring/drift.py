@@ -570,8 +570,11 @@ class DriftMonitor:
     def observe_step(self, loss: float | None, hits: Sequence[bool], examples: int) -> None:
         """One micro-batch: its loss, its prequential hits (scored examples only), its size."""
         self.examples_seen += examples
-        if self.reference is None:
-            return  # the detectors start with the reference: warm-up is not drift
+        if self.reference is None and self._taking is None:
+            # Warm-up is not drift. The detectors start when the first reference is asked
+            # for, not when the monitor's thread installs it a round or more later: under a
+            # backlog those rounds can hold the very change the detectors are there to see.
+            return
         for detector, stream in self.streams.update(loss, hits):
             self.events[(detector, stream)] += 1
             metrics.DRIFT_EVENTS.labels(detector=detector, stream=stream).inc()

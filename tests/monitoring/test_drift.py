@@ -122,6 +122,23 @@ def test_stream_detectors_quiet_on_stationary_and_fire_on_worse_streams() -> Non
     assert run(0.45, 5.5) == set()  # a model getting better is not drifting
 
 
+def test_detectors_start_when_the_first_reference_is_asked_for(clustered: dict[str, np.ndarray]) -> None:
+    """Not when the monitor's thread installs it: under a backlog the rounds in between can hold
+    the change itself, and detectors that never saw the old level cannot find it."""
+    monitor = DriftMonitor(DriftConfig(window_seconds=0.0, warmup_examples=100), dim=16)
+    published: dict[str, np.ndarray] = {}
+    monitor.observe(changed(published, clustered))
+    adwin = monitor.streams.detectors[("adwin", "hit")].detector
+    monitor.observe_step(6.0, [True] * 50, examples=100)
+    assert adwin.width == 0  # warming up
+    monitor.after_step(published, {})  # warm-up over: the reference is being taken
+    assert monitor.reference is None  # installed by a later call, not yet
+    monitor.observe_step(6.0, [True] * 50, examples=50)
+    assert adwin.width == 50
+    monitor.settle()
+    assert monitor.reference is not None
+
+
 def test_monitor_warms_up_rotates_on_demand_tracks_predictability(clustered: dict[str, np.ndarray]) -> None:
     labels = {item: {"genre": [f"g{n % 8}"], "decade": f"d{n % 3}"} for n, item in enumerate(clustered)}
     config = DriftConfig(window_seconds=0.0, warmup_examples=100, anchor_items=20)
