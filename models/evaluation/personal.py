@@ -8,7 +8,8 @@ of what they buy they bought before.
   frequency information for next-basket recommendation", SIGIR 2020): the user's
   time-decayed history vector blended with its nearest users'.
 * :func:`repeat_share`: the share of scored next items the user had before, the ceiling of
-  what re-recommending a user's own items can hit (on MovieLens nobody rates a film twice).
+  what re-recommending a user's own items can hit (on MovieLens nobody rates a film twice);
+  :func:`repeat_mask` marks those examples, so a report can score each side apart.
 
 A session is a basket. Both models hold only what they learned, so under the harness, which
 hands them a batch only after scoring it, they cannot read a user's future.
@@ -26,7 +27,7 @@ from onevec.models.clickstream.examples import ExampleRecord
 from onevec.models.evaluation.harness import Query, is_scorable
 from onevec.models.evaluation.item_columns import ItemColumns, Popularity, learnable
 
-__all__ = ["PersonalPopularity", "TIFUKNN", "UserBaskets", "repeat_share"]
+__all__ = ["PersonalPopularity", "TIFUKNN", "UserBaskets", "repeat_mask", "repeat_share"]
 
 
 @dataclass
@@ -68,20 +69,26 @@ class UserBaskets:
         return counts
 
 
-def repeat_share(records: Sequence[ExampleRecord], history: int) -> float:
-    """Share of the scored examples (after the first ``history`` records) whose next item the
-    same user had in an earlier event."""
+def repeat_mask(records: Sequence[ExampleRecord], history: int) -> np.ndarray:
+    """Per scored example (after the first ``history`` records, in the order
+    :func:`~onevec.models.evaluation.harness.run_prequential` scores them): whether the same
+    user had its next item in an earlier event."""
     had: dict[str, set[str]] = {}
-    repeats = scored = 0
+    repeats: list[bool] = []
     for position, record in enumerate(records):
         if record.get("duplicate"):
             continue
         user, item = str(record["user_id"]), str(record["item_id"])
         if position >= history and is_scorable(record):
-            scored += 1
-            repeats += item in had.get(user, ())
+            repeats.append(item in had.get(user, ()))
         had.setdefault(user, set()).add(item)
-    return repeats / scored if scored else 0.0
+    return np.asarray(repeats, dtype=bool)
+
+
+def repeat_share(records: Sequence[ExampleRecord], history: int) -> float:
+    """Share of the scored examples whose next item the same user had in an earlier event."""
+    mask = repeat_mask(records, history)
+    return float(mask.mean()) if len(mask) else 0.0
 
 
 class PersonalPopularity:

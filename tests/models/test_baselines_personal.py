@@ -13,7 +13,7 @@ from onevec.models.evaluation.baselines import ItemTransitions, RecentPopularity
 from onevec.models.evaluation.gru4rec import GRU4Rec
 from onevec.models.evaluation.harness import Recommender, run_prequential
 from onevec.models.evaluation.neighbours import VSKNN, SessionKNN
-from onevec.models.evaluation.personal import TIFUKNN, PersonalPopularity, repeat_share
+from onevec.models.evaluation.personal import TIFUKNN, PersonalPopularity, repeat_mask, repeat_share
 from tests.models.baseline_streams import query, sessions
 
 
@@ -55,6 +55,7 @@ def test_repeat_share_counts_items_the_user_had_before() -> None:
     records = sessions(("u", ["a", "b"]), ("u", ["c", "a"]), ("u", ["d", "e"]), ("v", ["a", "c"]))
     # Scored (after the first 2 records, non-empty prefix): c->a (had a), d->e (new), a->c (v never had c)
     assert repeat_share(records, 2) == pytest.approx(1 / 3)
+    assert repeat_mask(records, 2).tolist() == [True, False, False]  # in the order they are scored
 
 
 # ---- no future -----------------------------------------------------------------------------

@@ -84,7 +84,8 @@ def bare_evaluation(**overrides: object) -> SimpleNamespace:
         "data": SimpleNamespace(name="tiny", events=events, outcome_source="none"),
         "options": EvalOptions(),
         "prequential": PrequentialResult(20, np.array([10.0, 20.0, 30.0]), ranks, 1, 3),
-        "repeat_share": 0.0,
+        "repeats": np.array([True, False, False]),
+        "repeat_share": 1 / 3,
         "tuned": {},
         "tasks": [],
         "probes": [],
@@ -117,6 +118,15 @@ def test_sections_without_data_are_left_out(tmp_path: Path) -> None:
     for absent in ("Purchased vs non-purchased", "Downstream heads", "item_map.png", "Sources:"):
         assert absent not in report
     assert not (tmp_path / "item_map.png").exists()
+
+
+def test_hits_are_split_into_repeats_and_new_items(tmp_path: Path) -> None:
+    report = write_report(bare_evaluation(), tmp_path).read_text()  # type: ignore[arg-type]
+    # Ranks 1, 0, 3 with only the first next item one the user had: 1 of 1 repeats hit, 1 of 2 new.
+    assert "| random | 0.6667 | 0.4444 | 1.000 / 0.500 |" in report
+    assert "Repeat share: 33.3%" in report
+    only_new = bare_evaluation(repeats=np.zeros(3, dtype=bool), repeat_share=0.0)
+    assert "| random | 0.6667 | 0.4444 | - / 0.667 |" in write_report(only_new, tmp_path / "new").read_text()  # type: ignore[arg-type]
 
 
 def test_the_similar_items_section(tmp_path: Path) -> None:

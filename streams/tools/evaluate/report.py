@@ -37,6 +37,15 @@ def results_table(ev: Evaluation) -> list[tuple[str, float, float]]:
     return sorted(rows, key=lambda r: -r[1])
 
 
+def _split_hits(ev: Evaluation, name: str) -> str:
+    """HR@k of ``name`` on the scored examples whose next item the user had before, and on the rest."""
+    p, repeats = ev.prequential, ev.repeats
+    if len(repeats) != len(p.ranks[name]):
+        raise ValueError(f"{len(repeats)} repeat marks for {len(p.ranks[name])} scored examples")
+    sides = [f"{p.hr(name, mask):.3f}" if mask.any() else "-" for mask in (repeats, ~repeats)]
+    return " / ".join(sides)
+
+
 def claims(ev: Evaluation) -> list[tuple[str, bool | None, str]]:
     """(claim, held?, evidence); held is None when the data cannot test it."""
     out: list[tuple[str, bool | None, str]] = []
@@ -282,15 +291,23 @@ def write_report(ev: Evaluation, out: Path) -> Path:
         "priority per item (a hash of its id), as the live learner ranks.",
         "",
         _table(
-            ["recommender", f"HR@{p.k}", f"MRR@{p.k}", "setting (chosen on the history's validation slice)"],
             [
-                [n, f"{h:.4f}", f"{m:.4f}", ev.tuned[n].summary if n in ev.tuned else ""]
+                "recommender",
+                f"HR@{p.k}",
+                f"MRR@{p.k}",
+                f"HR@{p.k}: repeats / new",
+                "setting (chosen on the history's validation slice)",
+            ],
+            [
+                [n, f"{h:.4f}", f"{m:.4f}", _split_hits(ev, n), ev.tuned[n].summary if n in ev.tuned else ""]
                 for n, h, m in results_table(ev)
             ],
         ),
         "",
         f"Repeat share: {ev.repeat_share:.1%} of the scored next items are items the same user had before "
-        "(the most that recommending a user's own items, as P-Pop and TIFU-KNN do, can hit).",
+        "(the most that recommending a user's own items, as P-Pop and TIFU-KNN do, can hit). "
+        f"HR@{p.k} on those (repeats) and on the others (new to the user) shows which side each "
+        "recommender wins.",
         "",
         f"Per time window (HR@{p.k} / MRR@{p.k}):",
         "",

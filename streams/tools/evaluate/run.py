@@ -20,7 +20,7 @@ from onevec.models.evaluation.drift import LiveWatch, drift_series
 from onevec.models.evaluation.grid import GridResult, default_variants, run_grid
 from onevec.models.evaluation.harness import PrequentialResult, Recommender, run_prequential
 from onevec.models.evaluation.lineup import baselines
-from onevec.models.evaluation.personal import repeat_share
+from onevec.models.evaluation.personal import repeat_mask
 from onevec.models.evaluation.probes import ProbeRow, probe_tasks
 from onevec.models.evaluation.similar_items import SimilarItems, measure_similar_items
 from onevec.models.evaluation.tasks import (
@@ -64,7 +64,7 @@ class Evaluation:
     data: EvalData
     options: EvalOptions
     prequential: PrequentialResult
-    repeat_share: float  # scored next items the user had before
+    repeats: np.ndarray  # per scored example: the user had its next item before
     tuned: dict[str, Tuned]  # baseline -> its setting chosen on the validation slice of the history
     tasks: list[Task]
     probes: list[ProbeRow]
@@ -83,6 +83,11 @@ class Evaluation:
     upserts: int
     sources: list[str]
     notes: list[str]
+
+    @property
+    def repeat_share(self) -> float:
+        """The share of scored next items the user had before."""
+        return float(self.repeats.mean()) if len(self.repeats) else 0.0
 
 
 def prequential_lineup(
@@ -236,7 +241,7 @@ def _run(data: EvalData, options: EvalOptions, stage: Callable[[str], None]) -> 
         data=data,
         options=options,
         prequential=result,
-        repeat_share=repeat_share(records, history),
+        repeats=repeat_mask(records, history),
         tuned=tuned,
         tasks=tasks,
         probes=probes,
