@@ -37,6 +37,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
+import numpy as np
 import qdrant_edge as edge
 from qdrant_client.http import models
 
@@ -136,10 +137,14 @@ class EdgeCollections:
     def upsert(self, collection_name: str, points: models.Batch, wait: bool = True) -> models.UpdateResult:
         """Write a columnar batch (what the store sends). Applied and searchable on return,
         whatever ``wait`` says: qdrant-edge applies an update before it returns."""
-        vectors = cast(Mapping[str, Sequence[Sequence[float]]], points.vectors)
+        # qdrant-edge reads a list of floats twice as fast as an array row; EdgeProcess sends arrays.
+        vectors = {
+            name: column.tolist() if isinstance(column, np.ndarray) else [list(row) for row in column]
+            for name, column in cast(Mapping[str, Any], points.vectors).items()
+        }
         payloads: Sequence[dict[str, Any] | None] = points.payloads or [None] * len(points.ids)
         rows = [
-            edge.Point(point, {name: list(column[i]) for name, column in vectors.items()}, payload)
+            edge.Point(point, {name: column[i] for name, column in vectors.items()}, payload)
             for i, (point, payload) in enumerate(zip(points.ids, payloads, strict=True))
         ]
         shard = self._shard(collection_name)
@@ -407,7 +412,19 @@ class EdgeProcess:
     collection_exists = _in_child(EdgeCollections.collection_exists)
     create_collection = _in_child(EdgeCollections.create_collection)
     get_collection = _in_child(EdgeCollections.get_collection)
-    upsert = _in_child(EdgeCollections.upsert)
+
+    def upsert(self, collection_name: str, points: models.Batch, wait: bool = True) -> models.UpdateResult:
+        """:meth:`EdgeCollections.upsert` in the child, the vectors sent as float32 arrays (what
+        the engine stores): pickling an array copies its bytes, where a list of lists pickles
+        every float as an object of its own."""
+        vectors = cast(Mapping[str, Sequence[Sequence[float]]], points.vectors)
+        packed = models.Batch.model_construct(
+            ids=points.ids,
+            vectors={name: np.asarray(column, dtype=np.float32) for name, column in vectors.items()},
+            payloads=points.payloads,
+        )
+        return cast(models.UpdateResult, self._call("upsert", collection_name, packed, wait))
+
     delete = _in_child(EdgeCollections.delete)
     retrieve = _in_child(EdgeCollections.retrieve)
     query_points = _in_child(EdgeCollections.query_points)
