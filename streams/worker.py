@@ -59,9 +59,9 @@ def run_worker(settings: Settings) -> None:
 
 
 class _Worker(faust.Worker):
-    """Faust's worker with a deadline on its graceful stop (``Settings.stop_timeout_seconds``)."""
+    """Faust's worker with a deadline on its graceful stop."""
 
-    stop_timeout = 45.0
+    stop_timeout: float  # Settings.stop_timeout_seconds, set by run_worker
 
     def _on_sigterm(self) -> None:
         self._arm_deadline("SIGTERM")
