@@ -25,6 +25,7 @@ What qdrant-edge lacks, built on top here:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -367,14 +369,22 @@ def _in_child(
 class EdgeProcess:
     """:class:`EdgeCollections` in a child process, with the same blocking methods.
 
-    One caller at a time (the store's thread); a call waits for its answer. The child stops
-    and flushes its shards on :meth:`close`, or when this process ends (its socket closes).
+    One caller at a time (the store's thread). An upsert returns once it is sent and the one
+    before it is applied, so the caller builds its next batch while the child applies this one;
+    every other call waits for its own answer, and the child answers in order, so whatever is
+    asked after an upsert (a lookup, a count, the checkpoint's vouching) sees it applied. The
+    child stops and flushes its shards on :meth:`close`, or when this process ends (its socket
+    closes, and it applies what it had received first).
+
     A child that died (killed, out of memory) fails the call in flight with ConnectionError and
-    is started again by the next call, which reopens the shards from their write-ahead logs."""
+    is started again by the next call, which reopens the shards from their write-ahead logs and
+    first sends again the upsert still unanswered (upserts are idempotent), so none is lost."""
 
     def __init__(self, path: Path, index_from_kb: int = INDEX_FROM_KB) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._arguments = [str(path), str(index_from_kb)]
+        # Upserts sent whose answers are not read yet (one between calls): (args, kwargs).
+        self._unanswered: deque[tuple[tuple[Any, ...], dict[str, Any]]] = deque()
         self._start()
 
     def _start(self) -> None:
@@ -394,19 +404,52 @@ class EdgeProcess:
         return self._process.pid
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if self._process.poll() is not None:
-            log.warning("the qdrant-edge process exited (%s): starting it again", self._process.returncode)
-            self._connection.close()
-            self._start()
-        try:
-            self._connection.send((method, args, kwargs))
-            status, value = self._connection.recv()
-        except (EOFError, OSError) as error:
-            self._process.wait(timeout=30)  # so the next call finds it gone and starts another
-            raise ConnectionError(f"the qdrant-edge process {self.pid} ended during {method}") from error
+        """Send a call and wait for its answer, and so for every upsert sent before it."""
+        self._send(method, args, kwargs)
+        failed = self._settle(method, keep=0)
+        status, value = self._receive(method)
+        if failed is not None:
+            raise failed
         if status == "error":
             raise value
         return value
+
+    def _send(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            if self._process.poll() is not None:
+                log.warning(
+                    "the qdrant-edge process exited (%s): starting it again", self._process.returncode
+                )
+                self._connection.close()
+                self._start()
+                # Upserts sent to the child that died may never have been applied: send them again.
+                for sent in self._unanswered:
+                    self._connection.send(("upsert", *sent))
+            self._connection.send((method, args, kwargs))
+        except OSError as error:
+            raise self._ended(method) from error
+
+    def _receive(self, method: str) -> tuple[str, Any]:
+        try:
+            return cast(tuple[str, Any], self._connection.recv())
+        except (EOFError, OSError) as error:
+            raise self._ended(method) from error
+
+    def _settle(self, method: str, keep: int) -> RuntimeError | None:
+        """Read the answers of the oldest unanswered upserts until ``keep`` are left; the error
+        to raise if one of them failed (its caller was told it succeeded)."""
+        failed = None
+        while len(self._unanswered) > keep:
+            status, value = self._receive(method)
+            self._unanswered.popleft()
+            if status == "error":
+                log.error("qdrant-edge refused an upsert that had already returned: %r", value)
+                failed = failed or RuntimeError(f"an earlier upsert failed in qdrant-edge: {value!r}")
+        return failed
+
+    def _ended(self, method: str) -> ConnectionError:
+        self._process.wait(timeout=30)  # so the next call finds it gone and starts another
+        return ConnectionError(f"the qdrant-edge process {self.pid} ended during {method}")
 
     # The methods of EdgeCollections, each run in the child.
     collection_exists = _in_child(EdgeCollections.collection_exists)
@@ -423,7 +466,12 @@ class EdgeProcess:
             vectors={name: np.asarray(column, dtype=np.float32) for name, column in vectors.items()},
             payloads=points.payloads,
         )
-        return cast(models.UpdateResult, self._call("upsert", collection_name, packed, wait))
+        arguments: tuple[Any, ...] = (collection_name, packed, wait)
+        self._send("upsert", arguments, {})
+        self._unanswered.append((arguments, {}))
+        if (failed := self._settle("upsert", keep=1)) is not None:
+            raise failed
+        return _completed()
 
     delete = _in_child(EdgeCollections.delete)
     retrieve = _in_child(EdgeCollections.retrieve)
@@ -434,6 +482,18 @@ class EdgeProcess:
     optimize = _in_child(EdgeCollections.optimize)
 
     def close(self) -> None:
+        # The upsert still unanswered is applied before the child stops; a child that died
+        # before answering it is started once more to apply it.
+        for _ in range(2):
+            if not self._unanswered:
+                break
+            with contextlib.suppress(ConnectionError, RuntimeError):  # logged where they arise
+                self._call("collection_exists", "")
+        if self._unanswered:
+            log.error(
+                "%d upserts to qdrant-edge were never applied: its process did not start",
+                len(self._unanswered),
+            )
         if self._process.poll() is None:
             self._connection.send(("close", (), {}))
         self._process.wait()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import shutil
 import tempfile
 import time
@@ -30,6 +31,7 @@ __all__ = ["main"]
 
 GENRES = [f"g{k}" for k in range(10)]
 VECTORS = ("unified", "behaviour")
+UPSERT_CHUNK = 64  # batches built before a timed run of upserts
 
 
 def synthetic_catalogue(
@@ -126,9 +128,14 @@ async def bench_store(
 ) -> None:
     await store.ensure_collections()
     upsert = 0.0
-    for points in batches(vectors, genres, store.dim, batch):
+    # Timed a chunk of batches at a time, built beforehand, up to a count that is answered once
+    # all are applied: qdrant-edge applies an upsert while the caller sends the next one.
+    built = batches(vectors, genres, store.dim, batch)
+    while chunk := list(itertools.islice(built, UPSERT_CHUNK)):
         started = time.perf_counter()
-        await store.upsert_points("items", points)
+        for points in chunk:
+            await store.upsert_points("items", points)
+        await store.count("items")
         upsert += time.perf_counter() - started
     print(f"  store upsert: {len(genres) / upsert:,.0f} points/s ({upsert:.1f} s)")
     if build_index is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from qdrant_client.http import models
 
 from onevec.models.datasets import load_events
 from onevec.streams.qdrant import QdrantStore, build_item_points
@@ -88,6 +89,55 @@ def test_edge_keeps_acknowledged_writes_when_its_process_is_killed(tmp_path: Pat
             return await read(store)
 
     assert asyncio.run(reopen()) == written
+
+
+def test_edge_sends_again_an_upsert_its_killed_process_never_applied(tmp_path: Path) -> None:
+    """An upsert returns once it is sent (the child applies it while the caller builds the
+    next one). Sent to a stopped child that is then killed, it was never applied: the next call
+    starts the engine again and sends it first, so a count after it sees every point."""
+    engine = EdgeProcess(tmp_path)
+
+    async def scenario() -> int:
+        async with QdrantStore.from_client(engine, dim=DIM) as store:
+            await store.ensure_collections()
+            points = build_item_points(synthetic_items(130, seed=3), DIM).all_or_error()
+            await store.upsert_points("items", points[:100])
+            assert await store.count() == 100
+            killed = engine.pid
+            os.kill(killed, signal.SIGSTOP)
+            # One batch (the same named vectors) of a few points, so it fits the socket's
+            # buffer: the call returns once it is sent, and it is never answered.
+            unsent = [p for p in points[100:] if p.vector.keys() == points[100].vector.keys()]
+            assert len(unsent) >= 5
+            await store.upsert_points("items", unsent)
+            os.kill(killed, signal.SIGKILL)
+            for _ in range(3):  # the first call may find the socket closed before the exit
+                try:
+                    return await store.count() - len(unsent)
+                except ConnectionError:
+                    await asyncio.sleep(0.2)
+            raise AssertionError("the engine did not start again")
+
+    assert asyncio.run(scenario()) == 100
+    assert engine.pid is not None
+
+
+def test_an_upsert_the_engine_refuses_fails_the_next_call(tmp_path: Path) -> None:
+    """The upsert that returned before its answer was read and then failed in the engine fails
+    the next call (and is logged), so the caller learns of it: nothing fails silently."""
+    engine = EdgeProcess(tmp_path)
+    try:
+        engine.create_collection(
+            "items", {"unified": models.VectorParams(size=DIM, distance=models.Distance.COSINE)}
+        )
+        batch = models.Batch(ids=[1, 2], vectors={"unified": [[0.5] * DIM, [0.25] * DIM]})
+        engine.upsert("no-such-collection", batch)  # returns: its answer is not read yet
+        with pytest.raises(RuntimeError, match="earlier upsert failed"):
+            engine.count("items")
+        engine.upsert("items", batch)
+        assert engine.count("items").count == 2  # in step again
+    finally:
+        engine.close()
 
 
 def test_edge_reopens_its_index_instead_of_building_it(tmp_path: Path) -> None:
