@@ -25,8 +25,10 @@ def read_topic(
     settle: float = 1.0,
     until: Callable[[list[ConsumerRecord]], bool] | None = None,
 ) -> list[ConsumerRecord]:
-    """Every record of ``topic`` once at least ``expect`` arrived and ``until`` holds (plus
-    ``settle`` seconds for late extras such as duplicates)."""
+    """Every record of ``topic`` once at least ``expect`` arrived, ``until`` holds and the topic
+    is read up to the end it had when called (plus ``settle`` seconds for late extras such as
+    duplicates). Without that end a read expecting nothing could stop before its first fetch
+    came back, on a loaded machine, and report a topic that held records as empty."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers(settings),
         enable_auto_commit=False,
@@ -35,6 +37,7 @@ def read_topic(
     partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
     consumer.assign(partitions)
     consumer.seek_to_beginning(*partitions)
+    ends = consumer.end_offsets(partitions)
     records: list[ConsumerRecord] = []
     deadline = time.monotonic() + timeout
     settled_at: float | None = None
@@ -43,7 +46,8 @@ def read_topic(
             batch = consumer.poll(timeout_ms=300)
             for recs in batch.values():
                 records.extend(recs)
-            if len(records) >= expect and (until is None or until(records)):
+            read = all(consumer.position(p) >= ends[p] for p in partitions)
+            if read and len(records) >= expect and (until is None or until(records)):
                 settled_at = settled_at or time.monotonic()
                 if time.monotonic() - settled_at >= settle:
                     break
