@@ -383,8 +383,8 @@ class EdgeProcess:
     def __init__(self, path: Path, index_from_kb: int = INDEX_FROM_KB) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._arguments = [str(path), str(index_from_kb)]
-        # Upserts sent whose answers are not read yet (one between calls): (args, kwargs).
-        self._unanswered: deque[tuple[tuple[Any, ...], dict[str, Any]]] = deque()
+        # The arguments of upserts sent whose answers are not read yet (one between calls).
+        self._unanswered: deque[tuple[Any, ...]] = deque()
         self._start()
 
     def _start(self) -> None:
@@ -424,7 +424,7 @@ class EdgeProcess:
                 self._start()
                 # Upserts sent to the child that died may never have been applied: send them again.
                 for sent in self._unanswered:
-                    self._connection.send(("upsert", *sent))
+                    self._connection.send(("upsert", sent, {}))
             self._connection.send((method, args, kwargs))
         except OSError as error:
             raise self._ended(method) from error
@@ -466,9 +466,9 @@ class EdgeProcess:
             vectors={name: np.asarray(column, dtype=np.float32) for name, column in vectors.items()},
             payloads=points.payloads,
         )
-        arguments: tuple[Any, ...] = (collection_name, packed, wait)
+        arguments = (collection_name, packed, wait)
         self._send("upsert", arguments, {})
-        self._unanswered.append((arguments, {}))
+        self._unanswered.append(arguments)
         if (failed := self._settle("upsert", keep=1)) is not None:
             raise failed
         return _completed()
@@ -488,7 +488,7 @@ class EdgeProcess:
             if not self._unanswered:
                 break
             with contextlib.suppress(ConnectionError, RuntimeError):  # logged where they arise
-                self._call("collection_exists", "")
+                self._call("collection_exists", "")  # any call: it waits for the upserts before it
         if self._unanswered:
             log.error(
                 "%d upserts to qdrant-edge were never applied: its process did not start",
