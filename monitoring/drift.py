@@ -501,6 +501,7 @@ class DriftMonitor:
         self.trackers = {s.name: AlignmentTracker(dim, len(s)) for s in self.spaces}
         for signal, threshold in config.thresholds.items():
             metrics.DRIFT_THRESHOLD.labels(signal=signal).set(threshold)
+            metrics.DRIFT_ALARMS.labels(signal=signal)  # exported as 0 before the first alarm
         for detector, stream in self.streams.detectors:
             # Every key exists from the start: zeros are exported, and summary() can iterate
             # from the event loop while the learner thread only updates values.
@@ -651,6 +652,8 @@ class DriftMonitor:
         metrics.DRIFT_WINDOWS.inc()
         for signal, value in signals.items():
             metrics.DRIFT_SIGNAL.labels(signal=signal).set(value)
+        for signal in self.alarms():
+            metrics.DRIFT_ALARMS.labels(signal=signal).inc()
         return signals
 
     def rotate(self, current: Mapping[str, np.ndarray], clicks: Mapping[str, int], trigger: str) -> None:

@@ -17,6 +17,7 @@ __all__ = [
     "UPSERT_BUFFER_PENDING",
     "UPSERT_BUFFER_RETRIES",
     "CONSUMER_LAG",
+    "DRIFT_ALARMS",
     "DRIFT_EVENTS",
     "DRIFT_REFERENCE_AGE",
     "DRIFT_REFERENCE_ROTATIONS",
@@ -184,6 +185,13 @@ DRIFT_SIGNAL = Gauge(
 )
 DRIFT_THRESHOLD = Gauge(
     "onevec_drift_threshold", "Configured alert threshold of each drift signal.", ["signal"]
+)
+# Alerts read this counter, not the gauge above: a window shorter than the scrape interval
+# would otherwise cross a threshold between two scrapes and never alert.
+DRIFT_ALARMS = Counter(
+    "onevec_drift_alarms",
+    "Drift windows in which a signal was past its threshold, by signal.",
+    ["signal"],
 )
 DRIFT_EVENTS = Counter(
     "onevec_drift_events",

@@ -223,6 +223,13 @@ def run_drift_scenario(
                     worse = max if signal in SIGNALS_HIGH_IS_BAD else min
                     run.worst[signal] = worse(run.worst.get(signal, value), value)
                 if prometheus is not None:
+                    # Read the alerts only once Prometheus has scraped every alarm the worker
+                    # counted, and evaluated the rules on that scrape.
+                    alarms = metric_total(samples, "onevec_drift_alarms_total")
+                    prometheus.wait_for(
+                        f'sum(onevec_drift_alarms_total{{scenario="{name}"}}) >= {alarms}', timeout=30
+                    )
+                    time.sleep(2)
                     firing = f'ALERTS{{alertstate="firing",scenario="{name}"}}'
                     fired = prometheus.query(f"count by (alertname) (max_over_time({firing}[1h]))")
                     run.alerts = sorted(r["metric"]["alertname"] for r in fired)

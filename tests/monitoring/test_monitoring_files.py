@@ -84,6 +84,51 @@ def test_not_learning_alert_judges_a_job_not_an_ingest_worker(promtool: str, tmp
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# promtool unit test of OnevecEmbeddingDrift: a window past its threshold falls between two
+# scrapes, so no scraped value of the signal's gauge crosses it; the worker's count of such
+# windows does, and the alert fires for the 10 minutes after it.
+EMBEDDING_DRIFT_TEST = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'onevec_drift_signal{{job="onevec",instance="learn-0",signal="centroid_shift"}}'
+        values: '0.03x30'
+      - series: 'onevec_drift_threshold{{job="onevec",instance="learn-0",signal="centroid_shift"}}'
+        values: '0.07x30'
+      - series: 'onevec_drift_alarms_total{{job="onevec",instance="learn-0",signal="centroid_shift"}}'
+        values: '0x5 1x25'
+      - series: 'onevec_drift_alarms_total{{job="onevec",instance="learn-0",signal="anchor_cka"}}'
+        values: '0x30'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: OnevecEmbeddingDrift
+        exp_alerts: []
+      - eval_time: 8m
+        alertname: OnevecEmbeddingDrift
+        exp_alerts:
+          - exp_labels: {{severity: warning, job: onevec, instance: learn-0, signal: centroid_shift}}
+            exp_annotations:
+              summary: "Embedding drift: centroid_shift past its threshold in the last 10 min on learn-0"
+              description: "The served item vectors moved away from the drift reference snapshot
+                beyond the configured threshold."
+      - eval_time: 8m
+        alertname: OnevecEmbeddingGeometryChanged
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: OnevecEmbeddingDrift
+        exp_alerts: []
+"""
+
+
+def test_embedding_drift_alerts_on_a_window_between_two_scrapes(promtool: str, tmp_path: Path) -> None:
+    tests = tmp_path / "embedding_drift_test.yml"
+    tests.write_text(EMBEDDING_DRIFT_TEST.format(rules=json.dumps(str(ALERTS_FILE))))
+    result = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_promtool_checks_config(promtool: str) -> None:
     config = PROMETHEUS_DIR / "prometheus.yml"
     result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
