@@ -23,6 +23,7 @@ match, so neither weights nor optimiser state are lost on growth.
 from __future__ import annotations
 
 import itertools
+import threading
 from array import array
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -111,6 +112,10 @@ class ItemEncoder:
         # example between steps, and rebuilding every token bag each time would dominate.
         self._matrix: Tensor | None = None
         self._snapshots: list[ItemSnapshot] = []  # told before rows or bags change
+        # Held while the tables grow or a step writes their rows: a snapshot read on another
+        # thread (the learner's ranking pass) takes it to read rows and their saved old values
+        # at one moment.
+        self.lock = threading.RLock()
 
     # ---- growth and registration -------------------------------------------------------
 
@@ -119,6 +124,10 @@ class ItemEncoder:
 
     def set_attributes(self, item_id: str, tokens: Sequence[str]) -> None:
         """Register (or replace) an item's catalogue attribute tokens."""
+        with self.lock:
+            self._set_attributes_locked(item_id, tokens)
+
+    def _set_attributes_locked(self, item_id: str, tokens: Sequence[str]) -> None:
         row = self._rows("item", [item_id], random_init=False)[0]
         for snapshot in self._snapshots:
             snapshot.before_bag_changes(row)
@@ -135,6 +144,10 @@ class ItemEncoder:
 
     def _rows(self, table: str, keys: Sequence[str], random_init: bool = True) -> list[int]:
         """Rows of ``keys`` in ``table``, adding (and initialising) the new ones."""
+        with self.lock:
+            return self._rows_locked(table, keys, random_init)
+
+    def _rows_locked(self, table: str, keys: Sequence[str], random_init: bool) -> list[int]:
         vocab = self.vocabularies[table]
         before = len(vocab)
         rows = vocab.index_many(list(keys))
@@ -406,10 +419,11 @@ class ItemEncoder:
     def step(self, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
         """Apply the gradients of ``named_parameters`` (these tables and any other
         encoder's weights) with the one shared optimiser."""
-        if self._snapshots:
-            self._before_rows_move()
-        self.optimizer.step(named_parameters)
-        self._matrix = None
+        with self.lock:
+            if self._snapshots:
+                self._before_rows_move()
+            self.optimizer.step(named_parameters)
+            self._matrix = None
 
     def _before_rows_move(self) -> None:
         """Tell the snapshots which table rows the coming step moves (the rows of the sparse

@@ -97,33 +97,40 @@ class ItemSnapshot:
 
     def scores(self, sessions: Tensor, token_scores: Tensor, start: int, stop: int) -> Tensor:
         """(n, stop - start) scores of ``sessions`` against item rows ``[start, stop)``."""
-        ids = self.encoder.tables["item"].detach()[start:stop]  # a view of the live table
-        return self._scores(sessions, token_scores, torch.arange(start, stop), ids)
+        return self._scores(sessions, token_scores, torch.arange(start, stop), slice(start, stop))
 
     def scores_at(self, sessions: Tensor, token_scores: Tensor, rows: Tensor) -> Tensor:
         """(n, len(rows)) scores of ``sessions`` against the item ``rows``, computed as
         :meth:`scores` computes them."""
-        return self._scores(sessions, token_scores, rows, self.encoder.tables["item"].detach()[rows])
+        return self._scores(sessions, token_scores, rows, rows)
 
     @torch.no_grad()
-    def _scores(self, sessions: Tensor, token_scores: Tensor, rows: Tensor, ids: Tensor) -> Tensor:
-        slot = self._slot["item"][rows]
-        moved = slot >= 0
-        if moved.any():
-            ids = ids.clone()
-            ids[moved] = self._old["item"][slot[moved]]
+    def _scores(self, sessions: Tensor, token_scores: Tensor, rows: Tensor, where: slice | Tensor) -> Tensor:
+        # Under the encoder's lock, so a step on another thread cannot move a row between
+        # reading it and reading whether its old value was saved; the copies are then read freely.
+        with self.encoder.lock:
+            ids = self.encoder.tables["item"].detach()[where].clone()
+            slot = self._slot["item"][rows]
+            moved = slot >= 0
+            if moved.any():
+                ids[moved] = self._old["item"][slot[moved]]
+            changed = torch.isin(rows, self._old_bag_rows)
+            flat, offsets = self.encoder.bags(rows, empty=changed)
+            old = [self._old_bags[row] for row in rows[changed].tolist()]
         # bag + s . id: a zero id vector adds exactly nothing, so an item's score is then its
         # bag's score, the same bits wherever the item sits. Items x sessions, then transposed:
         # the bag scores come that way, and a transposed bias made the product ~1.7x slower.
-        return torch.addmm(self._bag_scores(token_scores, rows), ids, sessions.T).T
+        bag_scores = self._bag_scores(token_scores, flat, offsets, changed, old)
+        return torch.addmm(bag_scores, ids, sessions.T).T
 
-    def _bag_scores(self, token_scores: Tensor, rows: Tensor) -> Tensor:
-        """(len(rows), n): the mean token score of each row's attribute bag as it was."""
-        changed = torch.isin(rows, self._old_bag_rows)
-        flat, offsets = self.encoder.bags(rows, empty=changed)
+    @staticmethod
+    def _bag_scores(
+        token_scores: Tensor, flat: Tensor, offsets: Tensor, changed: Tensor, old: list[list[int]]
+    ) -> Tensor:
+        """(rows, n): the mean token score of each row's attribute bag as it was (``flat``,
+        ``offsets``: the bags now, empty where ``changed``; ``old``: the changed rows' bags)."""
         scores = F.embedding_bag(flat, token_scores, offsets, mode="mean")
         if changed.any():
-            old = [self._old_bags[row] for row in rows[changed].tolist()]
             sizes = torch.tensor([len(bag) for bag in old])
             scores[changed] = F.embedding_bag(
                 torch.tensor([token for bag in old for token in bag], dtype=torch.long),

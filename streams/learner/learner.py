@@ -154,6 +154,7 @@ class Learner:
                 batch_size=settings.learner_batch_size,
                 sample_rate=settings.prequential_sample_rate,
                 item_budget=settings.prequential_item_budget,
+                background_ranking=settings.prequential_ranking_thread,
                 seed=settings.model_seed,
             ),
         )
