@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -170,10 +170,12 @@ class DataParallelTrainer(OnlineTrainer):
         self.item_encoder = SyncedItemEncoder(self.config, group)
         self.session_encoder = SessionEncoder(self.item_encoder)
 
-    def learn_with_sessions(self, batch: Sequence[ExampleRecord]) -> LearnedStep:
+    def learn_with_sessions(
+        self, batch: Sequence[ExampleRecord], on_sessions: Callable[[LearnedStep], None] | None = None
+    ) -> LearnedStep:
         examples = parse_examples(batch)
         if not self._agree(examples) or examples:
-            return super().learn_with_sessions(batch)
+            return super().learn_with_sessions(batch, on_sessions)
         # Nothing here, something elsewhere: join the step and its replay steps with no
         # gradient of this rank's own, drawing the negatives each of them draws elsewhere so
         # the encoder's generator (negatives, new rows' initial vectors) stays in step.

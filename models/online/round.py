@@ -17,9 +17,10 @@ scored, and a pass ranks at most ``pass_examples`` of its step's examples (drawn
 round's seeded generator). Above the budget the score is therefore measured on a
 deterministic sample, about ``pass_examples`` examples per ``known / item_budget`` steps, each
 an exact rank, so HR@k / MRR@k keep their meaning. A pass's ranks and hits arrive in the step
-in which it completes. A pass starts reading in the step after its own, and reads on a thread
-of its own while each step trains (``background_ranking``): the snapshot keeps what it reads
-as it was, whichever thread gets there first, so the ranks are the same either way.
+in which it completes. A pass reads on a thread of its own beside the training
+(``background_ranking``), from the moment its step has worked out the session vectors: the
+snapshot keeps what it reads as it was, whichever thread gets there first, so the ranks are
+those read inline.
 
 The worker's learner runs rounds on its own thread and turns the outcome into metrics, drift
 observations and Qdrant points; this module holds only the computation.
@@ -117,9 +118,10 @@ class LearningRound:
         return [self.step(examples[start:end]) for start, end in itertools.pairwise(bounds)]
 
     def step(self, examples: Sequence[ExampleRecord]) -> StepOutcome:
-        """One step: go on with a ranking under way (beside the training step, on the
-        ranking thread, when ``background_ranking``), or score this step's examples with the
-        model as it is before the step; then train."""
+        """One step: go on with a ranking under way, or score this step's examples with the
+        model as it is before the step; then train. The ranking reads beside the training (on
+        the ranking thread, when ``background_ranking``), from the moment the step has its
+        session vectors."""
         hits: list[bool] = []
         pending = self._pending
         if pending is not None and not pending.snapshot.valid:  # a state was loaded meanwhile
@@ -131,29 +133,37 @@ class LearningRound:
         # session vectors before it updates, and the ranking reuses those.
         snapshot = encoder.snapshot() if scored and len(encoder.item_vocab) else None
         history = self._history_features([fresh[i] for i in scored]) if snapshot is not None else None
-        ranking: Future[int] | None = None
-        if pending is not None and self.config.background_ranking:
-            ranking = self._ranking_thread().submit(pending.ranking.advance, self.config.item_budget)
-        elif pending is not None:
-            pending.ranking.advance(self.config.item_budget)
-        try:
-            step = self.trainer.learn_with_sessions(list(examples))
-        finally:
-            if ranking is not None:
-                ranking.result()  # never left reading while the model goes on
-        if pending is not None:
-            self._finish(hits)
-        if snapshot is not None:
+        reading: list[Future[int]] = []
+
+        def rank(step: LearnedStep) -> None:  # called mid-step, before any row moves
+            assert snapshot is not None
             self._pending = self._start(step, fresh, scored, snapshot, history)
-            # A catalogue within the budget is ranked now, in this step; a larger one over the
-            # next steps, beside their training.
-            if snapshot.items <= self.config.item_budget:
-                self._pending.ranking.advance(self.config.item_budget)
-                self._finish(hits)
-        elif scored:  # a model that has seen nothing ranks nothing: every next item is unseen
+            reading.append(self._read(self._pending.ranking))
+
+        if pending is not None:
+            reading.append(self._read(pending.ranking))
+        try:
+            step = self.trainer.learn_with_sessions(list(examples), rank if snapshot is not None else None)
+        finally:
+            for future in reading:
+                future.result()  # never left reading while the model goes on
+        if snapshot is not None and (self._pending is None or self._pending.snapshot is not snapshot):
+            snapshot.release()  # the trainer had nothing to learn, so nothing to rank with
             self._record([None] * len(scored), hits)
+        elif snapshot is None and scored:  # a model that has seen nothing ranks nothing
+            self._record([None] * len(scored), hits)
+        if self._pending is not None:
+            self._finish(hits)
         self.trainer.observe(fresh)
         return StepOutcome(loss=step.loss, examples=len(examples), hits=hits)
+
+    def _read(self, ranking: RankingPass) -> Future[int]:
+        """Read the next ``item_budget`` rows of ``ranking``: on the ranking thread, or now."""
+        if self.config.background_ranking:
+            return self._ranking_thread().submit(ranking.advance, self.config.item_budget)
+        done: Future[int] = Future()
+        done.set_result(ranking.advance(self.config.item_budget))
+        return done
 
     def _ranking_thread(self) -> ThreadPoolExecutor:
         if self._ranker is None:

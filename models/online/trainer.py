@@ -113,31 +113,43 @@ class OnlineTrainer:
         """One step on a micro-batch of example records (duplicates skipped); returns the loss."""
         return self.learn_with_sessions(batch).loss
 
-    def learn_with_sessions(self, batch: Sequence[ExampleRecord]) -> LearnedStep:
+    def learn_with_sessions(
+        self, batch: Sequence[ExampleRecord], on_sessions: Callable[[LearnedStep], None] | None = None
+    ) -> LearnedStep:
         """One step; also returns what the model *before* the step made of each non-duplicate
-        record (in record order), for prequential scoring."""
+        record (in record order), for prequential scoring. ``on_sessions`` gets the same as
+        soon as the step has worked it out, before the step moves any row: a ranking can
+        start reading beside the rest of the step."""
         examples = parse_examples(batch)
         if not examples:
             empty = np.zeros((0, 1), dtype=np.int64)
             return LearnedStep(0.0, np.zeros((0, self.config.dim), dtype=np.float32), empty, empty[:, 0])
         prepared = self.item_encoder.prepare(examples)
-        loss, sessions = self._step(prepared)
-        learned = LearnedStep(loss, sessions.numpy(), prepared.prefix.numpy(), prepared.lengths.numpy())
+        loss, sessions = self._loss(prepared)
+        learned = LearnedStep(
+            loss.item(), sessions.numpy(), prepared.prefix.numpy(), prepared.lengths.numpy()
+        )
+        if on_sessions is not None:
+            on_sessions(learned)
+        self._update(loss)
         if self.config.replay:
             self._replay(examples)
         self.steps += 1
         return learned
 
-    def _step(self, prepared: Batch) -> tuple[float, torch.Tensor]:
-        """One backward pass and optimiser step: the loss and the (detached) session vectors the
-        model before the step computed."""
+    def _loss(self, prepared: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's loss and the (detached) session vectors the model before the step
+        computed."""
         vectors = self.item_encoder.batch_vectors(prepared)  # one lookup for both losses
         loss, sessions = self.session_encoder.loss_and_sessions(prepared, vectors)
         if self.config.item_loss_weight:
             loss = loss + self.config.item_loss_weight * self.item_encoder.loss(prepared, vectors)
+        return loss, sessions
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """One backward pass and optimiser step."""
         loss.backward()
         self.item_encoder.step(self.session_encoder.named_parameters())
-        return loss.item(), sessions
 
     def _replay(self, examples: Sequence[Example]) -> None:
         """Buffer ``examples`` (their prefixes cut to what a step reads), then take the replay
@@ -149,7 +161,9 @@ class OnlineTrainer:
         size = self.config.replay_batch or len(examples)
         for _ in range(self.config.replay):
             drawn = torch.randint(len(self.replay_buffer), (size,), generator=self._replay_generator).tolist()
-            self._step(self.item_encoder.prepare([self.replay_buffer[i] for i in drawn], count=False))
+            self._update(
+                self._loss(self.item_encoder.prepare([self.replay_buffer[i] for i in drawn], count=False))[0]
+            )
 
     def prefix_pairs(
         self, step: LearnedStep, positions: Sequence[int], prefixes: Sequence[Sequence[str]]

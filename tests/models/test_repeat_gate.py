@@ -3,6 +3,8 @@ how often next items are repeats, and its few numbers survive a checkpoint."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -158,8 +160,10 @@ def test_scoring_never_reads_a_users_future(monkeypatch: pytest.MonkeyPatch) -> 
     read: list[int] = []
     learn, recall = trainer.learn_with_sessions, history.recall_arrays
 
-    def learn_spy(batch: list[ExampleRecord]) -> LearnedStep:
-        step = learn(batch)
+    def learn_spy(
+        batch: list[ExampleRecord], on_sessions: Callable[[LearnedStep], None] | None
+    ) -> LearnedStep:
+        step = learn(batch, on_sessions)
         for record in batch:
             learned.setdefault(record["user_id"], set()).add(record["item_id"])
         return step
