@@ -15,8 +15,8 @@ example of every step scored. A larger one is ranked by a ranking pass
 rank is still the model's before it learned the example). While a pass runs no other step is
 scored, and a pass ranks at most ``pass_examples`` of its step's examples (drawn with the
 round's seeded generator). Above the budget the score is therefore measured on a
-deterministic sample, about ``pass_examples`` examples per ``known / item_budget`` steps, each
-an exact rank, so HR@k / MRR@k keep their meaning. A pass's ranks and hits arrive in the step
+deterministic sample, about ``pass_examples`` examples per ``known / item_budget + 1`` steps,
+each an exact rank, so HR@k / MRR@k keep their meaning. A pass's ranks and hits arrive in the step
 in which it completes. A pass reads on a thread of its own beside the training
 (``background_ranking``), from the moment its step has worked out the session vectors: the
 snapshot keeps what it reads as it was, whichever thread gets there first, so the ranks are
@@ -29,6 +29,7 @@ observations and Qdrant points; this module holds only the computation.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +45,8 @@ from onevec.models.online.trainer import LearnedStep, OnlineTrainer
 from onevec.models.ranking import PrequentialScore
 
 __all__ = ["LearningRound", "RoundConfig", "StepOutcome"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,10 +147,14 @@ class LearningRound:
             reading.append(self._read(pending.ranking))
         try:
             step = self.trainer.learn_with_sessions(list(examples), rank if snapshot is not None else None)
-        finally:
-            for future in reading:
-                future.result()  # never left reading while the model goes on
-        if snapshot is not None and (self._pending is None or self._pending.snapshot is not snapshot):
+        except BaseException:
+            self._wait(reading)
+            if snapshot is not None and (self._pending is None or self._pending.snapshot is not snapshot):
+                snapshot.release()  # the step failed before a pass took it
+            raise
+        if not self._wait(reading):
+            scored = []  # its pass was dropped, unscored
+        elif snapshot is not None and (self._pending is None or self._pending.snapshot is not snapshot):
             snapshot.release()  # the trainer had nothing to learn, so nothing to rank with
             self._record([None] * len(scored), hits)
         elif snapshot is None and scored:  # a model that has seen nothing ranks nothing
@@ -162,8 +169,24 @@ class LearningRound:
         if self.config.background_ranking:
             return self._ranking_thread().submit(ranking.advance, self.config.item_budget)
         done: Future[int] = Future()
-        done.set_result(ranking.advance(self.config.item_budget))
+        try:
+            done.set_result(ranking.advance(self.config.item_budget))
+        except Exception as error:  # noqa: BLE001 - handled as the thread's are, in _wait
+            done.set_exception(error)
         return done
+
+    def _wait(self, reading: list[Future[int]]) -> bool:
+        """Wait for the ranking's reads (it never reads on while the model goes on). A read
+        that failed drops its pass, which has counted part of its rows: its examples go
+        unscored, with the error logged; learning goes on. False then."""
+        failed = [error for error in (future.exception() for future in reading) if error is not None]
+        if not failed:
+            return True
+        log.error("a prequential ranking pass failed, its examples go unscored", exc_info=failed[0])
+        if self._pending is not None:
+            self._pending.snapshot.release()
+            self._pending = None
+        return False
 
     def _ranking_thread(self) -> ThreadPoolExecutor:
         if self._ranker is None:

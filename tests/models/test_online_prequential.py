@@ -196,6 +196,48 @@ def test_the_ranking_thread_ranks_as_the_inline_pass_does(
     assert np.array_equal(table.numpy(), inline_table.numpy())
 
 
+def test_a_failed_step_or_ranking_leaves_no_snapshot_behind(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    movielens: tuple[list[ExampleRecord], dict[str, list[str]]],
+) -> None:
+    """A snapshot keeps the old value of every row a step moves until it is released: one
+    left behind by a failed step would grow with every later step. A step that raises
+    releases its own; a ranking read that raises (on the ranking thread) drops its pass with
+    an error logged, and the next steps are scored again (real MovieLens-100k clicks)."""
+    examples, tokens = movielens
+    trainer = _trainer(tokens, gate=True)
+    learning = LearningRound(trainer, RoundConfig(item_budget=100_000))  # passes end in their step
+    snapshots = trainer.item_encoder._snapshots
+    learning.step(examples[:256])
+    assert snapshots == []
+    learn = trainer.learn_with_sessions
+
+    def failing(batch: list[ExampleRecord], on_sessions: Callable[[LearnedStep], None] | None) -> LearnedStep:
+        raise RuntimeError("the step failed")
+
+    monkeypatch.setattr(trainer, "learn_with_sessions", failing)
+    with pytest.raises(RuntimeError, match="the step failed"):
+        learning.step(examples[256:512])
+    assert snapshots == [] and learning._pending is None
+    monkeypatch.setattr(trainer, "learn_with_sessions", learn)
+
+    advance = RankingPass.advance
+
+    def failing_read(self: RankingPass, items: int) -> int:
+        raise ValueError("a slice failed")
+
+    monkeypatch.setattr(RankingPass, "advance", failing_read)
+    learning.step(examples[512:768])  # takes a pass; its first read fails
+    assert "a prequential ranking pass failed" in caplog.text
+    assert snapshots == [] and learning._pending is None
+    monkeypatch.setattr(RankingPass, "advance", advance)
+    scored = learning.score.scored
+    for start in range(768, 768 + 256 * 8, 256):
+        learning.step(examples[start : start + 256])
+    assert learning.score.scored > scored  # scoring goes on
+
+
 def _dense_gate_step(
     gate: RepeatGate, scores: np.ndarray, targets: np.ndarray, features: HistoryFeatures, excluded: tuple
 ) -> np.ndarray:
