@@ -41,6 +41,7 @@ __all__ = [
     "ITEMS_UPSERTED",
     "LEARNER_ERRORS",
     "LEARNER_QUEUE",
+    "PREQUENTIAL_DROPPED",
     "PREQUENTIAL_HITS",
     "PREQUENTIAL_RR",
     "PREQUENTIAL_SAMPLED",
@@ -123,6 +124,10 @@ TRAIN_STEP_SECONDS = Histogram(
 LEARNER_QUEUE = Gauge("onevec_learner_queue_examples", "Examples waiting for the learner thread.")
 LEARNER_ERRORS = Counter("onevec_learner_errors", "Learner micro-batches that failed and were skipped.")
 PREQUENTIAL_SCORED = Gauge("onevec_prequential_scored", "Examples scored before training (since start).")
+PREQUENTIAL_DROPPED = Gauge(
+    "onevec_prequential_passes_dropped",
+    "Prequential ranking passes that failed (logged), their examples left unscored (since start).",
+)
 PREQUENTIAL_HITS = Gauge("onevec_prequential_hits", "Scored examples whose next item was in the top 20.")
 PREQUENTIAL_RR = Gauge("onevec_prequential_reciprocal_rank", "Sum of reciprocal ranks within the top 20.")
 PREQUENTIAL_SAMPLED = Gauge(

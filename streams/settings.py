@@ -140,9 +140,9 @@ class Settings(BaseSettings):
     # step's ranking and its full item matrix grow with the catalogue, and at 1M items they
     # were most of a learner step. Scoring then costs about the same per example at any size.
     prequential_item_budget: int = Field(default=50_000, ge=1)
-    # Above the budget, a ranking reads its items on a thread of its own beside the training
-    # steps (the same ranks as read between them): a round costs its training, not also the
-    # rows read, on a machine with a core to spare (docs/performance.md).
+    # A step's ranking reads its items on a thread of its own beside the training (the same
+    # ranks as read inline): a round costs its training, not also the rows read, on a machine
+    # with a core to spare (docs/performance.md).
     prequential_ranking_thread: bool = True
     checkpoint_interval_seconds: float = Field(default=30.0, gt=0)
     fusion_weights: dict[str, float] = {"behaviour": 1.0, "text": 1.0, "image": 1.0}

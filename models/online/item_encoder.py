@@ -125,45 +125,39 @@ class ItemEncoder:
     def set_attributes(self, item_id: str, tokens: Sequence[str]) -> None:
         """Register (or replace) an item's catalogue attribute tokens."""
         with self.lock:
-            self._set_attributes_locked(item_id, tokens)
-
-    def _set_attributes_locked(self, item_id: str, tokens: Sequence[str]) -> None:
-        row = self._rows("item", [item_id], random_init=False)[0]
-        for snapshot in self._snapshots:
-            snapshot.before_bag_changes(row)
-        bag = list(dict.fromkeys(self._rows("token", tokens)))
-        self._bag_live += len(bag) - self._bag_size[row]
-        self._bag_start[row] = len(self._bag_flat)
-        self._bag_size[row] = len(bag)
-        self._bag_flat.extend(bag)
-        if len(self._bag_flat) > 2 * self._bag_live + 1024:
-            self._compact_bags()  # mostly garbage from replaced bags
-        self._bag_tensors = None
-        self._changed_rows.append(row)
-        self._matrix = None
+            row = self._rows("item", [item_id], random_init=False)[0]
+            for snapshot in self._snapshots:
+                snapshot.before_bag_changes(row)
+            bag = list(dict.fromkeys(self._rows("token", tokens)))
+            self._bag_live += len(bag) - self._bag_size[row]
+            self._bag_start[row] = len(self._bag_flat)
+            self._bag_size[row] = len(bag)
+            self._bag_flat.extend(bag)
+            if len(self._bag_flat) > 2 * self._bag_live + 1024:
+                self._compact_bags()  # mostly garbage from replaced bags
+            self._bag_tensors = None
+            self._changed_rows.append(row)
+            self._matrix = None
 
     def _rows(self, table: str, keys: Sequence[str], random_init: bool = True) -> list[int]:
         """Rows of ``keys`` in ``table``, adding (and initialising) the new ones."""
         with self.lock:
-            return self._rows_locked(table, keys, random_init)
-
-    def _rows_locked(self, table: str, keys: Sequence[str], random_init: bool) -> list[int]:
-        vocab = self.vocabularies[table]
-        before = len(vocab)
-        rows = vocab.index_many(list(keys))
-        if len(vocab) > before:
-            self._matrix = None
-            self._reserve(table, len(vocab))
-            if table == "item":
-                self._bag_start.frombytes(bytes(8 * (len(vocab) - before)))
-                self._bag_size.frombytes(bytes(8 * (len(vocab) - before)))
-                self._bag_tensors = None
-                self._changed_rows.extend(range(before, len(vocab)))
-            if random_init:
-                new = torch.randn(len(vocab) - before, self.config.dim, generator=self.generator)
-                with torch.no_grad():
-                    self.tables[table][before : len(vocab)] = new * self.config.init_std
-        return rows
+            vocab = self.vocabularies[table]
+            before = len(vocab)
+            rows = vocab.index_many(list(keys))
+            if len(vocab) > before:
+                self._matrix = None
+                self._reserve(table, len(vocab))
+                if table == "item":
+                    self._bag_start.frombytes(bytes(8 * (len(vocab) - before)))
+                    self._bag_size.frombytes(bytes(8 * (len(vocab) - before)))
+                    self._bag_tensors = None
+                    self._changed_rows.extend(range(before, len(vocab)))
+                if random_init:
+                    new = torch.randn(len(vocab) - before, self.config.dim, generator=self.generator)
+                    with torch.no_grad():
+                        self.tables[table][before : len(vocab)] = new * self.config.init_std
+            return rows
 
     def _reserve(self, table: str, size: int) -> None:
         """Make ``table`` hold at least ``size`` rows, doubling so growth is amortised O(1)."""

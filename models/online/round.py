@@ -64,9 +64,9 @@ class RoundConfig:
     # Scored examples per step the repeat gate learns from (a sample when more were scored):
     # its softmax reads every known item's score, and four weights need few examples.
     gate_examples: int = 64
-    # A ranking over several steps reads its items on a thread of its own while the step
-    # trains (torch and numpy release the GIL): on two cores a round then costs about its
-    # training, not its training plus 50,000 rows read. Off: the same ranks, read inline.
+    # A ranking reads its items on a thread of its own while its step trains (torch and numpy
+    # release the GIL): on two cores a round then costs about its training, not its training
+    # plus the rows read (up to item_budget). Off: the same ranks, read inline.
     background_ranking: bool = True
 
 
@@ -101,6 +101,7 @@ class LearningRound:
         self._priorities = TiePriorities(trainer.item_encoder.item_vocab)
         self._pending: _Pending | None = None
         self._ranker: ThreadPoolExecutor | None = None  # the ranking thread, once needed
+        self.passes_dropped = 0  # ranking passes that failed: their examples went unscored
 
     @property
     def sampling(self) -> bool:
@@ -145,16 +146,20 @@ class LearningRound:
 
         if pending is not None:
             reading.append(self._read(pending.ranking))
+
+        def untaken() -> bool:  # no pass took the snapshot: released here, or it would grow
+            return self._pending is None or self._pending.snapshot is not snapshot
+
         try:
             step = self.trainer.learn_with_sessions(list(examples), rank if snapshot is not None else None)
         except BaseException:
             self._wait(reading)
-            if snapshot is not None and (self._pending is None or self._pending.snapshot is not snapshot):
+            if snapshot is not None and untaken():
                 snapshot.release()  # the step failed before a pass took it
             raise
         if not self._wait(reading):
             scored = []  # its pass was dropped, unscored
-        elif snapshot is not None and (self._pending is None or self._pending.snapshot is not snapshot):
+        elif snapshot is not None and untaken():
             snapshot.release()  # the trainer had nothing to learn, so nothing to rank with
             self._record([None] * len(scored), hits)
         elif snapshot is None and scored:  # a model that has seen nothing ranks nothing
@@ -183,6 +188,7 @@ class LearningRound:
         if not failed:
             return True
         log.error("a prequential ranking pass failed, its examples go unscored", exc_info=failed[0])
+        self.passes_dropped += 1
         if self._pending is not None:
             self._pending.snapshot.release()
             self._pending = None

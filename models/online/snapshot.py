@@ -109,7 +109,9 @@ class ItemSnapshot:
         # Under the encoder's lock, so a step on another thread cannot move a row between
         # reading it and reading whether its old value was saved; the copies are then read freely.
         with self.encoder.lock:
-            ids = self.encoder.tables["item"].detach()[where].clone()
+            ids = self.encoder.tables["item"].detach()[where]
+            if isinstance(where, slice):  # a view of the live table; rows indexed are a copy
+                ids = ids.clone()
             slot = self._slot["item"][rows]
             moved = slot >= 0
             if moved.any():

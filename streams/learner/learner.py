@@ -562,6 +562,7 @@ class Learner:
         metrics.PREQUENTIAL_HITS.set(score.hits)
         metrics.PREQUENTIAL_RR.set(score.reciprocal_rank)
         metrics.PREQUENTIAL_SAMPLED.set(int(self.round.sampling))
+        metrics.PREQUENTIAL_DROPPED.set(self.round.passes_dropped)
         # Sessions, users and items are encoded once per round, after its last step: a round's
         # points carry the latest vectors only, and the drift monitor sees exactly what Qdrant gets.
         sessions = {e["session_id"]: [*e["prefix"], e["item_id"]] for e in examples}

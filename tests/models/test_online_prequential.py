@@ -229,7 +229,7 @@ def test_a_failed_step_or_ranking_leaves_no_snapshot_behind(
 
     monkeypatch.setattr(RankingPass, "advance", failing_read)
     learning.step(examples[512:768])  # takes a pass; its first read fails
-    assert "a prequential ranking pass failed" in caplog.text
+    assert "a prequential ranking pass failed" in caplog.text and learning.passes_dropped == 1
     assert snapshots == [] and learning._pending is None
     monkeypatch.setattr(RankingPass, "advance", advance)
     scored = learning.score.scored

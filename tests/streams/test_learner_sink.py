@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from onevec.models.alignment import linear_cka
 from onevec.models.catalog import load_attributes
 from onevec.models.datasets import load_events
+from onevec.models.online.prequential import RankingPass
 from onevec.models.online.round import RoundConfig
 from onevec.models.pretrain import session_examples
 from onevec.streams.learner.learner import Learner
@@ -189,3 +191,28 @@ def test_prequential_scores_a_sample_above_the_item_budget(tmp_path: Path, examp
     later = steps[len(steps) // 2 :]
     assert 0 < sum(1 for n in later if n) < len(later) / 2, steps
     assert 2 <= len(chosen) <= 25, chosen
+
+
+def test_a_failed_ranking_pass_is_counted_and_learning_goes_on(
+    tmp_path: Path, examples: list[dict], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ranking pass that raises leaves its examples unscored: logged, exported as
+    ``onevec_prequential_passes_dropped``, and the learner goes on learning and scoring."""
+    learner = Learner(Settings(data_dir=tmp_path, model_dim=32), QdrantStore(dim=32), None)
+    learner.learn_round(examples[:256])
+    before = REGISTRY.get_sample_value("onevec_prequential_passes_dropped") or 0.0
+    advance = RankingPass.advance
+
+    def failing(self: RankingPass, items: int) -> int:
+        raise ValueError("a slice failed")
+
+    monkeypatch.setattr(RankingPass, "advance", failing)
+    steps = learner.trainer.steps
+    learner.learn_round(examples[256:512])
+    assert learner.trainer.steps > steps  # the step itself was learned
+    assert REGISTRY.get_sample_value("onevec_prequential_passes_dropped") == before + 1
+    assert "a prequential ranking pass failed" in caplog.text
+    monkeypatch.setattr(RankingPass, "advance", advance)
+    scored = learner.score.scored
+    learner.learn_round(examples[512:768])
+    assert learner.score.scored > scored
