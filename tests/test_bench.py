@@ -60,6 +60,7 @@ def test_quick_bench_prints_every_row(settings: Settings, tmp_path: Path) -> Non
         ("learner", "learner + Qdrant sink (memory)"),
         ("sink", "UpsertBuffer, local :memory:"),
         ("sink", "UpsertBuffer, local path (disk)"),
+        ("sink", "UpsertBuffer, qdrant-edge (child process, disk)"),
         ("freshness", "p50 at 200 ev/s"),
         ("freshness", "p99 at 200 ev/s"),
         ("memory", "1,000 items: peak RSS per item above base"),

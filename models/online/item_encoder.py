@@ -180,7 +180,7 @@ class ItemEncoder:
 
     def known_rows(self, item_ids: Sequence[str]) -> list[int]:
         """Rows of the known ids among ``item_ids``, in order; unknown ids are dropped."""
-        rows = map(self.item_vocab.get, item_ids)
+        rows = map(self.item_vocab.lookup, item_ids)  # dict.get: no Python call per id
         return [row for row in rows if row is not None]
 
     # ---- training -----------------------------------------------------------------------
@@ -462,8 +462,7 @@ class ItemEncoder:
 
     def encode_items(self, item_ids: Sequence[str]) -> np.ndarray:
         """(n, dim) float32 vectors; an unknown id (no clicks, no attributes) gets zeros."""
-        known = [(i, self.item_vocab.get(item)) for i, item in enumerate(item_ids)]
-        known = [(i, row) for i, row in known if row is not None]
+        known = [(i, row) for i, row in enumerate(map(self.item_vocab.lookup, item_ids)) if row is not None]
         out = np.zeros((len(item_ids), self.config.dim), dtype=np.float32)
         if known:
             rows = torch.tensor([row for _, row in known], dtype=torch.long)
@@ -472,7 +471,7 @@ class ItemEncoder:
 
     def clicks(self, item_ids: Sequence[str]) -> np.ndarray:
         """Clicks seen per item (0 for unknown ids): the evidence behind its id vector."""
-        rows = [self.item_vocab.get(item) for item in item_ids]
+        rows = map(self.item_vocab.lookup, item_ids)
         return np.array([0.0 if row is None else float(self.counts[row]) for row in rows])
 
     def encode_session(self, prefix: Sequence[str]) -> np.ndarray:

@@ -55,8 +55,12 @@ def test_clicked_and_new_items_are_due_at_once_and_the_rest_waits_for_the_sweep(
     assert always == {"new", "i1"} and set(due) == always  # the moved ones wait for the sweep
 
 
-def test_a_sweep_takes_every_stale_item_once_in_bounded_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("chunk", [4_096, 3, 1])  # rows examined at a time within a round
+def test_a_sweep_takes_every_stale_item_once_in_bounded_slices(
+    monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
     monkeypatch.setattr(publish, "SWEEP_SCAN_ROWS", 16)  # rows examined per round
+    monkeypatch.setattr(publish, "SWEEP_CHUNK_ROWS", chunk)
     encoder = catalogue(100)
     rules = policy(encoder, sweep_items=5)
     rules.everything()
@@ -76,6 +80,25 @@ def test_a_sweep_takes_every_stale_item_once_in_bounded_slices(monkeypatch: pyte
     assert rounds >= 100 / 16  # the scan is bounded per round
     # The next pass finds nothing new: nothing moved since.
     assert rules.due(set(), known) == ([], set())
+
+
+def test_a_sweep_reads_only_as_far_as_its_budget_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where every row is stale, a round examines one chunk, not its whole window."""
+    monkeypatch.setattr(publish, "SWEEP_CHUNK_ROWS", 8)
+    encoder = catalogue(200, tokens=1)
+    rules = policy(encoder, sweep_items=5)
+    rules.everything()
+    learn(encoder, "i0", ["i1"])  # the one token: every item moved
+    read: list[int] = []
+    bag_max = encoder.bag_max
+
+    def counted(rows: np.ndarray, values: np.ndarray, empty: int) -> np.ndarray:
+        read.append(len(rows))
+        return bag_max(rows, values, empty)
+
+    monkeypatch.setattr(encoder, "bag_max", counted)
+    due, _ = rules.due(set(), len(encoder.item_vocab))
+    assert len(due) == 5 and read == [10]  # one chunk of max(8, 2 x 5) rows
 
 
 def test_a_smaller_round_takes_its_share_of_a_slice() -> None:
