@@ -106,7 +106,8 @@ class PublishPolicy:
 
     def _sweep(self, budget: int) -> np.ndarray:
         """Up to ``budget`` stale rows from the cursor on (examining at most SWEEP_SCAN_ROWS),
-        marked checked; the cursor moves past what was examined."""
+        marked checked; the cursor moves past the last row taken when the budget is filled,
+        else past what was examined."""
         limit = min(len(self.encoder.item_vocab), self._cursor + SWEEP_SCAN_ROWS)
         found: list[np.ndarray] = []
         wanted = budget
