@@ -22,6 +22,7 @@ from onevec.streams.qdrant.points import (
     build_session_points,
     build_user_points,
     collection_vectors,
+    item_payload,
     payload_filter,
     point_id,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "UpsertBuffer",
     "UserRecord",
     "build_item_points",
+    "item_payload",
     "build_session_points",
     "build_user_points",
     "collection_vectors",

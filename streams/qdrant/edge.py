@@ -43,14 +43,14 @@ import numpy as np
 import qdrant_edge as edge
 from qdrant_client.http import models
 
-__all__ = ["EdgeCollections", "EdgeProcess"]
+__all__ = ["EDGE_DISTANCES", "EdgeCollections", "EdgeProcess"]
 
 log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-_DISTANCES: Mapping[models.Distance, edge.Distance] = {
+EDGE_DISTANCES: Mapping[models.Distance, edge.Distance] = {
     models.Distance.COSINE: edge.Distance.Cosine,
     models.Distance.DOT: edge.Distance.Dot,
     models.Distance.EUCLID: edge.Distance.Euclid,
@@ -110,7 +110,7 @@ class EdgeCollections:
             raise ValueError(f"Collection {collection_name} already exists")
         config = edge.EdgeConfig(
             vectors={
-                name: edge.EdgeVectorParams(size=params.size, distance=_DISTANCES[params.distance])
+                name: edge.EdgeVectorParams(size=params.size, distance=EDGE_DISTANCES[params.distance])
                 for name, params in vectors_config.items()
             },
             hnsw_config=self._hnsw,

@@ -52,6 +52,7 @@ __all__ = [
     "StoredUser",
     "UserRecord",
     "build_item_points",
+    "item_payload",
     "build_session_points",
     "build_user_points",
     "collection_vectors",
@@ -332,15 +333,21 @@ def build_item_points(records: Sequence[ItemRecord], dim: int) -> BuiltPoints:
         except ValueError as error:
             rejected[record.item_id] = str(error)
             continue
-        payload = {
-            "item_id": record.item_id,
-            "attributes": dict(record.attributes),
-            "model_version": int(record.model_version),
-            "updated_at": updated_at,
-            "event_count": int(record.event_count),
-        }
-        points.append((record.item_id, PointRow(point_id("item", record.item_id), vectors, payload)))
+        points.append(
+            (record.item_id, PointRow(point_id("item", record.item_id), vectors, item_payload(record)))
+        )
     return BuiltPoints(points, list(rejected.items()))
+
+
+def item_payload(record: ItemRecord) -> dict[str, Any]:
+    """An item point's payload (build_item_points checks the record first)."""
+    return {
+        "item_id": record.item_id,
+        "attributes": dict(record.attributes),
+        "model_version": int(record.model_version),
+        "updated_at": float(record.updated_at),
+        "event_count": int(record.event_count),
+    }
 
 
 def build_session_points(records: Sequence[SessionRecord], dim: int) -> BuiltPoints:

@@ -24,8 +24,10 @@ from onevec.streams.qdrant import (
     QdrantStore,
     UpsertBuffer,
     build_item_points,
+    item_payload,
     point_id,
 )
+from onevec.streams.qdrant.edge import EDGE_DISTANCES
 from onevec.streams.qdrant.store import Engine
 from onevec.streams.tools.bench.context import BenchContext
 from onevec.streams.tools.bench.report import BenchRow
@@ -130,7 +132,7 @@ def _raw_seconds(records: list[ItemRecord], dim: int, path: Path | None, batch: 
             models.PointStruct(
                 id=point_id("item", r.item_id),
                 vector={name: np.asarray(v).tolist() for name, v in r.vectors.items()},
-                payload=_payload(r),
+                payload=item_payload(r),
             )
             for r in records[start : start + batch]
         ]
@@ -144,10 +146,10 @@ def _raw_edge_seconds(records: list[ItemRecord], dim: int, path: Path, batch: in
     """The engine alone, from the same records as the raw client rows above (the payload and
     the point id built per point, as there), into a shard with the store's keyword index
     (``attributes.category``) made before the first write."""
-    distances = {models.Distance.DOT: edge.Distance.Dot, models.Distance.COSINE: edge.Distance.Cosine}
     config = edge.EdgeConfig(
         vectors={
-            n: edge.EdgeVectorParams(size=dim, distance=distances[VECTOR_DISTANCES[n]]) for n in ITEM_VECTORS
+            n: edge.EdgeVectorParams(size=dim, distance=EDGE_DISTANCES[VECTOR_DISTANCES[n]])
+            for n in ITEM_VECTORS
         }
     )
     shard = edge.EdgeShard.create(str(path), config)
@@ -160,7 +162,7 @@ def _raw_edge_seconds(records: list[ItemRecord], dim: int, path: Path, batch: in
             edge.Point(
                 point_id("item", r.item_id),
                 {name: np.asarray(v, dtype=np.float32).tolist() for name, v in r.vectors.items()},
-                _payload(r),
+                item_payload(r),
             )
             for r in records[start : start + batch]
         ]
@@ -168,13 +170,3 @@ def _raw_edge_seconds(records: list[ItemRecord], dim: int, path: Path, batch: in
     seconds = time.perf_counter() - started
     shard.close()
     return seconds
-
-
-def _payload(record: ItemRecord) -> dict[str, object]:
-    return {
-        "item_id": record.item_id,
-        "attributes": dict(record.attributes),
-        "model_version": record.model_version,
-        "updated_at": record.updated_at,
-        "event_count": record.event_count,
-    }
