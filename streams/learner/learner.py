@@ -121,16 +121,8 @@ class ItemClicks(Mapping[str, int]):
         return len(self.encoder.item_vocab)
 
     def many(self, item_ids: Sequence[str]) -> list[int]:
-        """The counts of ``item_ids``, 0 for an item never clicked, in one gather from the
-        tensor's array view (indexing the tensor per item took 19 ms for a 16,384-item
-        catalogue chunk)."""
-        # The tensor is replaced when the tables grow: its array view is taken per call.
-        counts = self.encoder.counts.numpy()
-        rows = self.encoder.item_vocab.rows(item_ids)
-        known = (rows >= 0) & (rows < len(counts))
-        found = np.zeros(len(rows), dtype=np.int64)
-        found[known] = counts[rows[known]]
-        return found.tolist()
+        """The counts of ``item_ids``, 0 for an item never clicked."""
+        return self.encoder.clicks(item_ids).astype(np.int64).tolist()
 
 
 class Learner:
@@ -574,16 +566,20 @@ class Learner:
         if sweep_share is None:
             sweep_share = min(1.0, len(examples) / self.settings.learner_round_examples)
         items = self._changes(*self.publish.due(clicked, known_before, sweep_share))
-        self._update_drift()
         session_users = {e["session_id"]: e["user_id"] for e in examples}
         live = zip(sessions.items(), vectors[: len(sessions)], strict=True)
-        return self._published(
+        published = self._published(
             float(np.mean([step.loss for step in steps])) if steps else 0.0,
             items,
             {sid: (kept, vector) for (sid, kept), vector in live},
             session_users,
             self._user_rows(contexts, vectors[len(sessions) :]),
         )
+        # Last: the drift window or reference this starts runs on the monitor's thread beside the
+        # next round's training (mostly torch, which releases the GIL), not beside this round's
+        # pure-Python point building (at 1M items, up to 39 ms beside it against 7 ms typical).
+        self._update_drift()
+        return published
 
     def _live_vectors(self, prefixes: Sequence[Sequence[str]]) -> np.ndarray:
         """Session-encoder vectors of item lists (sessions, users' newest items), served."""
