@@ -354,22 +354,35 @@ def demo(
 def bench(
     quick: Annotated[bool, typer.Option(help="Small sizes (what the test runs): a minute or two.")] = False,
     sections: Annotated[
-        str, typer.Option(help="Comma-separated: pipeline,learner,sink,freshness,memory.")
+        str,
+        typer.Option(
+            help="Comma-separated: pipeline,learner,sink,freshness,memory; opt-in: scale,distributed."
+        ),
     ] = "pipeline,learner,sink,freshness,memory",
     output: Annotated[Path, typer.Option(help="Report path stem (.md and .json).")] = Path("reports/bench"),
     memory_items: Annotated[str, typer.Option(help="Item counts for the memory rows, e.g. 1000,10000.")] = "",
 ) -> None:
     """Throughput, freshness and memory, each against its ceiling, in one run (docs/performance.md)."""
-    from onevec.streams.tools.bench import run_bench
+    from onevec.streams.tools.bench import OPT_IN_SECTIONS, SECTIONS, run_bench
 
+    chosen = [name.strip() for name in sections.split(",") if name.strip()]
+    known = SECTIONS + OPT_IN_SECTIONS
+    if unknown := sorted(set(chosen) - set(known)):
+        raise UserError(f"--sections: no section {', '.join(unknown)} (choose from {', '.join(known)})")
+    try:
+        items = [int(n) for n in memory_items.split(",") if n.strip()]
+    except ValueError:
+        raise UserError(
+            f"--memory-items: {memory_items!r} is not a list of item counts, e.g. 1000,10000"
+        ) from None
     logging.basicConfig(level=logging.WARNING)
     run_bench(
         load_settings(),
         quick=quick,
-        sections=sections.split(","),
+        sections=chosen,
         output=output,
         console=console,
-        memory_items=[int(n) for n in memory_items.split(",") if n],
+        memory_items=items,
     )
 
 

@@ -54,6 +54,8 @@ def _unreachable() -> str:
         ),
         (["worker"], {"ONEVEC_BROKER_URL": "UNREACHABLE"}, "cannot reach the broker"),
         (["similar", "1", "--worker", "http://UNREACHABLE"], {}, "cannot reach the worker at http://"),
+        (["bench", "--sections", "memory,bogus"], {}, "--sections: no section bogus (choose from pipeline,"),
+        (["bench", "--memory-items", "10k"], {}, "--memory-items: '10k' is not a list of item counts"),
     ],
     ids=[
         "unknown-dataset",
@@ -62,6 +64,8 @@ def _unreachable() -> str:
         "unreachable-broker",
         "worker-unreachable-broker",
         "unreachable-worker",
+        "bench-unknown-section",
+        "bench-bad-memory-items",
     ],
 )
 def test_a_mistake_is_one_line_and_exit_2(

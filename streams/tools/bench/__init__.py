@@ -13,7 +13,10 @@ depend on what else the machine runs), one module each:
 - ``sink``: ``UpsertBuffer`` over ``QdrantStore`` against raw ``QdrantClient.upsert``;
 - ``memory``: peak RSS and learner speed against the catalogue size, one child per size;
 - ``scale`` (opt-in, ``OPT_IN_SECTIONS``): the pipeline on the synthetic scale stream at a
-  catalogue's size (default 1M items, 10M events): end to end, freshness and RSS.
+  catalogue's size (default 1M items, 10M events): end to end, freshness and RSS;
+- ``distributed`` (opt-in): learning on 1 and 2 ranks (torch.distributed, gloo over loopback):
+  the gradient exchange's cost, a step's, and examples/s with prequential HR@20 / MRR@20 over
+  the same MovieLens-100k events.
 
 ``report`` holds the rows and their table, ``context`` what every section is handed, ``run``
 the entry point; ``python -m onevec.streams.tools.bench noop|memory ...`` runs a child process

@@ -29,6 +29,11 @@ class BenchSizes:
     memory_events: int = 16_384  # steady state: long enough for a few drift windows and rotations
     # The opt-in scale section's stream (models/synthetic_scale.py): hours at this size.
     scale_stream: str = "synthetic-scale:items=1000000,events=10000000"
+    # The opt-in distributed section (issue 22): 1 vs 2 ranks on gloo over loopback.
+    distributed_events: int = 20_000
+    distributed_seeds: tuple[int, ...] = (0, 1, 2)
+    distributed_batch_sizes: tuple[int, ...] = (256, 1_024, 4_096)
+    distributed_union_rows: tuple[int, ...] = (256, 1_024, 4_096, 16_384, 65_536)
 
     @classmethod
     def quick(cls) -> BenchSizes:
@@ -43,6 +48,10 @@ class BenchSizes:
             memory_items=(1_000, 10_000),
             memory_events=1_024,
             scale_stream="synthetic-scale:items=2000,events=4000",
+            distributed_events=1_500,
+            distributed_seeds=(0,),
+            distributed_batch_sizes=(256,),
+            distributed_union_rows=(256, 4_096),
         )
 
 

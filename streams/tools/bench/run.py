@@ -17,7 +17,8 @@ from onevec.streams.tools.bench.report import BenchRow, render_table, write_repo
 __all__ = ["OPT_IN_SECTIONS", "SECTIONS", "run_bench"]
 
 SECTIONS = ("pipeline", "learner", "sink", "freshness", "memory")  # a run's default
-OPT_IN_SECTIONS = ("scale",)  # run only when named: hours at full size
+# Run only when named: scale takes hours at full size, distributed ~15 minutes.
+OPT_IN_SECTIONS = ("scale", "distributed")
 
 
 def run_bench(
@@ -67,6 +68,17 @@ def run_bench(
         from onevec.streams.tools.bench.scale import bench_scale
 
         bench_scale(ctx)
+    if "distributed" in sections:
+        from onevec.streams.tools.bench.distributed import bench_distributed
+
+        for row in bench_distributed(
+            events=sizes.distributed_events,
+            seeds=sizes.distributed_seeds,
+            batch_sizes=sizes.distributed_batch_sizes,
+            union_rows=sizes.distributed_union_rows,
+            report=console.log,
+        ):
+            ctx.add(row)
     load_after = os.getloadavg()
     title = (
         f"onevec bench ({'quick' if quick else 'full'}; {os.cpu_count()} cores; load average "
