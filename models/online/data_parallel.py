@@ -33,7 +33,6 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -44,7 +43,7 @@ from onevec.models.online.config import ModelConfig
 from onevec.models.online.item_encoder import ItemEncoder
 from onevec.models.online.item_follows import clicks_after
 from onevec.models.online.repeat_gate import RepeatGate
-from onevec.models.online.round import LearningRound, StepOutcome
+from onevec.models.online.round import LearningRound, StepOutcome, step_bounds, steps_for
 from onevec.models.online.session_encoder import SessionEncoder
 from onevec.models.online.trainer import LearnedStep, OnlineTrainer
 
@@ -215,17 +214,14 @@ class DataParallelTrainer(OnlineTrainer):
             new_users = [u for u in dict.fromkeys(e.user_id for e in examples) if users.get(u) is None]
         shares: list[Any] = [None] * dist.get_world_size(self.group)
         dist.all_gather_object(shares, (new_items, new_users, targets), group=self.group)
-        encoder._rows("item", list(dict.fromkeys(itertools.chain.from_iterable(s[0] for s in shares))))
+        encoder.register("item", list(dict.fromkeys(itertools.chain.from_iterable(s[0] for s in shares))))
         if self.config.objective == "bpr":
-            encoder._rows("user", list(dict.fromkeys(itertools.chain.from_iterable(s[1] for s in shares))))
+            encoder.register("user", list(dict.fromkeys(itertools.chain.from_iterable(s[1] for s in shares))))
         me = dist.get_rank(self.group)
         others = [item for rank, share in enumerate(shares) if rank != me for item in share[2]]
         if others:
             # This rank's own clicks are counted by its prepare(), as a single learner counts.
-            rows = torch.tensor(encoder.known_rows(others), dtype=torch.long)
-            encoder.counts.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
-            encoder._reweigh(torch.unique(rows))
-            encoder._clicks_total += len(rows)
+            encoder.count_clicks(torch.tensor(encoder.known_rows(others), dtype=torch.long))
         return sum(len(share[2]) for share in shares)
 
 
@@ -235,10 +231,9 @@ def learn_in_lockstep(
     """``round.learn`` in step with the other ranks: as many steps as the rank with the most
     examples takes (a rank with fewer takes empty ones), the repeat gate taking the mean of the
     ranks' updates of each step. ``learning.trainer`` must be a :class:`DataParallelTrainer`."""
-    wanted = torch.tensor([max(1, round(len(examples) / learning.config.batch_size)) if examples else 0])
+    wanted = torch.tensor([steps_for(len(examples), learning.config.batch_size) if examples else 0])
     dist.all_reduce(wanted, op=dist.ReduceOp.MAX, group=group)
-    steps = int(wanted)
-    bounds = np.linspace(0, len(examples), steps + 1).round().astype(int).tolist()
+    bounds = step_bounds(len(examples), int(wanted))
     outcomes = []
     for start, end in itertools.pairwise(bounds):
         gate = learning.trainer.repeat_gate

@@ -125,10 +125,10 @@ class ItemEncoder:
     def set_attributes(self, item_id: str, tokens: Sequence[str]) -> None:
         """Register (or replace) an item's catalogue attribute tokens."""
         with self.lock:
-            row = self._rows("item", [item_id], random_init=False)[0]
+            row = self.register("item", [item_id], random_init=False)[0]
             for snapshot in self._snapshots:
                 snapshot.before_bag_changes(row)
-            bag = list(dict.fromkeys(self._rows("token", tokens)))
+            bag = list(dict.fromkeys(self.register("token", tokens)))
             self._bag_live += len(bag) - self._bag_size[row]
             self._bag_start[row] = len(self._bag_flat)
             self._bag_size[row] = len(bag)
@@ -139,8 +139,9 @@ class ItemEncoder:
             self._changed_rows.append(row)
             self._matrix = None
 
-    def _rows(self, table: str, keys: Sequence[str], random_init: bool = True) -> list[int]:
-        """Rows of ``keys`` in ``table``, adding (and initialising) the new ones."""
+    def register(self, table: str, keys: Sequence[str], random_init: bool = True) -> list[int]:
+        """Rows of ``keys`` in ``table``, adding (and initialising) the new ones in order of
+        first appearance (so ranks that register the same keys in the same order agree)."""
         with self.lock:
             vocab = self.vocabularies[table]
             before = len(vocab)
@@ -196,17 +197,15 @@ class ItemEncoder:
         lengths = np.fromiter(map(len, prefixes), dtype=np.int64, count=len(prefixes))
         # One vocabulary pass over the targets, then every prefix item.
         flat = list(itertools.chain.from_iterable(prefixes))
-        rows = self._rows("item", [e.item_id for e in examples] + flat)
+        rows = self.register("item", [e.item_id for e in examples] + flat)
         targets = rows[: len(examples)]
         # Users only exist for bpr: with sgns a user table would grow and never be trained.
         users = None
         if self.config.objective == "bpr":
-            users = torch.tensor(self._rows("user", [e.user_id for e in examples]))
+            users = torch.tensor(self.register("user", [e.user_id for e in examples]))
         target_rows = torch.tensor(targets, dtype=torch.long)
         if count:
-            self.counts.index_add_(0, target_rows, torch.ones(len(targets), dtype=torch.float64))
-            self._reweigh(torch.unique(target_rows))
-            self._clicks_total += len(targets)
+            self.count_clicks(target_rows)
         width = max(1, int(lengths.max()) if len(lengths) else 1)
         padded = np.zeros((len(examples), width), dtype=np.int64)
         padded[np.arange(width)[None, :] < lengths[:, None]] = rows[len(examples) :]  # row-major order
@@ -217,6 +216,13 @@ class ItemEncoder:
             negatives=self.sample_negatives(self.config.negatives),
             users=users,
         )
+
+    def count_clicks(self, rows: Tensor) -> None:
+        """One click on each of ``rows`` (a row may repeat): the counts, the negative sampler's
+        weights and the log-Q total."""
+        self.counts.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
+        self._reweigh(torch.unique(rows))
+        self._clicks_total += len(rows)
 
     def sample_negatives(self, n: int) -> Tensor:
         """Item rows drawn from unigram^negative_power of click counts (word2vec's smoothing

@@ -44,9 +44,20 @@ from onevec.models.online.snapshot import ItemSnapshot
 from onevec.models.online.trainer import LearnedStep, OnlineTrainer
 from onevec.models.ranking import PrequentialScore
 
-__all__ = ["LearningRound", "RoundConfig", "StepOutcome"]
+__all__ = ["LearningRound", "RoundConfig", "StepOutcome", "step_bounds", "steps_for"]
 
 log = logging.getLogger(__name__)
+
+
+def steps_for(examples: int, batch_size: int) -> int:
+    """How many equal steps a round of ``examples`` takes: as many as full batches would make,
+    at least one (see :meth:`LearningRound.learn`)."""
+    return max(1, round(examples / batch_size))
+
+
+def step_bounds(examples: int, steps: int) -> list[int]:
+    """Where ``steps`` equal steps over ``examples`` start and end (``steps + 1`` bounds)."""
+    return np.linspace(0, examples, steps + 1).round().astype(int).tolist()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +128,7 @@ class LearningRound:
         a multiple of the batch size. It takes as many equal steps as full batches would make:
         a small remainder step would move the model as far as a full one (the loss is a mean),
         and such extra steps made a stationary replay look like drift."""
-        steps = max(1, round(len(examples) / self.config.batch_size))
-        bounds = np.linspace(0, len(examples), steps + 1).round().astype(int).tolist()
+        bounds = step_bounds(len(examples), steps_for(len(examples), self.config.batch_size))
         return [self.step(examples[start:end]) for start, end in itertools.pairwise(bounds)]
 
     def step(self, examples: Sequence[ExampleRecord]) -> StepOutcome:

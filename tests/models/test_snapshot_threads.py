@@ -21,7 +21,7 @@ def test_a_snapshot_read_beside_steps_sees_the_rows_as_they_were() -> None:
     encoder = ItemEncoder(ModelConfig(dim=DIM, seed=0))
     for item in range(ITEMS):
         encoder.set_attributes(f"i{item}", [f"genre={item % 7}"])
-    encoder._rows("item", [f"i{item}" for item in range(ITEMS)])
+    encoder.register("item", [f"i{item}" for item in range(ITEMS)])
     with torch.no_grad():
         encoder.tables["item"][:ITEMS] = torch.randn(ITEMS, DIM, generator=torch.Generator().manual_seed(1))
     original = encoder.tables["item"].detach()[:ITEMS].clone()

@@ -71,7 +71,9 @@ def format_value(value: float) -> str:
         return f"{value:,.0f}"
     if abs(value) >= 10:
         return f"{value:.1f}"
-    return f"{value:.2f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"  # shares and seconds below one: HR@20 0.228, not 0.23
 
 
 def _cells(row: BenchRow, rich: bool) -> list[str]:
