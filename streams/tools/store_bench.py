@@ -26,6 +26,7 @@ import qdrant_edge as edge
 
 from onevec.streams.qdrant import ItemRecord, PointRow, QdrantStore, build_item_points
 from onevec.streams.qdrant.edge import INDEX_FROM_KB, EdgeProcess
+from onevec.streams.tools.bench.sink import raw_edge_shard
 
 __all__ = ["main"]
 
@@ -83,14 +84,8 @@ def raw_rate(
     """Points/s of qdrant-edge itself: ``EdgeShard.update`` in this process (with its points'
     construction, the engine's input). ``indexed``: with the keyword index on the attribute
     that the store keeps for its filters."""
-    config = edge.EdgeConfig(
-        vectors={name: edge.EdgeVectorParams(size=dim, distance=edge.Distance.Dot) for name in VECTORS}
-    )
-    shard = edge.EdgeShard.create(str(folder), config)
-    if indexed:
-        shard.update(
-            edge.UpdateOperation.create_field_index("attributes.genre", edge.PayloadSchemaType.Keyword)
-        )
+    distances = dict.fromkeys(VECTORS, edge.Distance.Dot)
+    shard = raw_edge_shard(folder, distances, dim, "attributes.genre" if indexed else None)
     seconds = 0.0
     for points in batches(vectors, genres, dim, batch):
         started = time.perf_counter()

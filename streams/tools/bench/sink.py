@@ -10,6 +10,7 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from onevec.streams.qdrant.store import Engine
 from onevec.streams.tools.bench.context import BenchContext
 from onevec.streams.tools.bench.report import BenchRow
 
-__all__ = ["bench_sink"]
+__all__ = ["bench_sink", "raw_edge_shard"]
 
 EDGE_RUNS = 3
 
@@ -146,16 +147,8 @@ def _raw_edge_seconds(records: list[ItemRecord], dim: int, path: Path, batch: in
     """The engine alone, from the same records as the raw client rows above (the payload and
     the point id built per point, as there), into a shard with the store's keyword index
     (``attributes.category``) made before the first write."""
-    config = edge.EdgeConfig(
-        vectors={
-            n: edge.EdgeVectorParams(size=dim, distance=EDGE_DISTANCES[VECTOR_DISTANCES[n]])
-            for n in ITEM_VECTORS
-        }
-    )
-    shard = edge.EdgeShard.create(str(path), config)
-    shard.update(
-        edge.UpdateOperation.create_field_index("attributes.category", edge.PayloadSchemaType.Keyword)
-    )
+    distances = {name: EDGE_DISTANCES[VECTOR_DISTANCES[name]] for name in ITEM_VECTORS}
+    shard = raw_edge_shard(path, distances, dim, "attributes.category")
     started = time.perf_counter()
     for start in range(0, len(records), batch):
         points = [
@@ -170,3 +163,20 @@ def _raw_edge_seconds(records: list[ItemRecord], dim: int, path: Path, batch: in
     seconds = time.perf_counter() - started
     shard.close()
     return seconds
+
+
+def raw_edge_shard(
+    path: Path, distances: Mapping[str, edge.Distance], dim: int, keyword: str | None
+) -> edge.EdgeShard:
+    """A bare qdrant-edge shard for the engine's raw rate: one vector per name, and the keyword
+    index the store keeps on an item attribute (``keyword``), made before the first write as the
+    store makes it."""
+    config = edge.EdgeConfig(
+        vectors={
+            name: edge.EdgeVectorParams(size=dim, distance=distance) for name, distance in distances.items()
+        }
+    )
+    shard = edge.EdgeShard.create(str(path), config)
+    if keyword is not None:
+        shard.update(edge.UpdateOperation.create_field_index(keyword, edge.PayloadSchemaType.Keyword))
+    return shard
