@@ -92,7 +92,7 @@ def replay(
         float,
         typer.Option(help="Keep event-time gaps divided by this factor; 0 = as fast as possible."),
     ] = 0.0,
-    limit: Annotated[int, typer.Option(help="Only the first N events (0 = all).")] = 0,
+    limit: Annotated[int, typer.Option(min=0, help="Only the first N events (0 = all).")] = 0,
 ) -> None:
     """Stream a user's events file or a built-in dataset into the clicks topic, in time order."""
     data_source(source)
@@ -335,7 +335,7 @@ def demo(
     dataset: Annotated[
         str, typer.Option(help="Built-in dataset or events file to replay.")
     ] = "movielens-100k",
-    limit: Annotated[int, typer.Option(help="Only the first N events (0 = all).")] = 0,
+    limit: Annotated[int, typer.Option(min=0, help="Only the first N events (0 = all).")] = 0,
     timeout: Annotated[
         float, typer.Option(help="Give up waiting for the worker after this many seconds.")
     ] = 900.0,
@@ -371,9 +371,11 @@ def bench(
         raise UserError(f"--sections: no section {', '.join(unknown)} (choose from {', '.join(known)})")
     try:
         items = [int(n) for n in memory_items.split(",") if n.strip()]
+        if any(count < 1 for count in items):
+            raise ValueError
     except ValueError:
         raise UserError(
-            f"--memory-items: {memory_items!r} is not a list of item counts, e.g. 1000,10000"
+            f"--memory-items: {memory_items!r} is not a list of positive item counts, e.g. 1000,10000"
         ) from None
     logging.basicConfig(level=logging.WARNING)
     run_bench(
@@ -422,7 +424,7 @@ def eval_(
     catalog: Annotated[Path | None, typer.Option(help="Your catalogue file (item_id + columns).")] = None,
     out: Annotated[Path, typer.Option(help="Directory for report.md and its PNGs.")] = Path("reports/eval"),
     quick: Annotated[bool, typer.Option(help="Fewer epochs and a smaller variant grid.")] = False,
-    limit: Annotated[int, typer.Option(help="Only the first N events in time (0 = all).")] = 0,
+    limit: Annotated[int, typer.Option(min=0, help="Only the first N events in time (0 = all).")] = 0,
 ) -> None:
     """Prequential next-item evaluation against baselines, probes, tasks and kernel alignment,
     written as a Markdown report with plots (see docs/evaluation.md)."""

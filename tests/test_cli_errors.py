@@ -55,7 +55,12 @@ def _unreachable() -> str:
         (["worker"], {"ONEVEC_BROKER_URL": "UNREACHABLE"}, "cannot reach the broker"),
         (["similar", "1", "--worker", "http://UNREACHABLE"], {}, "cannot reach the worker at http://"),
         (["bench", "--sections", "memory,bogus"], {}, "--sections: no section bogus (choose from pipeline,"),
-        (["bench", "--memory-items", "10k"], {}, "--memory-items: '10k' is not a list of item counts"),
+        (
+            ["bench", "--memory-items", "10k"],
+            {},
+            "--memory-items: '10k' is not a list of positive item counts",
+        ),
+        (["bench", "--memory-items", "1000,0"], {}, "--memory-items: '1000,0' is not a list of positive"),
     ],
     ids=[
         "unknown-dataset",
@@ -66,6 +71,7 @@ def _unreachable() -> str:
         "unreachable-worker",
         "bench-unknown-section",
         "bench-bad-memory-items",
+        "bench-zero-memory-items",
     ],
 )
 def test_a_mistake_is_one_line_and_exit_2(
