@@ -17,7 +17,7 @@ from onevec.streams.tools.bench.report import BenchRow, render_table, write_repo
 __all__ = ["OPT_IN_SECTIONS", "SECTIONS", "run_bench"]
 
 SECTIONS = ("pipeline", "learner", "sink", "freshness", "memory")  # a run's default
-# Run only when named: scale takes hours at full size, distributed ~15 minutes.
+# Run only when named: scale takes hours at full size, distributed a few minutes.
 OPT_IN_SECTIONS = ("scale", "distributed")
 
 
