@@ -82,6 +82,9 @@ def tie_priority(items: Sequence[str]) -> np.ndarray:
     return pd.util.hash_array(np.asarray(items, dtype=object), categorize=False)
 
 
+TIE_TOLERANCE = 1e-6  # relative: float32 rounding of a dot product is a few ulp of its terms
+
+
 def count_above(
     block: np.ndarray,
     target_scores: np.ndarray,
@@ -91,14 +94,20 @@ def count_above(
 ) -> np.ndarray:
     """Per row of ``block`` (one row per example, one column per candidate item), how many
     candidates rank above the example's target: those scoring higher than ``target_scores``,
-    and those scoring the same whose priority is higher than ``target_priority``. The
+    and those scoring the same (within :data:`TIE_TOLERANCE`) whose priority is higher than
+    ``target_priority``. The
     (row, column) pairs of ``skip`` never count: the target's own column and the session's own
     items. ``priority_of(columns)`` gives the tie priorities of candidate columns; only the
     tied ones are asked for while ties are few (a priority is a hash of an item id, which the
     live learner looks up per row)."""
     threshold = target_scores[:, None]
-    higher = block > threshold
-    tied = block == threshold
+    # Equal vectors must tie however a product rounds them: BLAS kernels round a column by its
+    # position (AVX-512 tails), which split ties of equal vectors by a few ulp. Scores within
+    # TIE_TOLERANCE of the target's, relative to it, are ties, broken by priority as exact ones
+    # are (relative only: a baseline's small exact scores, e.g. decayed counts, stay apart).
+    tolerance = TIE_TOLERANCE * np.abs(threshold)
+    higher = block > threshold + tolerance
+    tied = np.abs(block - threshold) <= tolerance
     higher[skip] = False
     tied[skip] = False
     above = np.count_nonzero(higher, axis=1)
