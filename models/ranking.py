@@ -95,19 +95,19 @@ def count_above(
     """Per row of ``block`` (one row per example, one column per candidate item), how many
     candidates rank above the example's target: those scoring higher than ``target_scores``,
     and those scoring the same (within :data:`TIE_TOLERANCE`) whose priority is higher than
-    ``target_priority``. The
-    (row, column) pairs of ``skip`` never count: the target's own column and the session's own
-    items. ``priority_of(columns)`` gives the tie priorities of candidate columns; only the
-    tied ones are asked for while ties are few (a priority is a hash of an item id, which the
-    live learner looks up per row)."""
+    ``target_priority``. The (row, column) pairs of ``skip`` never count: the target's own
+    column and the session's own items. ``priority_of(columns)`` gives the tie priorities of
+    candidate columns; only the tied ones are asked for while ties are few (a priority is a
+    hash of an item id, which the live learner looks up per row)."""
     threshold = target_scores[:, None]
     # Equal vectors must tie however a product rounds them: BLAS kernels round a column by its
     # position (AVX-512 tails), which split ties of equal vectors by a few ulp. Scores within
     # TIE_TOLERANCE of the target's, relative to it, are ties, broken by priority as exact ones
     # are (relative only: a baseline's small exact scores, e.g. decayed counts, stay apart).
     tolerance = TIE_TOLERANCE * np.abs(threshold)
+    # Two comparisons against per-row bounds: no block-sized difference on this hot path.
     higher = block > threshold + tolerance
-    tied = np.abs(block - threshold) <= tolerance
+    tied = (block >= threshold - tolerance) & ~higher
     higher[skip] = False
     tied[skip] = False
     above = np.count_nonzero(higher, axis=1)
