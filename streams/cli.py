@@ -363,12 +363,12 @@ def bench(
     memory_items: Annotated[str, typer.Option(help="Item counts for the memory rows, e.g. 1000,10000.")] = "",
 ) -> None:
     """Throughput, freshness and memory, each against its ceiling, in one run (docs/performance.md)."""
-    from onevec.streams.tools.bench import OPT_IN_SECTIONS, SECTIONS, run_bench
+    from onevec.streams.tools.bench import OPT_IN_SECTIONS, SECTIONS, run_bench, unknown_sections
 
     chosen = [name.strip() for name in sections.split(",") if name.strip()]
-    known = SECTIONS + OPT_IN_SECTIONS
-    if unknown := sorted(set(chosen) - set(known)):
-        raise UserError(f"--sections: no section {', '.join(unknown)} (choose from {', '.join(known)})")
+    if unknown := unknown_sections(chosen):
+        known = ", ".join(SECTIONS + OPT_IN_SECTIONS)
+        raise UserError(f"--sections: no section {', '.join(unknown)} (choose from {known})")
     try:
         items = [int(n) for n in memory_items.split(",") if n.strip()]
         if any(count < 1 for count in items):

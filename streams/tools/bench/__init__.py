@@ -25,6 +25,6 @@ the entry point; ``python -m onevec.streams.tools.bench noop|memory ...`` runs a
 
 from onevec.streams.tools.bench.context import BenchSizes
 from onevec.streams.tools.bench.report import BenchRow
-from onevec.streams.tools.bench.run import OPT_IN_SECTIONS, SECTIONS, run_bench
+from onevec.streams.tools.bench.run import OPT_IN_SECTIONS, SECTIONS, run_bench, unknown_sections
 
-__all__ = ["OPT_IN_SECTIONS", "SECTIONS", "BenchRow", "BenchSizes", "run_bench"]
+__all__ = ["OPT_IN_SECTIONS", "SECTIONS", "BenchRow", "BenchSizes", "run_bench", "unknown_sections"]

@@ -14,11 +14,16 @@ from onevec.streams.settings import Settings
 from onevec.streams.tools.bench.context import BenchContext, BenchSizes
 from onevec.streams.tools.bench.report import BenchRow, render_table, write_reports
 
-__all__ = ["OPT_IN_SECTIONS", "SECTIONS", "run_bench"]
+__all__ = ["OPT_IN_SECTIONS", "SECTIONS", "run_bench", "unknown_sections"]
 
 SECTIONS = ("pipeline", "learner", "sink", "freshness", "memory")  # a run's default
 # Run only when named: scale takes hours at full size, distributed a few minutes.
 OPT_IN_SECTIONS = ("scale", "distributed")
+
+
+def unknown_sections(sections: Sequence[str]) -> list[str]:
+    """The names in ``sections`` that are not a section, sorted."""
+    return sorted(set(sections) - {*SECTIONS, *OPT_IN_SECTIONS})
 
 
 def run_bench(
@@ -35,9 +40,8 @@ def run_bench(
     ``scale_stream``: the scale section's stream name (e.g.
     ``synthetic-scale:items=100000,events=200000``) instead of the sizes'."""
     console = console or Console()
-    unknown = set(sections) - set(SECTIONS) - set(OPT_IN_SECTIONS)
-    if unknown:
-        raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS + OPT_IN_SECTIONS}")
+    if unknown := unknown_sections(sections):
+        raise ValueError(f"unknown sections {unknown}; choose from {SECTIONS + OPT_IN_SECTIONS}")
     sizes = BenchSizes.quick() if quick else BenchSizes()
     if memory_items:
         sizes = dataclasses.replace(sizes, memory_items=tuple(memory_items))
